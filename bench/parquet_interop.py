@@ -1,0 +1,43 @@
+"""Opens every dataset in a medtune workdir's catalog with pyarrow, polars, duckdb and HF
+datasets, and checks each sees the row count and columns the manifest records.
+
+usage: python bench/parquet_interop.py WORKDIR
+"""
+import json
+import sys
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pyarrow.parquet as pq
+from datasets import load_dataset
+
+
+def main(workdir: Path) -> int:
+    catalog = json.loads((workdir / "catalog.json").read_text())
+    failures = 0
+    for name, entry in sorted(catalog["datasets"].items()):
+        entry_dir = workdir / "cache" / entry["stage"] / entry["key"]
+        manifest = json.loads((entry_dir / "manifest.json").read_text())["datasets"][name]
+        files = [str(entry_dir / f["path"]) for f in manifest["files"]]
+        columns = [c["name"] for c in manifest["schema"]]
+        seen = {
+            "pyarrow": (lambda t: (t.num_rows, t.column_names))(pq.ParquetDataset(files).read()),
+            "polars": (lambda d: (d.height, d.columns))(pl.read_parquet(files)),
+            "duckdb": (
+                duckdb.sql(f"SELECT count(*) FROM read_parquet({files!r})").fetchone()[0],
+                [c for c in duckdb.sql(f"SELECT * FROM read_parquet({files!r}) LIMIT 0").columns],
+            ),
+            "datasets": (lambda d: (d.num_rows, d.column_names))(
+                load_dataset("parquet", data_files=files, split="train")
+            ),
+        }
+        for reader, (rows, cols) in seen.items():
+            ok = rows == manifest["rows"] and list(cols) == columns
+            failures += not ok
+            print(f"{name}: {reader} rows={rows} columns={len(cols)} {'ok' if ok else 'MISMATCH'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1])))

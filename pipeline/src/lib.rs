@@ -1,0 +1,29 @@
+//! The medtune engine.
+//!
+//! Stages ([`Stage`]) declare what they read and write; a [`Dag`] orders them; a [`Runner`]
+//! executes them through a content-addressed cache in a [`Workdir`], committing every output
+//! atomically with a [`Manifest`] of checksums and row accounting; [`sql`] queries every
+//! committed dataset by name.
+
+pub mod config;
+pub mod dag;
+pub mod error;
+pub mod fsutil;
+pub mod hash;
+pub mod manifest;
+pub mod progress;
+pub mod reader;
+pub mod runner;
+pub mod sql;
+pub mod stage;
+pub mod workdir;
+pub mod writer;
+
+pub use config::{PipelineConfig, Settings};
+pub use dag::Dag;
+pub use error::{ErrorClass, PipelineError, Result};
+pub use manifest::Manifest;
+pub use progress::{ProgressObserver, Quiet};
+pub use runner::{Freshness, RunOptions, Runner, StageStatus, StageSummary};
+pub use stage::{OutputDecl, OutputRole, SourceDecl, Stage, StageContext};
+pub use workdir::Workdir;

@@ -1,0 +1,182 @@
+//! The manifest of a committed stage output: what went in, what came out, and the
+//! checksums that let the cache decide whether to trust it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use arrow::datatypes::Schema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IoContext, PipelineError, Result};
+use crate::hash::hash_file;
+
+/// File name of the manifest inside a cache entry.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// Version of the manifest format; older formats are treated as missing.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// One Parquet part of a dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartFile {
+    /// Path relative to the cache entry, e.g. `ingested/part-00000.parquet`.
+    pub path: String,
+    /// Rows in the part.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Hex BLAKE3 of the file.
+    pub blake3: String,
+}
+
+/// One column of a dataset's schema, as recorded for people and tools.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnInfo {
+    /// Column name.
+    pub name: String,
+    /// Arrow data type, displayed.
+    pub data_type: String,
+    /// Whether nulls are allowed.
+    pub nullable: bool,
+}
+
+/// One output dataset of a stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetManifest {
+    /// Total rows.
+    pub rows: u64,
+    /// Total bytes of its parts.
+    pub bytes: u64,
+    /// Hash over the parts' hashes: the dataset's identity in downstream cache keys.
+    pub content_hash: String,
+    /// Schema of the parts.
+    pub schema: Vec<ColumnInfo>,
+    /// The parts, in order.
+    pub files: Vec<PartFile>,
+}
+
+impl DatasetManifest {
+    /// Builds the entry for `files`, computing totals and the content hash.
+    pub fn new(schema: &Schema, files: Vec<PartFile>) -> Self {
+        let content_hash = crate::hash::hash_parts(
+            files
+                .iter()
+                .map(|f| (f.path.as_str(), f.blake3.as_bytes())),
+        );
+        DatasetManifest {
+            rows: files.iter().map(|f| f.rows).sum(),
+            bytes: files.iter().map(|f| f.bytes).sum(),
+            content_hash,
+            schema: schema
+                .fields()
+                .iter()
+                .map(|f| ColumnInfo {
+                    name: f.name().clone(),
+                    data_type: f.data_type().to_string(),
+                    nullable: f.is_nullable(),
+                })
+                .collect(),
+            files,
+        }
+    }
+}
+
+/// A source file outside the workdir that a stage read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceRecord {
+    /// The path as written in the config.
+    pub path: String,
+    /// Hex BLAKE3 of its content.
+    pub blake3: String,
+}
+
+/// Rows in, rows kept, rows dropped by reason.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Accounting {
+    /// Rows (records) the stage read.
+    pub rows_in: u64,
+    /// Rows written to its main output.
+    pub kept: u64,
+    /// Rows dropped, by reason.
+    pub dropped: BTreeMap<String, u64>,
+}
+
+impl Accounting {
+    /// Sum of dropped rows over all reasons.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.values().sum()
+    }
+}
+
+/// Everything recorded about one committed stage output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Manifest format version.
+    pub format: u32,
+    /// Stage name.
+    pub stage: String,
+    /// Stage logic version.
+    pub version: u32,
+    /// Cache key of this entry.
+    pub key: String,
+    /// Canonical config subset the stage ran with.
+    pub config: serde_json::Value,
+    /// Content hash of each input dataset.
+    pub inputs: BTreeMap<String, String>,
+    /// Source files read, with their content hashes.
+    pub sources: Vec<SourceRecord>,
+    /// Output datasets.
+    pub datasets: BTreeMap<String, DatasetManifest>,
+    /// Row accounting.
+    pub accounting: Accounting,
+    /// Stage-specific counts (repairs, truncations, ...).
+    pub counters: BTreeMap<String, u64>,
+    /// Warnings raised while running.
+    pub warnings: Vec<String>,
+    /// Unix time the stage started, in seconds.
+    pub started_at: u64,
+    /// Wall time of the stage, in seconds.
+    pub seconds: f64,
+}
+
+impl Manifest {
+    /// Reads the manifest of the cache entry in `dir`.
+    pub fn read(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = std::fs::read(&path).at(&path)?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| PipelineError::Internal(format!("{}: {e}", path.display())))?;
+        if manifest.format != MANIFEST_FORMAT {
+            return Err(PipelineError::Internal(format!(
+                "{}: manifest format {} (expected {MANIFEST_FORMAT})",
+                path.display(),
+                manifest.format
+            )));
+        }
+        Ok(manifest)
+    }
+
+    /// Checks every part of every dataset: present, of the recorded size and checksum.
+    /// Returns a description of the first problem found.
+    pub fn verify(&self, dir: &Path) -> std::result::Result<(), String> {
+        for dataset in self.datasets.values() {
+            for part in &dataset.files {
+                let path = dir.join(&part.path);
+                let meta = std::fs::metadata(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                if meta.len() != part.bytes {
+                    return Err(format!(
+                        "{}: {} bytes, manifest says {}",
+                        path.display(),
+                        meta.len(),
+                        part.bytes
+                    ));
+                }
+                let actual = hash_file(&path).map_err(|e| e.to_string())?;
+                if actual != part.blake3 {
+                    return Err(format!("{}: checksum mismatch", path.display()));
+                }
+            }
+        }
+        Ok(())
+    }
+}

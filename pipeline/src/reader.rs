@@ -1,0 +1,56 @@
+//! Reading a committed dataset back as a stream of record batches.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::error::{IoContext, Result};
+use crate::manifest::DatasetManifest;
+
+/// A committed dataset: its cache entry folder and manifest entry.
+#[derive(Debug, Clone)]
+pub struct CommittedDataset {
+    /// Dataset name.
+    pub name: String,
+    /// The cache entry folder holding its parts.
+    pub entry_dir: PathBuf,
+    /// Its manifest entry.
+    pub manifest: DatasetManifest,
+}
+
+impl CommittedDataset {
+    /// Paths of its Parquet parts.
+    pub fn part_paths(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        self.manifest
+            .files
+            .iter()
+            .map(|f| self.entry_dir.join(&f.path))
+    }
+
+    /// Streams its rows, part after part, in batches of at most `batch_rows`.
+    pub fn batches(
+        &self,
+        batch_rows: usize,
+    ) -> impl Iterator<Item = Result<RecordBatch>> + Send + 'static {
+        let paths: Vec<PathBuf> = self.part_paths().collect();
+        paths
+            .into_iter()
+            .flat_map(move |path| match open_part(&path, batch_rows) {
+                Ok(reader) => Box::new(reader.map(|b| b.map_err(Into::into)))
+                    as Box<dyn Iterator<Item = Result<RecordBatch>> + Send>,
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            })
+    }
+}
+
+fn open_part(
+    path: &Path,
+    batch_rows: usize,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
+    let file = File::open(path).at(path)?;
+    Ok(ParquetRecordBatchReaderBuilder::try_new(file)?
+        .with_batch_size(batch_rows.max(1))
+        .build()?)
+}

@@ -1,0 +1,192 @@
+//! The Stage contract: what a stage declares and the context it runs in.
+//!
+//! A stage names the datasets it reads and writes, the config it depends on and the source
+//! files it reads; the runner turns those into a cache key and decides whether to run it.
+//! While running, the stage reads input datasets as batch streams, sends output batches to
+//! sinks and accounts for every row it read: kept, or dropped with a reason.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use crate::error::{PipelineError, Result};
+use crate::progress::ProgressObserver;
+use crate::reader::CommittedDataset;
+use crate::writer::OutputSink;
+
+/// What an output dataset is for, so the runner can check the row accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputRole {
+    /// The rows the stage keeps: its row count is the stage's `kept`.
+    Kept,
+    /// The rows the stage drops: its row count must equal the stage's dropped total.
+    Rejects,
+    /// Anything else (reports, side tables).
+    Side,
+}
+
+/// An output dataset a stage declares.
+#[derive(Debug, Clone)]
+pub struct OutputDecl {
+    /// Dataset name (also its SQL table name).
+    pub name: String,
+    /// Arrow schema of its batches.
+    pub schema: SchemaRef,
+    /// Its role in the row accounting.
+    pub role: OutputRole,
+}
+
+/// A file outside the workdir that a stage reads.
+#[derive(Debug, Clone)]
+pub struct SourceDecl {
+    /// The path as written in the config (recorded in manifests and shown to users).
+    pub written: String,
+    /// The path resolved against the config's folder.
+    pub path: PathBuf,
+}
+
+/// A pipeline stage.
+pub trait Stage: Send + Sync {
+    /// Unique name: the config section, the cache folder and what `--stage` selects.
+    fn name(&self) -> &str;
+    /// Bumped whenever the logic changes what the stage outputs for the same inputs.
+    fn version(&self) -> u32;
+    /// Datasets read, produced by upstream stages.
+    fn inputs(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Datasets written.
+    fn outputs(&self) -> Vec<OutputDecl>;
+    /// The canonical config subset the outputs depend on.
+    fn config(&self) -> serde_json::Value;
+    /// Files read from outside the workdir; their content hashes join the cache key.
+    fn sources(&self) -> Vec<SourceDecl> {
+        Vec::new()
+    }
+    /// Does the work.
+    fn run(&self, ctx: &mut StageContext<'_>) -> Result<()>;
+}
+
+/// What a stage sees while it runs.
+pub struct StageContext<'a> {
+    stage: String,
+    batch_rows: usize,
+    inputs: BTreeMap<String, CommittedDataset>,
+    outputs: BTreeMap<String, OutputSink>,
+    rows_in: u64,
+    dropped: BTreeMap<String, u64>,
+    counters: BTreeMap<String, u64>,
+    warnings: Vec<String>,
+    progress: &'a dyn ProgressObserver,
+}
+
+/// What a stage leaves behind once it has run: its sinks and its accounting.
+pub(crate) struct StageOutcome {
+    pub outputs: BTreeMap<String, OutputSink>,
+    pub rows_in: u64,
+    pub dropped: BTreeMap<String, u64>,
+    pub counters: BTreeMap<String, u64>,
+    pub warnings: Vec<String>,
+}
+
+impl<'a> StageContext<'a> {
+    pub(crate) fn new(
+        stage: &str,
+        batch_rows: usize,
+        inputs: BTreeMap<String, CommittedDataset>,
+        outputs: BTreeMap<String, OutputSink>,
+        progress: &'a dyn ProgressObserver,
+    ) -> Self {
+        StageContext {
+            stage: stage.to_string(),
+            batch_rows,
+            inputs,
+            outputs,
+            rows_in: 0,
+            dropped: BTreeMap::new(),
+            counters: BTreeMap::new(),
+            warnings: Vec::new(),
+            progress,
+        }
+    }
+
+    pub(crate) fn into_outcome(self) -> StageOutcome {
+        StageOutcome {
+            outputs: self.outputs,
+            rows_in: self.rows_in,
+            dropped: self.dropped,
+            counters: self.counters,
+            warnings: self.warnings,
+        }
+    }
+
+    /// Preferred rows per batch.
+    pub fn batch_rows(&self) -> usize {
+        self.batch_rows
+    }
+
+    /// An input dataset.
+    pub fn input(&self, name: &str) -> Result<&CommittedDataset> {
+        self.inputs.get(name).ok_or_else(|| {
+            PipelineError::Internal(format!(
+                "stage `{}` read `{name}`, which it did not declare",
+                self.stage
+            ))
+        })
+    }
+
+    /// Streams an input dataset's batches.
+    pub fn read(
+        &self,
+        name: &str,
+    ) -> Result<impl Iterator<Item = Result<RecordBatch>> + Send + 'static> {
+        Ok(self.input(name)?.batches(self.batch_rows))
+    }
+
+    /// Sends a batch to an output dataset.
+    pub fn write(&mut self, output: &str, batch: RecordBatch) -> Result<()> {
+        let stage = &self.stage;
+        self.outputs
+            .get_mut(output)
+            .ok_or_else(|| {
+                PipelineError::Internal(format!(
+                    "stage `{stage}` wrote `{output}`, which it did not declare"
+                ))
+            })?
+            .write(batch)
+    }
+
+    /// Counts rows read.
+    pub fn count_in(&mut self, rows: u64) {
+        self.rows_in += rows;
+    }
+
+    /// Counts rows dropped for `reason`.
+    pub fn count_dropped(&mut self, reason: &str, rows: u64) {
+        *self.dropped.entry(reason.to_string()).or_default() += rows;
+    }
+
+    /// Adds to a stage-specific counter recorded in the manifest.
+    pub fn count(&mut self, counter: &str, n: u64) {
+        *self.counters.entry(counter.to_string()).or_default() += n;
+    }
+
+    /// Records a warning (shown to the user and kept in the manifest).
+    pub fn warn(&mut self, message: impl Into<String>) {
+        let message = message.into();
+        self.progress.warning(&self.stage, &message);
+        self.warnings.push(message);
+    }
+
+    /// Sets the amount of work (e.g. input bytes) the progress display counts towards.
+    pub fn set_work_total(&self, total: u64) {
+        self.progress.work_total(&self.stage, total);
+    }
+
+    /// Reports progress: rows read so far and work done so far (same unit as the total).
+    pub fn report_progress(&self, work_done: u64) {
+        self.progress.progress(&self.stage, self.rows_in, work_done);
+    }
+}

@@ -1,0 +1,263 @@
+//! The workdir: the content-addressed cache, the catalog and the run lock.
+//!
+//! ```text
+//! <workdir>/lock                       held by a running `medtune run`
+//! <workdir>/catalog.json               dataset name -> (stage, key) of its latest output
+//! <workdir>/cache/<stage>/<key>/       a committed output: manifest.json + <dataset>/part-*.parquet
+//! <workdir>/cache/<stage>/.tmp-*       an output being written (never trusted, swept on the next run)
+//! <workdir>/source-hashes.json         memo of source-file hashes by (path, size, mtime)
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IoContext, PipelineError, Result};
+use crate::fsutil::{sync_dir, write_atomic};
+use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::reader::CommittedDataset;
+
+/// A medtune workdir.
+#[derive(Debug, Clone)]
+pub struct Workdir {
+    root: PathBuf,
+}
+
+/// What the cache holds for a stage and key.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A verified entry.
+    Hit(Manifest),
+    /// No entry.
+    Missing,
+    /// An entry exists but failed verification; the reason says which file and how.
+    Corrupt(String),
+}
+
+/// Where the catalog points a dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    /// Stage that produced it.
+    pub stage: String,
+    /// Cache key of that stage's output.
+    pub key: String,
+}
+
+/// Dataset name -> latest committed output, and stage name -> latest key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// Datasets by name.
+    pub datasets: BTreeMap<String, CatalogEntry>,
+    /// Latest key of each stage.
+    pub stages: BTreeMap<String, String>,
+}
+
+impl Workdir {
+    /// A workdir rooted at `root` (created on first write).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Workdir { root: root.into() }
+    }
+
+    /// The workdir folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Path of the source-hash memo.
+    pub fn source_memo_path(&self) -> PathBuf {
+        self.root.join("source-hashes.json")
+    }
+
+    fn stage_dir(&self, stage: &str) -> PathBuf {
+        self.root.join("cache").join(stage)
+    }
+
+    /// Folder of the cache entry of `stage` with `key`.
+    pub fn entry_dir(&self, stage: &str, key: &str) -> PathBuf {
+        self.stage_dir(stage).join(key)
+    }
+
+    /// Looks up and verifies the entry of `stage` with `key`.
+    pub fn lookup(&self, stage: &str, key: &str) -> Lookup {
+        let dir = self.entry_dir(stage, key);
+        if !dir.join(MANIFEST_FILE).exists() {
+            return Lookup::Missing;
+        }
+        match Manifest::read(&dir) {
+            Err(e) => Lookup::Corrupt(e.to_string()),
+            Ok(m) if m.key != key || m.stage != stage => Lookup::Corrupt(format!(
+                "{}: manifest is for {}/{}",
+                dir.display(),
+                m.stage,
+                m.key
+            )),
+            Ok(m) => match m.verify(&dir) {
+                Ok(()) => Lookup::Hit(m),
+                Err(why) => Lookup::Corrupt(why),
+            },
+        }
+    }
+
+    /// The manifest of the latest committed output of `stage`, if the catalog knows one.
+    pub fn latest_manifest(&self, stage: &str) -> Option<Manifest> {
+        let key = self.read_catalog().ok()?.stages.get(stage)?.clone();
+        Manifest::read(&self.entry_dir(stage, &key)).ok()
+    }
+
+    /// Starts a new entry: a fresh temporary folder that nothing trusts until [`Self::commit`].
+    /// Leftover temporary folders of earlier, interrupted runs of the stage are removed.
+    pub fn begin(&self, stage: &str, key: &str) -> Result<PendingEntry> {
+        let stage_dir = self.stage_dir(stage);
+        fs::create_dir_all(&stage_dir).at(&stage_dir)?;
+        for entry in fs::read_dir(&stage_dir).at(&stage_dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let tmp = stage_dir.join(format!(".tmp-{key}-{}-{nanos}", std::process::id()));
+        fs::create_dir_all(&tmp).at(&tmp)?;
+        Ok(PendingEntry {
+            tmp,
+            target: self.entry_dir(stage, key),
+        })
+    }
+
+    /// Commits a pending entry: writes its manifest, fsyncs, and renames it into place.
+    pub fn commit(&self, pending: PendingEntry, manifest: &Manifest) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
+        let manifest_path = pending.tmp.join(MANIFEST_FILE);
+        {
+            let mut file = File::create(&manifest_path).at(&manifest_path)?;
+            file.write_all(&bytes).at(&manifest_path)?;
+            file.sync_all().at(&manifest_path)?;
+        }
+        for sub in fs::read_dir(&pending.tmp).at(&pending.tmp)?.flatten() {
+            if sub.path().is_dir() {
+                sync_dir(&sub.path())?;
+            }
+        }
+        sync_dir(&pending.tmp)?;
+        if pending.target.exists() {
+            // A corrupt entry under the same key: move it aside first so the rename is atomic.
+            let trash = pending.tmp.with_extension("replaced");
+            fs::rename(&pending.target, &trash).at(&pending.target)?;
+            fs::remove_dir_all(&trash).at(&trash)?;
+        }
+        fs::rename(&pending.tmp, &pending.target).at(&pending.target)?;
+        sync_dir(pending.target.parent().expect("entry has a parent"))
+    }
+
+    /// Reads the catalog (empty when there is none yet).
+    pub fn read_catalog(&self) -> Result<Catalog> {
+        let path = self.root.join("catalog.json");
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                PipelineError::Internal(format!("{}: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Catalog::default()),
+            Err(e) => Err(PipelineError::io(path, e)),
+        }
+    }
+
+    /// Points the catalog at a committed output of `stage`.
+    pub fn publish(&self, manifest: &Manifest) -> Result<()> {
+        let mut catalog = self.read_catalog()?;
+        catalog
+            .stages
+            .insert(manifest.stage.clone(), manifest.key.clone());
+        for name in manifest.datasets.keys() {
+            catalog.datasets.insert(
+                name.clone(),
+                CatalogEntry {
+                    stage: manifest.stage.clone(),
+                    key: manifest.key.clone(),
+                },
+            );
+        }
+        let bytes = serde_json::to_vec_pretty(&catalog).expect("catalog serialises");
+        write_atomic(&self.root.join("catalog.json"), &bytes)
+    }
+
+    /// Every dataset the catalog names, with its manifest entry.
+    pub fn catalog_datasets(&self) -> Result<Vec<CommittedDataset>> {
+        let catalog = self.read_catalog()?;
+        let mut out = Vec::new();
+        for (name, entry) in catalog.datasets {
+            let dir = self.entry_dir(&entry.stage, &entry.key);
+            let manifest = Manifest::read(&dir)?;
+            if let Some(dataset) = manifest.datasets.get(&name) {
+                out.push(CommittedDataset {
+                    name,
+                    entry_dir: dir,
+                    manifest: dataset.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes the workdir's run lock, failing at once if another process holds it.
+    pub fn lock(&self) -> Result<RunLock> {
+        fs::create_dir_all(&self.root).at(&self.root)?;
+        let path = self.root.join("lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .at(&path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(PipelineError::Busy(format!(
+                    "workdir {} is in use by another medtune run{}; wait for it to finish \
+                     or use another --workdir",
+                    self.root.display(),
+                    if holder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({holder})")
+                    }
+                )));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(PipelineError::io(&path, e)),
+        }
+        file.set_len(0).at(&path)?;
+        file.rewind().at(&path)?;
+        write!(file, "pid {}", std::process::id()).at(&path)?;
+        file.flush().at(&path)?;
+        Ok(RunLock { _file: file })
+    }
+}
+
+/// An entry being written; dropped without commit, it is swept by the next run.
+#[derive(Debug)]
+pub struct PendingEntry {
+    tmp: PathBuf,
+    target: PathBuf,
+}
+
+impl PendingEntry {
+    /// The temporary folder the stage's outputs are written into.
+    pub fn dir(&self) -> &Path {
+        &self.tmp
+    }
+}
+
+/// Held while a run uses the workdir; released on drop (or when the process dies).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}

@@ -1,0 +1,201 @@
+//! Writing a dataset as size-bounded, zstd-compressed Parquet parts.
+//!
+//! [`DatasetWriter`] does the writing; [`OutputSink`] runs one on its own thread behind a
+//! bounded channel, so a stage keeps producing batches while the previous ones compress.
+
+use std::fs::{self, File};
+use std::io::BufWriter;
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::thread::JoinHandle;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::config::Settings;
+use crate::error::{IoContext, PipelineError, Result};
+use crate::hash::HashingWriter;
+use crate::manifest::{DatasetManifest, PartFile};
+
+/// Batches in flight between a stage and the writer thread of one output.
+const CHANNEL_BATCHES: usize = 4;
+
+type PartSink = HashingWriter<BufWriter<File>>;
+
+/// Writes one dataset into `<entry>/<name>/part-NNNNN.parquet` files.
+pub struct DatasetWriter {
+    name: String,
+    entry_dir: PathBuf,
+    schema: SchemaRef,
+    props: WriterProperties,
+    part_max_bytes: u64,
+    current: Option<(ArrowWriter<PartSink>, String, u64)>,
+    parts: Vec<PartFile>,
+}
+
+impl DatasetWriter {
+    /// A writer for dataset `name` inside the cache entry folder `entry_dir`.
+    pub fn new(
+        entry_dir: PathBuf,
+        name: &str,
+        schema: SchemaRef,
+        settings: &Settings,
+    ) -> Result<Self> {
+        let level = ZstdLevel::try_new(settings.zstd_level)?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .set_max_row_group_row_count(Some(settings.row_group_rows.max(1)))
+            .set_max_row_group_bytes(Some(settings.row_group_max_bytes.max(1) as usize))
+            .build();
+        let dir = entry_dir.join(name);
+        fs::create_dir_all(&dir).at(&dir)?;
+        Ok(DatasetWriter {
+            name: name.to_string(),
+            entry_dir,
+            schema,
+            props,
+            part_max_bytes: settings.part_max_bytes.max(1),
+            current: None,
+            parts: Vec::new(),
+        })
+    }
+
+    /// Appends a batch, closing the current part once it reaches the size bound.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.schema().fields() != self.schema.fields() {
+            return Err(PipelineError::Internal(format!(
+                "dataset `{}`: batch schema {:?} differs from the declared {:?}",
+                self.name,
+                batch.schema(),
+                self.schema
+            )));
+        }
+        if self.current.is_none() {
+            self.open_part()?;
+        }
+        let (writer, _, rows) = self.current.as_mut().expect("a part is open");
+        writer.write(batch)?;
+        *rows += batch.num_rows() as u64;
+        if writer.bytes_written() as u64 + writer.in_progress_size() as u64 >= self.part_max_bytes
+        {
+            self.close_part()?;
+        }
+        Ok(())
+    }
+
+    /// Closes the last part and returns the dataset's manifest entry. A dataset with no rows
+    /// still gets one (empty) part, so its schema is readable.
+    pub fn finish(mut self) -> Result<DatasetManifest> {
+        if self.current.is_none() && self.parts.is_empty() {
+            self.open_part()?;
+        }
+        self.close_part()?;
+        Ok(DatasetManifest::new(&self.schema, self.parts))
+    }
+
+    fn open_part(&mut self) -> Result<()> {
+        let rel = format!("{}/part-{:05}.parquet", self.name, self.parts.len());
+        let path = self.entry_dir.join(&rel);
+        let file = File::create(&path).at(&path)?;
+        let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+        let writer = ArrowWriter::try_new(sink, self.schema.clone(), Some(self.props.clone()))?;
+        self.current = Some((writer, rel, 0));
+        Ok(())
+    }
+
+    fn close_part(&mut self) -> Result<()> {
+        let Some((writer, rel, rows)) = self.current.take() else {
+            return Ok(());
+        };
+        let path = self.entry_dir.join(&rel);
+        let sink = writer.into_inner()?;
+        let (buffered, blake3, bytes) = sink.finish();
+        let file = buffered
+            .into_inner()
+            .map_err(|e| PipelineError::io(&path, e.into_error()))?;
+        file.sync_all().at(&path)?;
+        self.parts.push(PartFile {
+            path: rel,
+            rows,
+            bytes,
+            blake3,
+        });
+        Ok(())
+    }
+}
+
+/// A [`DatasetWriter`] running on its own thread; the stage side sends batches to it.
+pub struct OutputSink {
+    name: String,
+    rows: u64,
+    tx: Option<SyncSender<RecordBatch>>,
+    handle: Option<JoinHandle<Result<DatasetManifest>>>,
+}
+
+impl OutputSink {
+    /// Starts the writer thread.
+    pub fn spawn(writer: DatasetWriter) -> Self {
+        let name = writer.name.clone();
+        let (tx, rx) = sync_channel::<RecordBatch>(CHANNEL_BATCHES);
+        let handle = std::thread::Builder::new()
+            .name(format!("write-{name}"))
+            .spawn(move || {
+                let mut writer = writer;
+                for batch in rx {
+                    writer.write(&batch)?;
+                }
+                writer.finish()
+            })
+            .expect("spawning a writer thread");
+        OutputSink {
+            name,
+            rows: 0,
+            tx: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Rows sent so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Sends a batch to the writer; fails with the writer's own error if it has stopped.
+    pub fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let rows = batch.num_rows() as u64;
+        let tx = self.tx.as_ref().expect("sink used after finish");
+        if tx.send(batch).is_err() {
+            self.tx = None;
+            return Err(self.join().err().unwrap_or_else(|| {
+                PipelineError::Internal(format!("writer of `{}` stopped early", self.name))
+            }));
+        }
+        self.rows += rows;
+        Ok(())
+    }
+
+    /// Waits for the writer to flush everything and returns the dataset's manifest entry.
+    pub fn finish(mut self) -> Result<DatasetManifest> {
+        self.tx = None;
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<DatasetManifest> {
+        let handle = self
+            .handle
+            .take()
+            .ok_or_else(|| PipelineError::Internal(format!("writer of `{}` joined twice", self.name)))?;
+        handle.join().unwrap_or_else(|_| {
+            Err(PipelineError::Internal(format!(
+                "writer thread of `{}` panicked",
+                self.name
+            )))
+        })
+    }
+}

@@ -1,0 +1,161 @@
+//! Arrow schemas of the medtune datasets.
+//!
+//! Every dataset kind has exactly one schema, defined here and nowhere else, so that
+//! stages, the SQL catalog and downstream tools agree on column names and types.
+//! Column names that users and scripts rely on (see `docs/ARCHITECTURE.md`) are
+//! exported as constants.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+/// Column names of the `examples` schema (the `ingested` dataset and its descendants).
+pub mod col {
+    /// Stable row id: `<file name>:<line>`.
+    pub const ID: &str = "id";
+    /// The input file as named in the config.
+    pub const SOURCE_FILE: &str = "source_file";
+    /// 1-based line where the record starts in its source file.
+    pub const LINE: &str = "line";
+    /// Which reader produced the row (`prompt_completion`, `alpaca`, `bio_json`, `conll`).
+    pub const SOURCE_KIND: &str = "source_kind";
+    /// Task of the row (ChemProt: `chemicals`, `diseases`, `influences`; alpaca: `qa`; BIO: `ner`).
+    pub const TASK: &str = "task";
+    /// Model input text.
+    pub const PROMPT: &str = "prompt";
+    /// Target text (alpaca `output` lands here).
+    pub const COMPLETION: &str = "completion";
+    /// Alpaca `instruction`.
+    pub const INSTRUCTION: &str = "instruction";
+    /// Alpaca `input`.
+    pub const INPUT: &str = "input";
+    /// Words of a BIO-tagged sentence.
+    pub const WORDS: &str = "words";
+    /// BIO tags, one per word.
+    pub const TAGS: &str = "tags";
+    /// Rows sharing a group key must land in the same split.
+    pub const GROUP_KEY: &str = "group_key";
+    /// Stage that rejected a row (rejects schema).
+    pub const STAGE: &str = "stage";
+    /// Short machine-readable reject reason (rejects schema).
+    pub const REASON: &str = "reason";
+    /// Human-readable explanation of the reject (rejects schema).
+    pub const DETAIL: &str = "detail";
+    /// Raw text of the rejected record, truncated to a stated bound (rejects schema).
+    pub const RAW: &str = "raw";
+}
+
+fn utf8_list() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+}
+
+/// Schema of example rows: the output of ingest and of every row-preserving stage after it.
+pub fn examples() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(col::ID, DataType::Utf8, false),
+        Field::new(col::SOURCE_FILE, DataType::Utf8, false),
+        Field::new(col::LINE, DataType::UInt64, false),
+        Field::new(col::SOURCE_KIND, DataType::Utf8, false),
+        Field::new(col::TASK, DataType::Utf8, true),
+        Field::new(col::PROMPT, DataType::Utf8, true),
+        Field::new(col::COMPLETION, DataType::Utf8, true),
+        Field::new(col::INSTRUCTION, DataType::Utf8, true),
+        Field::new(col::INPUT, DataType::Utf8, true),
+        Field::new(col::WORDS, utf8_list(), true),
+        Field::new(col::TAGS, utf8_list(), true),
+        Field::new(col::GROUP_KEY, DataType::Utf8, false),
+    ]))
+}
+
+/// Schema of rejected rows: where the row was, why it was rejected, and its raw text.
+pub fn rejects() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(col::STAGE, DataType::Utf8, false),
+        Field::new(col::SOURCE_FILE, DataType::Utf8, false),
+        Field::new(col::LINE, DataType::UInt64, false),
+        Field::new(col::REASON, DataType::Utf8, false),
+        Field::new(col::DETAIL, DataType::Utf8, false),
+        Field::new(col::RAW, DataType::Utf8, false),
+    ]))
+}
+
+/// A batch or file whose schema differs from the one its dataset declares.
+#[derive(Debug, thiserror::Error)]
+#[error("schema mismatch: {0}")]
+pub struct SchemaMismatch(pub String);
+
+/// Checks that `actual` has exactly the fields of `expected` (names, types, order).
+///
+/// Nullability may be relaxed in `actual` only where `expected` allows nulls too.
+pub fn validate(expected: &Schema, actual: &Schema) -> Result<(), SchemaMismatch> {
+    if expected.fields().len() != actual.fields().len() {
+        return Err(SchemaMismatch(format!(
+            "expected {} columns, found {}",
+            expected.fields().len(),
+            actual.fields().len()
+        )));
+    }
+    for (want, got) in expected.fields().iter().zip(actual.fields()) {
+        if want.name() != got.name() {
+            return Err(SchemaMismatch(format!(
+                "expected column `{}`, found `{}`",
+                want.name(),
+                got.name()
+            )));
+        }
+        if !types_match(want.data_type(), got.data_type()) {
+            return Err(SchemaMismatch(format!(
+                "column `{}`: expected {}, found {}",
+                want.name(),
+                want.data_type(),
+                got.data_type()
+            )));
+        }
+        if got.is_nullable() && !want.is_nullable() {
+            return Err(SchemaMismatch(format!(
+                "column `{}` must not be nullable",
+                want.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Compares types ignoring the nullability and name of list items.
+fn types_match(want: &DataType, got: &DataType) -> bool {
+    match (want, got) {
+        (DataType::List(a), DataType::List(b)) => types_match(a.data_type(), b.data_type()),
+        _ => want == got,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schema_validates_against_itself() {
+        validate(&examples(), &examples()).unwrap();
+        validate(&rejects(), &rejects()).unwrap();
+    }
+
+    #[test]
+    fn a_renamed_or_retyped_column_is_named_in_the_error() {
+        let mut fields: Vec<Field> = examples()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields[2] = Field::new("line", DataType::Utf8, false);
+        let err = validate(&examples(), &Schema::new(fields.clone())).unwrap_err();
+        assert!(err.to_string().contains("column `line`"), "{err}");
+        fields[2] = Field::new("lineno", DataType::UInt64, false);
+        let err = validate(&examples(), &Schema::new(fields)).unwrap_err();
+        assert!(err.to_string().contains("`lineno`"), "{err}");
+    }
+
+    #[test]
+    fn different_datasets_do_not_validate_against_each_other() {
+        assert!(validate(&examples(), &rejects()).is_err());
+    }
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Creates (once) a virtual environment with the Python readers the interop test uses
+# (pyarrow, polars, duckdb, datasets) and prints its python's path.
+set -euo pipefail
+venv="${MEDTUNE_VENV:-$(cd "$(dirname "$0")/.." && pwd)/.venv}"
+if ! "$venv/bin/python" -c "import pyarrow, polars, duckdb, datasets" >/dev/null 2>&1; then
+  python3 -m venv "$venv" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check pyarrow polars duckdb datasets >&2
+fi
+echo "$venv/bin/python"

@@ -1,0 +1,127 @@
+//! `medtune`: the command-line front end. Parses arguments, draws progress, prints results
+//! and maps errors to exit codes (0 success, 2 bad input or config, 1 internal error).
+
+mod progress;
+mod report;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use medtune_pipeline::sql::{query_blocking, OutputFormat};
+use medtune_pipeline::{
+    Dag, ErrorClass, PipelineConfig, PipelineError, RunOptions, Runner, Workdir,
+};
+
+/// Streaming data pipeline and QLoRA trainer for medical NLP.
+#[derive(Parser)]
+#[command(name = "medtune", version, about, propagate_version = true)]
+struct Cli {
+    /// Working folder holding the cache and the catalog.
+    #[arg(long, global = true, default_value = ".medtune")]
+    workdir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pipeline, or the named stages and what they need, through the cache.
+    Run {
+        /// Pipeline config (TOML).
+        #[arg(long, default_value = "medtune.toml")]
+        config: PathBuf,
+        /// Run only this stage (and any upstream stage whose output is not cached); repeatable.
+        #[arg(long = "stage", value_name = "NAME")]
+        stages: Vec<String>,
+        /// Recompute the named stages (all stages when none are named) even if cached.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show whether each stage's cached output is fresh, stale (and why) or missing.
+    Status {
+        /// Pipeline config (TOML).
+        #[arg(long, default_value = "medtune.toml")]
+        config: PathBuf,
+    },
+    /// Run a read-only SQL query; every dataset in the catalog is a table named after it.
+    Query {
+        /// The SQL statement.
+        sql: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+fn load(config: &Path) -> anyhow::Result<(PipelineConfig, Dag)> {
+    let config = PipelineConfig::load(config)?;
+    let dag = Dag::new(medtune_stages::build(&config)?)?;
+    Ok((config, dag))
+}
+
+fn execute(cli: Cli) -> anyhow::Result<()> {
+    let workdir = Workdir::new(&cli.workdir);
+    match cli.command {
+        Command::Run {
+            config,
+            stages,
+            force,
+        } => {
+            let (config, dag) = load(&config)?;
+            let observer = progress::Bars::default();
+            let runner = Runner::new(workdir, dag, config.settings().clone(), &observer);
+            let summaries = runner.run(&RunOptions { stages, force })?;
+            drop(observer);
+            report::print_summary(&summaries, &mut std::io::stdout().lock())?;
+        }
+        Command::Status { config } => {
+            let (config, dag) = load(&config)?;
+            let runner = Runner::new(
+                workdir,
+                dag,
+                config.settings().clone(),
+                &medtune_pipeline::Quiet,
+            );
+            report::print_status(&runner.status()?, &mut std::io::stdout().lock())?;
+        }
+        Command::Query { sql, format } => {
+            let format = match format {
+                Format::Table => OutputFormat::Table,
+                Format::Csv => OutputFormat::Csv,
+                Format::Json => OutputFormat::Json,
+            };
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            query_blocking(&workdir, &sql, format, &mut out)?;
+            out.flush().context("writing the query result")?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("medtune: error: {err:#}");
+            let class = err
+                .downcast_ref::<PipelineError>()
+                .map(PipelineError::class)
+                .unwrap_or(ErrorClass::Internal);
+            match class {
+                ErrorClass::BadInput => ExitCode::from(2),
+                ErrorClass::Internal => ExitCode::from(1),
+            }
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Result tables printed to stdout: the per-stage run summary and the status table.
+
+use std::io::Write;
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{CellAlignment, Table};
+use medtune_pipeline::{Freshness, StageStatus, StageSummary};
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(header.to_vec());
+    t
+}
+
+/// Prints rows in / kept / dropped by reason / seconds / cache per stage, and the row balance.
+pub fn print_summary(summaries: &[StageSummary], out: &mut dyn Write) -> std::io::Result<()> {
+    let mut t = table(&["stage", "cache", "rows in", "kept", "dropped", "by reason", "seconds"]);
+    for s in summaries {
+        let a = &s.accounting;
+        let reasons: Vec<String> = a.dropped.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+        t.add_row(vec![
+            s.stage.clone(),
+            if s.cache_hit { "hit" } else { "ran" }.to_string(),
+            a.rows_in.to_string(),
+            a.kept.to_string(),
+            a.dropped_total().to_string(),
+            reasons.join("\n"),
+            format!("{:.2}", s.seconds),
+        ]);
+    }
+    for col in [2, 3, 4, 6] {
+        if let Some(c) = t.column_mut(col) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    writeln!(out, "{t}")?;
+    for s in summaries {
+        let a = &s.accounting;
+        write!(
+            out,
+            "{}: {} rows in = {} kept + {} dropped",
+            s.stage,
+            a.rows_in,
+            a.kept,
+            a.dropped_total()
+        )?;
+        let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        if !counters.is_empty() {
+            write!(out, "; {}", counters.join(", "))?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// Prints fresh / stale (why) / missing per stage.
+pub fn print_status(statuses: &[StageStatus], out: &mut dyn Write) -> std::io::Result<()> {
+    let mut t = table(&["stage", "state", "why"]);
+    for s in statuses {
+        let (state, why) = match &s.freshness {
+            Freshness::Fresh => ("fresh", String::new()),
+            Freshness::Stale(reasons) => ("stale", reasons.join("\n")),
+            Freshness::Missing => ("missing", "never run in this workdir".to_string()),
+        };
+        t.add_row(vec![s.stage.clone(), state.to_string(), why]);
+    }
+    writeln!(out, "{t}")
+}

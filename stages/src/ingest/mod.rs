@@ -1,0 +1,388 @@
+//! The ingest stage: reads raw input files into the `ingested` dataset, streaming, with every
+//! bad record sent to `rejects` with its file, line, reason and (bounded) raw text.
+//!
+//! Formats: prompt/completion JSON (ChemProt style), alpaca JSON (`instruction`, `input`,
+//! `output`), BIO JSON, each as a JSON array or as JSON lines; and CoNLL TSV.
+
+mod batch;
+pub mod bio;
+mod conll;
+mod framing;
+mod json_formats;
+pub mod record;
+
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+
+use medtune_pipeline::{
+    OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl, Stage, StageContext,
+};
+use serde::{Deserialize, Serialize};
+
+use self::batch::{ExampleBatch, FileInfo, RejectBatch};
+use self::bio::BioConfig;
+use self::conll::ConllSentences;
+use self::framing::JsonRecords;
+use self::json_formats::Origin;
+use self::record::{ReadItem, Reject};
+
+pub use self::framing::{JsonRecords as JsonRecordReader, RawRecord};
+pub use self::json_formats::{chemprot_body, chemprot_task};
+
+/// Name of the kept-rows dataset.
+pub const INGESTED: &str = "ingested";
+/// Name of the rejected-rows dataset.
+pub const REJECTS: &str = "rejects";
+
+/// Input formats the ingest stage reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputFormat {
+    /// `{"prompt", "completion"}` records (ChemProt style), JSON lines or array.
+    PromptCompletion,
+    /// `{"instruction", "input", "output"}` records, JSON array or lines.
+    Alpaca,
+    /// `{"text", "labels": [{"word", "entity"}]}` records, JSON array or lines.
+    BioJson,
+    /// `token<TAB>label` lines, a blank line after each sentence.
+    Conll,
+}
+
+impl InputFormat {
+    /// The `source_kind` column value.
+    pub fn kind(self) -> &'static str {
+        match self {
+            InputFormat::PromptCompletion => "prompt_completion",
+            InputFormat::Alpaca => "alpaca",
+            InputFormat::BioJson => "bio_json",
+            InputFormat::Conll => "conll",
+        }
+    }
+}
+
+fn default_max_raw_bytes() -> usize {
+    4096
+}
+fn default_max_record_bytes() -> usize {
+    16 << 20
+}
+fn default_max_sentence_words() -> usize {
+    4096
+}
+
+/// The `[ingest]` config section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Format of every input file.
+    pub format: InputFormat,
+    /// Input files, relative to the config's folder.
+    pub inputs: Vec<String>,
+    /// BIO tag checks.
+    #[serde(default)]
+    pub bio: BioConfig,
+    /// Raw text kept per reject, in bytes (longer text is cut and marked).
+    #[serde(default = "default_max_raw_bytes")]
+    pub max_raw_bytes: usize,
+    /// Longest JSON record accepted, in bytes.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// Longest CoNLL sentence accepted, in words.
+    #[serde(default = "default_max_sentence_words")]
+    pub max_sentence_words: usize,
+}
+
+/// The ingest stage.
+pub struct IngestStage {
+    config: IngestConfig,
+    sources: Vec<SourceDecl>,
+}
+
+impl IngestStage {
+    /// Builds the stage from the `[ingest]` section of `config`.
+    pub fn from_config(config: &PipelineConfig) -> Result<Self> {
+        let section: IngestConfig = config.section("ingest")?;
+        if section.inputs.is_empty() {
+            return Err(config.error("[ingest]: `inputs` lists no files"));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let sources: Vec<SourceDecl> = section
+            .inputs
+            .iter()
+            .map(|written| SourceDecl {
+                written: written.clone(),
+                path: config.resolve(written),
+            })
+            .collect();
+        for source in &sources {
+            let name = file_name(&source.path);
+            if !names.insert(name.clone()) {
+                return Err(config.error(format!(
+                    "[ingest]: two inputs are named `{name}`; row ids (`file:line`) would collide"
+                )));
+            }
+        }
+        Ok(IngestStage {
+            config: section,
+            sources,
+        })
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Counts bytes read, for progress.
+struct Counting<R> {
+    inner: R,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+type Input = BufReader<Counting<File>>;
+
+/// Per-file state of the ingest loop.
+struct FileRun<'a> {
+    info: FileInfo<'a>,
+    kept: u64,
+    rejected: u64,
+    first_reject: Option<Reject>,
+    examples: ExampleBatch,
+    rejects: RejectBatch,
+}
+
+impl Stage for IngestStage {
+    fn name(&self) -> &str {
+        "ingest"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn outputs(&self) -> Vec<OutputDecl> {
+        vec![
+            OutputDecl {
+                name: INGESTED.into(),
+                schema: medtune_schemas::examples(),
+                role: OutputRole::Kept,
+            },
+            OutputDecl {
+                name: REJECTS.into(),
+                schema: medtune_schemas::rejects(),
+                role: OutputRole::Rejects,
+            },
+        ]
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).expect("config serialises")
+    }
+
+    fn sources(&self) -> Vec<SourceDecl> {
+        self.sources.clone()
+    }
+
+    fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
+        let total: u64 = self
+            .sources
+            .iter()
+            .filter_map(|s| std::fs::metadata(&s.path).ok())
+            .map(|m| m.len())
+            .sum();
+        ctx.set_work_total(total);
+        let mut done_before = 0;
+        for source in &self.sources {
+            let name = file_name(&source.path);
+            let mut run = FileRun {
+                info: FileInfo {
+                    source_file: &source.written,
+                    file_name: &name,
+                    source_kind: self.config.format.kind(),
+                },
+                kept: 0,
+                rejected: 0,
+                first_reject: None,
+                examples: ExampleBatch::default(),
+                rejects: RejectBatch::default(),
+            };
+            let input = self.open(&source.path)?;
+            let read = |reader: &Input| done_before + reader.get_ref().bytes;
+            let cfg = &self.config;
+            let bio = &cfg.bio;
+            match cfg.format {
+                InputFormat::Conll => {
+                    let mut iter = ConllSentences::new(input, &name, bio, cfg.max_sentence_words);
+                    while let Some(item) = iter.next() {
+                        let item = item.map_err(|e| PipelineError::io(&source.path, e))?;
+                        self.take(ctx, &mut run, item, read(iter.get_ref()))?;
+                    }
+                }
+                format => {
+                    let mut iter = JsonRecords::new(input, cfg.max_record_bytes);
+                    while let Some(framed) = iter.next() {
+                        let framed = framed.map_err(|e| PipelineError::io(&source.path, e))?;
+                        let item = framed.and_then(|rec| {
+                            let origin = Origin {
+                                file_name: &name,
+                                line: rec.line,
+                            };
+                            match format {
+                                InputFormat::PromptCompletion => {
+                                    json_formats::prompt_completion(&rec.bytes, &origin)
+                                        .map(|e| (e, 0))
+                                }
+                                InputFormat::Alpaca => {
+                                    json_formats::alpaca(&rec.bytes, &origin).map(|e| (e, 0))
+                                }
+                                _ => json_formats::bio_json(&rec.bytes, &origin, bio),
+                            }
+                        });
+                        self.take(ctx, &mut run, item, read(iter.get_ref()))?;
+                    }
+                }
+            }
+            self.flush(ctx, &mut run, true)?;
+            done_before += std::fs::metadata(&source.path).map(|m| m.len()).unwrap_or(0);
+            if run.kept == 0 {
+                if let Some(first) = run.first_reject {
+                    return Err(PipelineError::bad_input(
+                        &source.path,
+                        format!(
+                            "no record parsed as format `{}` ({} rejected; the first, at line {}: \
+                             {}: {})",
+                            self.config.format.kind(),
+                            run.rejected,
+                            first.line,
+                            first.reason.code(),
+                            first.detail
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl IngestStage {
+    /// Opens an input, failing clearly when it is empty or obviously not the declared format.
+    fn open(&self, path: &Path) -> Result<Input> {
+        let mut file = File::open(path).map_err(|e| PipelineError::bad_input(path, e.to_string()))?;
+        let mut head = vec![0u8; 64 * 1024];
+        let mut filled = 0;
+        while filled < head.len() {
+            let n = file
+                .read(&mut head[filled..])
+                .map_err(|e| PipelineError::io(path, e))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        head.truncate(filled);
+        sniff(self.config.format, &head).map_err(|m| PipelineError::bad_input(path, m))?;
+        let file = File::open(path).map_err(|e| PipelineError::io(path, e))?;
+        Ok(BufReader::with_capacity(
+            1 << 20,
+            Counting {
+                inner: file,
+                bytes: 0,
+            },
+        ))
+    }
+
+    fn take(
+        &self,
+        ctx: &mut StageContext<'_>,
+        run: &mut FileRun<'_>,
+        item: ReadItem,
+        bytes_read: u64,
+    ) -> Result<()> {
+        ctx.count_in(1);
+        match item {
+            Ok((example, repairs)) => {
+                run.examples.push(&run.info, &example);
+                run.kept += 1;
+                if repairs > 0 {
+                    ctx.count("bio_tags_repaired", repairs);
+                }
+            }
+            Err(reject) => {
+                ctx.count_dropped(reject.reason.code(), 1);
+                run.rejects.push(
+                    self.name(),
+                    run.info.source_file,
+                    &reject,
+                    self.config.max_raw_bytes,
+                );
+                run.rejected += 1;
+                run.first_reject.get_or_insert(reject);
+            }
+        }
+        if run.examples.rows() >= ctx.batch_rows() || run.examples.text_bytes() >= 64 << 20 {
+            self.flush(ctx, run, false)?;
+            ctx.report_progress(bytes_read);
+        }
+        Ok(())
+    }
+
+    fn flush(&self, ctx: &mut StageContext<'_>, run: &mut FileRun<'_>, all: bool) -> Result<()> {
+        if run.examples.rows() > 0 {
+            ctx.write(INGESTED, run.examples.finish()?)?;
+        }
+        if run.rejects.rows() > 0 && (all || run.rejects.rows() >= ctx.batch_rows()) {
+            ctx.write(REJECTS, run.rejects.finish()?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks the first bytes of a file against its declared format.
+fn sniff(format: InputFormat, head: &[u8]) -> std::result::Result<(), String> {
+    let body = head.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(head);
+    let Some(first) = body.iter().position(|b| !b.is_ascii_whitespace()) else {
+        return Err(if head.is_empty() {
+            "the file is empty".into()
+        } else {
+            "the file holds only whitespace".into()
+        });
+    };
+    let line = 1 + body[..first].iter().filter(|&&b| b == b'\n').count();
+    match format {
+        InputFormat::Conll => {
+            let rest = &body[first..];
+            let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+            let first_line = &rest[..end];
+            if first_line.starts_with(b"-DOCSTART-") || memchr::memchr(b'\t', first_line).is_some() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "not a CoNLL file: line {line} has no tab (expected `token<TAB>label`), \
+                     found {:?}",
+                    String::from_utf8_lossy(&first_line[..first_line.len().min(80)])
+                ))
+            }
+        }
+        _ => match body[first] {
+            b'[' | b'{' => Ok(()),
+            other => Err(format!(
+                "not JSON: format `{}` expects a JSON array or JSON lines, but line {line} \
+                 starts with {:?}",
+                format.kind(),
+                char::from(other)
+            )),
+        },
+    }
+}

@@ -1,0 +1,105 @@
+//! Helpers for tests that drive the `medtune` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shared real data folder (`../shared/data` beside the repository).
+pub fn shared_data(rel: &str) -> PathBuf {
+    let path = repo().join("../shared/data").join(rel);
+    assert!(path.exists(), "real data file {} is missing", path.display());
+    path
+}
+
+/// One medtune invocation's result.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Self {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with both streams unless the exit code is `code`.
+    pub fn expect(self, code: i32) -> Self {
+        assert_eq!(
+            self.code, code,
+            "exit code {} (wanted {code})\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `medtune --workdir <workdir> ARGS...`.
+pub fn medtune(workdir: &Path, args: &[&str]) -> Run {
+    let output = Command::new(env!("CARGO_BIN_EXE_medtune"))
+        .arg("--workdir")
+        .arg(workdir)
+        .args(args)
+        .output()
+        .expect("medtune runs");
+    Run::from(output)
+}
+
+/// Runs a query and returns its CSV output.
+pub fn query_csv(workdir: &Path, sql: &str) -> String {
+    medtune(workdir, &["query", sql, "--format", "csv"]).expect(0).stdout
+}
+
+/// Writes a config with an `[ingest]` section reading `inputs` (absolute paths) as `format`,
+/// plus any extra TOML, and returns its path.
+pub fn write_config(dir: &Path, format: &str, inputs: &[PathBuf], extra: &str) -> PathBuf {
+    let list: Vec<String> = inputs
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    let text = format!(
+        "[ingest]\nformat = \"{format}\"\ninputs = [{}]\n{extra}\n",
+        list.join(", ")
+    );
+    let path = dir.join(format!("{format}-{}.toml", inputs.len()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A bad-input fixture from `data/bad`.
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("data/bad").join(name)
+}
+
+/// Writes a JSON array of `rows` alpaca records cut from chatdoctor5k.json (cycled, each
+/// input suffixed with its row number) and returns its path.
+pub fn big_alpaca(dir: &Path, rows: usize) -> PathBuf {
+    let source: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(shared_data("chatdoctor/chatdoctor5k.json")).unwrap())
+            .unwrap();
+    let path = dir.join(format!("alpaca-{rows}.json"));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    use std::io::Write;
+    out.write_all(b"[\n").unwrap();
+    for i in 0..rows {
+        let mut row = source[i % source.len()].clone();
+        let input = format!("{} (#{i})", row["input"].as_str().unwrap_or(""));
+        row["input"] = serde_json::Value::String(input);
+        if i > 0 {
+            out.write_all(b",\n").unwrap();
+        }
+        serde_json::to_writer_pretty(&mut out, &row).unwrap();
+    }
+    out.write_all(b"\n]\n").unwrap();
+    out.flush().unwrap();
+    path
+}

@@ -1,0 +1,39 @@
+//! The Parquet outputs open unchanged in pyarrow, polars, duckdb and HF `datasets`.
+//!
+//! Needs a Python with those packages: `.ci/run` creates one and sets MEDTUNE_PYTHON. Outside
+//! CI the test is skipped (with a note) when MEDTUNE_PYTHON is unset; in CI it fails instead.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn outputs_open_in_pyarrow_polars_duckdb_and_datasets() {
+    let Ok(python) = std::env::var("MEDTUNE_PYTHON") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "MEDTUNE_PYTHON is not set in CI; .ci/run sets it up"
+        );
+        eprintln!("skipped: set MEDTUNE_PYTHON to a Python with pyarrow, polars, duckdb, datasets");
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    for config in ["configs/bc5cdr.toml", "configs/healthcaremagic.toml"] {
+        let config = repo().join(config);
+        medtune(work.path(), &["run", "--config", config.to_str().unwrap()]).expect(0);
+        let out = std::process::Command::new(&python)
+            .arg(repo().join("bench/parquet_interop.py"))
+            .arg(work.path())
+            .env("HF_DATASETS_OFFLINE", "1")
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("ingested: pyarrow") && stdout.contains("datasets"), "{stdout}");
+    }
+}
