@@ -8,13 +8,22 @@ use medtune_pipeline::{Freshness, StageStatus, StageSummary};
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(header.to_vec());
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(header.to_vec());
     t
 }
 
 /// Prints rows in / kept / dropped by reason / seconds / cache per stage, and the row balance.
 pub fn print_summary(summaries: &[StageSummary], out: &mut dyn Write) -> std::io::Result<()> {
-    let mut t = table(&["stage", "cache", "rows in", "kept", "dropped", "by reason", "seconds"]);
+    let mut t = table(&[
+        "stage",
+        "cache",
+        "rows in",
+        "kept",
+        "dropped",
+        "by reason",
+        "seconds",
+    ]);
     for s in summaries {
         let a = &s.accounting;
         let reasons: Vec<String> = a.dropped.iter().map(|(r, n)| format!("{r}: {n}")).collect();

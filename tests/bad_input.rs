@@ -11,45 +11,90 @@ fn ingest(format: &str, fixture_name: &str, extra: &str) -> (String, String) {
     let work = tempfile::tempdir().unwrap();
     let config = write_config(work.path(), format, &[fixture(fixture_name)], extra);
     let run = medtune(work.path(), &["run", "--config", config.to_str().unwrap()]).expect(0);
-    let rejects = query_csv(work.path(), "SELECT line, reason, source_file FROM rejects ORDER BY line");
+    let rejects = query_csv(
+        work.path(),
+        "SELECT line, reason, source_file FROM rejects ORDER BY line",
+    );
     let kept = query_csv(work.path(), "SELECT count(*) AS n FROM ingested");
     (format!("{}{kept}", run.stdout), rejects)
 }
 
-fn assert_rejects(format: &str, fixture_name: &str, extra: &str, rows_in: u64, rejects: &[(u64, &str)]) {
+fn assert_rejects(
+    format: &str,
+    fixture_name: &str,
+    extra: &str,
+    rows_in: u64,
+    rejects: &[(u64, &str)],
+) {
     let (summary, got) = ingest(format, fixture_name, extra);
     let kept = rows_in - rejects.len() as u64;
     assert!(
-        summary.contains(&format!("ingest: {rows_in} rows in = {kept} kept + {} dropped", rejects.len())),
+        summary.contains(&format!(
+            "ingest: {rows_in} rows in = {kept} kept + {} dropped",
+            rejects.len()
+        )),
         "{fixture_name}: {summary}"
     );
     let path = fixture(fixture_name).display().to_string();
     let want: String = std::iter::once("line,reason,source_file\n".to_string())
-        .chain(rejects.iter().map(|(line, reason)| format!("{line},{reason},{path}\n")))
+        .chain(
+            rejects
+                .iter()
+                .map(|(line, reason)| format!("{line},{reason},{path}\n")),
+        )
         .collect();
     assert_eq!(got, want, "{fixture_name}");
 }
 
 #[test]
 fn malformed_json_is_rejected_at_its_line() {
-    assert_rejects("prompt_completion", "malformed_json.jsonl", "", 3, &[(2, "malformed_json")]);
+    assert_rejects(
+        "prompt_completion",
+        "malformed_json.jsonl",
+        "",
+        3,
+        &[(2, "malformed_json")],
+    );
 }
 
 #[test]
 fn a_missing_field_is_rejected() {
-    assert_rejects("prompt_completion", "missing_field.jsonl", "", 3, &[(2, "missing_field")]);
+    assert_rejects(
+        "prompt_completion",
+        "missing_field.jsonl",
+        "",
+        3,
+        &[(2, "missing_field")],
+    );
 }
 
 #[test]
 fn a_mistyped_field_is_rejected() {
-    assert_rejects("prompt_completion", "wrong_type.jsonl", "", 3, &[(3, "wrong_type")]);
+    assert_rejects(
+        "prompt_completion",
+        "wrong_type.jsonl",
+        "",
+        3,
+        &[(3, "wrong_type")],
+    );
 }
 
 #[test]
 fn invalid_utf8_is_rejected_and_the_raw_text_kept_lossily() {
-    assert_rejects("prompt_completion", "invalid_utf8.jsonl", "", 3, &[(2, "invalid_utf8")]);
+    assert_rejects(
+        "prompt_completion",
+        "invalid_utf8.jsonl",
+        "",
+        3,
+        &[(2, "invalid_utf8")],
+    );
     let work = tempfile::tempdir().unwrap();
-    let config = write_config(work.path(), "prompt_completion", &[fixture("invalid_utf8.jsonl")], "");
+    let config = write_config(
+        work.path(),
+        "prompt_completion",
+        &[fixture("invalid_utf8.jsonl")],
+        "",
+    );
     medtune(work.path(), &["run", "--config", config.to_str().unwrap()]).expect(0);
     let raw = query_csv(work.path(), "SELECT raw FROM rejects");
     assert!(raw.contains("caf\u{FFFD} \u{FFFD}"), "{raw}");
@@ -62,34 +107,67 @@ fn a_truncated_json_array_rejects_the_partial_record() {
 
 #[test]
 fn data_after_a_json_array_is_rejected() {
-    assert_rejects("alpaca", "trailing_data.json", "", 3, &[(13, "trailing_data")]);
+    assert_rejects(
+        "alpaca",
+        "trailing_data.json",
+        "",
+        3,
+        &[(13, "trailing_data")],
+    );
 }
 
 #[test]
 fn bio_word_tag_count_mismatch_is_rejected() {
-    assert_rejects("bio_json", "word_tag_mismatch.jsonl", "", 3, &[(2, "word_tag_mismatch")]);
+    assert_rejects(
+        "bio_json",
+        "word_tag_mismatch.jsonl",
+        "",
+        3,
+        &[(2, "word_tag_mismatch")],
+    );
 }
 
 #[test]
 fn an_invalid_bio_tag_is_rejected() {
-    assert_rejects("bio_json", "invalid_tag.jsonl", "", 3, &[(2, "invalid_tag")]);
+    assert_rejects(
+        "bio_json",
+        "invalid_tag.jsonl",
+        "",
+        3,
+        &[(2, "invalid_tag")],
+    );
 }
 
 #[test]
 fn i_after_o_is_rejected_or_repaired_as_configured() {
-    assert_rejects("bio_json", "i_after_o.jsonl", "", 3, &[(2, "invalid_bio_sequence")]);
+    assert_rejects(
+        "bio_json",
+        "i_after_o.jsonl",
+        "",
+        3,
+        &[(2, "invalid_bio_sequence")],
+    );
     let (summary, rejects) = ingest(
         "bio_json",
         "i_after_o.jsonl",
         "[ingest.bio]\ninvalid_continuation = \"repair\"",
     );
-    assert!(summary.contains("3 rows in = 3 kept + 0 dropped; bio_tags_repaired 1"), "{summary}");
+    assert!(
+        summary.contains("3 rows in = 3 kept + 0 dropped; bio_tags_repaired 1"),
+        "{summary}"
+    );
     assert_eq!(rejects, "line,reason,source_file\n");
 }
 
 #[test]
 fn a_conll_line_without_a_tab_rejects_its_sentence() {
-    assert_rejects("conll", "malformed_line.tsv", "", 3, &[(4, "malformed_line")]);
+    assert_rejects(
+        "conll",
+        "malformed_line.tsv",
+        "",
+        3,
+        &[(4, "malformed_line")],
+    );
 }
 
 #[test]
@@ -105,7 +183,7 @@ fn an_entity_type_outside_the_configured_list_is_rejected() {
 
 fn expect_input_error(format: &str, input: std::path::PathBuf, message: &str) {
     let work = tempfile::tempdir().unwrap();
-    let config = write_config(work.path(), format, &[input.clone()], "");
+    let config = write_config(work.path(), format, std::slice::from_ref(&input), "");
     let run = medtune(work.path(), &["run", "--config", config.to_str().unwrap()]).expect(2);
     let name = input.file_name().unwrap().to_string_lossy().into_owned();
     assert!(run.stderr.contains(&name), "{}", run.stderr);
@@ -115,8 +193,16 @@ fn expect_input_error(format: &str, input: std::path::PathBuf, message: &str) {
 
 #[test]
 fn missing_empty_and_wrong_format_files_exit_with_code_2() {
-    expect_input_error("prompt_completion", fixture("no_such_file.jsonl"), "not found");
-    expect_input_error("prompt_completion", fixture("empty.jsonl"), "the file is empty");
+    expect_input_error(
+        "prompt_completion",
+        fixture("no_such_file.jsonl"),
+        "not found",
+    );
+    expect_input_error(
+        "prompt_completion",
+        fixture("empty.jsonl"),
+        "the file is empty",
+    );
     expect_input_error("prompt_completion", fixture("not_json.jsonl"), "not JSON");
     expect_input_error("conll", fixture("not_conll.tsv"), "not a CoNLL file");
     // JSON of the wrong shape: every record rejected means the format is wrong.
@@ -133,10 +219,22 @@ fn config_errors_name_the_file_and_key_and_exit_with_code_2() {
     let config = work.path().join("bad.toml");
     std::fs::write(&config, "[ingest]\nformat = \"csv\"\ninputs = [\"x\"]\n").unwrap();
     let run = medtune(work.path(), &["run", "--config", config.to_str().unwrap()]).expect(2);
-    assert!(run.stderr.contains("bad.toml") && run.stderr.contains("csv"), "{}", run.stderr);
-    std::fs::write(&config, "[ingest]\nformat = \"conll\"\ninputs = [\"x\"]\n[tokenise]\n").unwrap();
+    assert!(
+        run.stderr.contains("bad.toml") && run.stderr.contains("csv"),
+        "{}",
+        run.stderr
+    );
+    std::fs::write(
+        &config,
+        "[ingest]\nformat = \"conll\"\ninputs = [\"x\"]\n[tokenise]\n",
+    )
+    .unwrap();
     let run = medtune(work.path(), &["run", "--config", config.to_str().unwrap()]).expect(2);
-    assert!(run.stderr.contains("unknown stage section [tokenise]"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unknown stage section [tokenise]"),
+        "{}",
+        run.stderr
+    );
     let run = medtune(work.path(), &["run", "--config", "/nonexistent.toml"]).expect(2);
     assert!(run.stderr.contains("/nonexistent.toml"), "{}", run.stderr);
 }

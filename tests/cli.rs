@@ -37,13 +37,21 @@ fn cache_column(stdout: &str, stage: &str) -> String {
 fn a_second_run_is_a_cache_hit_and_status_says_fresh() {
     let work = tempfile::tempdir().unwrap();
     let config = chemprot_config(work.path());
-    let status = medtune(work.path(), &["status", "--config", config.to_str().unwrap()]).expect(0);
+    let status = medtune(
+        work.path(),
+        &["status", "--config", config.to_str().unwrap()],
+    )
+    .expect(0);
     assert!(status.stdout.contains("missing"), "{}", status.stdout);
     let first = run(work.path(), &config, &[]);
     assert_eq!(cache_column(&first.stdout, "ingest"), "ran");
     let second = run(work.path(), &config, &[]);
     assert_eq!(cache_column(&second.stdout, "ingest"), "hit");
-    let status = medtune(work.path(), &["status", "--config", config.to_str().unwrap()]).expect(0);
+    let status = medtune(
+        work.path(),
+        &["status", "--config", config.to_str().unwrap()],
+    )
+    .expect(0);
     assert!(status.stdout.contains("fresh"), "{}", status.stdout);
     let forced = run(work.path(), &config, &["--force"]);
     assert_eq!(cache_column(&forced.stdout, "ingest"), "ran");
@@ -55,16 +63,32 @@ fn status_names_the_changed_config_key_and_the_run_recomputes() {
     let config = chemprot_config(work.path());
     run(work.path(), &config, &[]);
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{text}\n[ingest.bio]\ninvalid_continuation = \"repair\"\n")).unwrap();
-    let status = medtune(work.path(), &["status", "--config", config.to_str().unwrap()]).expect(0);
+    std::fs::write(
+        &config,
+        format!("{text}\n[ingest.bio]\ninvalid_continuation = \"repair\"\n"),
+    )
+    .unwrap();
+    let status = medtune(
+        work.path(),
+        &["status", "--config", config.to_str().unwrap()],
+    )
+    .expect(0);
     assert!(status.stdout.contains("stale"), "{}", status.stdout);
     assert!(
-        status.stdout.contains(r#"config ingest.bio.invalid_continuation: "reject" -> "repair""#),
+        status
+            .stdout
+            .contains(r#"config ingest.bio.invalid_continuation: "reject" -> "repair""#),
         "{}",
         status.stdout
     );
-    assert_eq!(cache_column(&run(work.path(), &config, &[]).stdout, "ingest"), "ran");
-    assert_eq!(cache_column(&run(work.path(), &config, &[]).stdout, "ingest"), "hit");
+    assert_eq!(
+        cache_column(&run(work.path(), &config, &[]).stdout, "ingest"),
+        "ran"
+    );
+    assert_eq!(
+        cache_column(&run(work.path(), &config, &[]).stdout, "ingest"),
+        "hit"
+    );
 }
 
 fn parts(work: &Path) -> Vec<PathBuf> {
@@ -93,11 +117,23 @@ fn a_truncated_part_is_detected_and_recomputed() {
         .find(|p| p.to_string_lossy().contains("/ingested/"))
         .unwrap();
     let len = std::fs::metadata(&part).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&part).unwrap().set_len(len / 3).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&part)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
     let again = run(work.path(), &config, &[]);
     assert_eq!(cache_column(&again.stdout, "ingest"), "ran");
-    assert!(again.stderr.contains("failed verification"), "{}", again.stderr);
-    assert_eq!(query_csv(work.path(), "SELECT count(*) AS n FROM ingested"), "n\n3000\n");
+    assert!(
+        again.stderr.contains("failed verification"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(
+        query_csv(work.path(), "SELECT count(*) AS n FROM ingested"),
+        "n\n3000\n"
+    );
 }
 
 #[test]
@@ -106,7 +142,12 @@ fn a_run_killed_mid_stage_leaves_nothing_the_cache_trusts() {
     let input = big_alpaca(work.path(), 150_000);
     let config = write_config(work.path(), "alpaca", &[input], "");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_medtune"))
-        .args(["--workdir", work.path().to_str().unwrap(), "run", "--config"])
+        .args([
+            "--workdir",
+            work.path().to_str().unwrap(),
+            "run",
+            "--config",
+        ])
         .arg(&config)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -127,7 +168,10 @@ fn a_run_killed_mid_stage_leaves_nothing_the_cache_trusts() {
     };
     while !writing(&stage_dir) {
         assert!(Instant::now() < deadline, "the run never started writing");
-        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run finished before it could be killed"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap();
@@ -138,16 +182,29 @@ fn a_run_killed_mid_stage_leaves_nothing_the_cache_trusts() {
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .collect();
     assert!(committed.is_empty(), "a killed run committed {committed:?}");
-    let status = medtune(work.path(), &["status", "--config", config.to_str().unwrap()]).expect(0);
+    let status = medtune(
+        work.path(),
+        &["status", "--config", config.to_str().unwrap()],
+    )
+    .expect(0);
     assert!(status.stdout.contains("missing"), "{}", status.stdout);
     let again = run(work.path(), &config, &[]);
-    assert!(again.stdout.contains("150000 rows in = 150000 kept + 0 dropped"), "{}", again.stdout);
+    assert!(
+        again
+            .stdout
+            .contains("150000 rows in = 150000 kept + 0 dropped"),
+        "{}",
+        again.stdout
+    );
     let leftovers = std::fs::read_dir(&stage_dir)
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
         .count();
-    assert_eq!(leftovers, 0, "the temporary output of the killed run was swept");
+    assert_eq!(
+        leftovers, 0,
+        "the temporary output of the killed run was swept"
+    );
 }
 
 #[test]
@@ -163,7 +220,11 @@ fn a_second_run_on_a_busy_workdir_fails_fast() {
     lock.lock().unwrap();
     let started = Instant::now();
     let busy = medtune(work.path(), &["run", "--config", config.to_str().unwrap()]).expect(2);
-    assert!(busy.stderr.contains("in use by another medtune run"), "{}", busy.stderr);
+    assert!(
+        busy.stderr.contains("in use by another medtune run"),
+        "{}",
+        busy.stderr
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
     lock.unlock().unwrap();
     run(work.path(), &config, &[]);
@@ -176,19 +237,44 @@ fn queries_answer_in_three_formats_and_refuse_writes() {
     let none = medtune(work.path(), &["query", "SELECT 1"]).expect(2);
     assert!(none.stderr.contains("no datasets yet"), "{}", none.stderr);
     run(work.path(), &config, &[]);
-    let table = medtune(work.path(), &["query", "SELECT task, count(*) AS n FROM ingested GROUP BY task ORDER BY task"])
-        .expect(0)
-        .stdout;
+    let table = medtune(
+        work.path(),
+        &[
+            "query",
+            "SELECT task, count(*) AS n FROM ingested GROUP BY task ORDER BY task",
+        ],
+    )
+    .expect(0)
+    .stdout;
     assert!(table.contains("| chemicals  | 1000 |"), "{table}");
-    let json = medtune(work.path(), &["query", "SELECT count(*) AS n FROM rejects", "--format", "json"])
-        .expect(0)
-        .stdout;
+    let json = medtune(
+        work.path(),
+        &[
+            "query",
+            "SELECT count(*) AS n FROM rejects",
+            "--format",
+            "json",
+        ],
+    )
+    .expect(0)
+    .stdout;
     assert_eq!(json.trim(), r#"[{"n":0}]"#);
-    let csv = query_csv(work.path(), "SELECT source_file, line, reason FROM rejects LIMIT 5");
+    let csv = query_csv(
+        work.path(),
+        "SELECT source_file, line, reason FROM rejects LIMIT 5",
+    );
     assert_eq!(csv, "source_file,line,reason\n");
-    for sql in ["DROP TABLE ingested", "COPY ingested TO 'x.parquet'", "INSERT INTO rejects SELECT * FROM rejects"] {
+    for sql in [
+        "DROP TABLE ingested",
+        "COPY ingested TO 'x.parquet'",
+        "INSERT INTO rejects SELECT * FROM rejects",
+    ] {
         let refused = medtune(work.path(), &["query", sql]).expect(2);
-        assert!(refused.stderr.contains("read-only"), "{sql}: {}", refused.stderr);
+        assert!(
+            refused.stderr.contains("read-only"),
+            "{sql}: {}",
+            refused.stderr
+        );
     }
     let bad = medtune(work.path(), &["query", "SELECT nope FROM ingested"]).expect(2);
     assert!(bad.stderr.contains("nope"), "{}", bad.stderr);

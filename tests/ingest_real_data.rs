@@ -9,20 +9,37 @@ fn chemprot_ingests_3000_rows_1000_per_task_999_articles() {
     let work = tempfile::tempdir().unwrap();
     let config = repo().join("configs/chemprot.toml");
     let run = medtune(work.path(), &["run", "--config", config.to_str().unwrap()]).expect(0);
-    assert!(run.stdout.contains("ingest: 3000 rows in = 3000 kept + 0 dropped"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("ingest: 3000 rows in = 3000 kept + 0 dropped"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(
-        query_csv(work.path(), "SELECT task, count(*) AS n FROM ingested GROUP BY task ORDER BY task"),
+        query_csv(
+            work.path(),
+            "SELECT task, count(*) AS n FROM ingested GROUP BY task ORDER BY task"
+        ),
         "task,n\nchemicals,1000\ndiseases,1000\ninfluences,1000\n"
     );
     // Each article appears under up to three tasks and shares one group key across them.
     assert_eq!(
-        query_csv(work.path(), "SELECT count(DISTINCT group_key) AS articles FROM ingested"),
+        query_csv(
+            work.path(),
+            "SELECT count(DISTINCT group_key) AS articles FROM ingested"
+        ),
         "articles\n999\n"
     );
-    assert_eq!(query_csv(work.path(), "SELECT count(*) AS n FROM rejects"), "n\n0\n");
+    assert_eq!(
+        query_csv(work.path(), "SELECT count(*) AS n FROM rejects"),
+        "n\n0\n"
+    );
     // Ids are stable and unique; lines match the file's line numbers.
     assert_eq!(
-        query_csv(work.path(), "SELECT id, line FROM ingested WHERE line = 3000"),
+        query_csv(
+            work.path(),
+            "SELECT id, line FROM ingested WHERE line = 3000"
+        ),
         "id,line\nboth_rel_instruct_raw.jsonl:3000,3000\n"
     );
     assert_eq!(
@@ -45,13 +62,19 @@ fn chatdoctor5k_json_array_ingests_5452_rows_with_alpaca_columns() {
         "n,instructions,no_output\n5452,1,0\n"
     );
     // The completion is the alpaca `output`; the prompt is instruction + blank line + input.
-    let expected: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(shared_data("chatdoctor/chatdoctor5k.json")).unwrap())
-            .unwrap();
+    let expected: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(shared_data("chatdoctor/chatdoctor5k.json")).unwrap(),
+    )
+    .unwrap();
     let first = &expected[0];
     let json = medtune(
         work.path(),
-        &["query", "SELECT prompt, completion, input FROM ingested ORDER BY line LIMIT 1", "--format", "json"],
+        &[
+            "query",
+            "SELECT prompt, completion, input FROM ingested ORDER BY line LIMIT 1",
+            "--format",
+            "json",
+        ],
     )
     .expect(0)
     .stdout;
@@ -60,7 +83,11 @@ fn chatdoctor5k_json_array_ingests_5452_rows_with_alpaca_columns() {
     assert_eq!(got[0]["input"], first["input"]);
     assert_eq!(
         got[0]["prompt"].as_str().unwrap(),
-        format!("{}\n\n{}", first["instruction"].as_str().unwrap(), first["input"].as_str().unwrap())
+        format!(
+            "{}\n\n{}",
+            first["instruction"].as_str().unwrap(),
+            first["input"].as_str().unwrap()
+        )
     );
 }
 
@@ -78,7 +105,9 @@ fn conll_counts(text: &str) -> (usize, std::collections::BTreeMap<String, usize>
             sentences += 1;
             in_sentence = true;
         }
-        *tags.entry(line.rsplit('\t').next().unwrap().to_string()).or_default() += 1;
+        *tags
+            .entry(line.rsplit('\t').next().unwrap().to_string())
+            .or_default() += 1;
     }
     (sentences, tags)
 }
@@ -110,7 +139,10 @@ fn bc5cdr_train_sentences_and_tag_counts_match_the_file() {
     assert_eq!(got, want);
     // Every sentence has as many tags as words.
     assert_eq!(
-        query_csv(work.path(), "SELECT count(*) AS n FROM ingested WHERE array_length(words) <> array_length(tags)"),
+        query_csv(
+            work.path(),
+            "SELECT count(*) AS n FROM ingested WHERE array_length(words) <> array_length(tags)"
+        ),
         "n\n0\n"
     );
 }
@@ -137,10 +169,18 @@ fn bc5cdr_config_reads_all_three_files() {
 #[test]
 fn bio_json_sample_ingests_with_document_groups() {
     let work = tempfile::tempdir().unwrap();
-    let config = write_config(work.path(), "bio_json", &[repo().join("data/samples/bio.jsonl")], "");
+    let config = write_config(
+        work.path(),
+        "bio_json",
+        &[repo().join("data/samples/bio.jsonl")],
+        "",
+    );
     medtune(work.path(), &["run", "--config", config.to_str().unwrap()]).expect(0);
     assert_eq!(
-        query_csv(work.path(), "SELECT count(*) AS n, count(DISTINCT group_key) AS g, min(task) AS t FROM ingested"),
+        query_csv(
+            work.path(),
+            "SELECT count(*) AS n, count(DISTINCT group_key) AS g, min(task) AS t FROM ingested"
+        ),
         "n,g,t\n20,20,ner\n"
     );
 }

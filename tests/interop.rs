@@ -34,6 +34,9 @@ fn outputs_open_in_pyarrow_polars_duckdb_and_datasets() {
             "{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(stdout.contains("ingested: pyarrow") && stdout.contains("datasets"), "{stdout}");
+        assert!(
+            stdout.contains("ingested: pyarrow") && stdout.contains("datasets"),
+            "{stdout}"
+        );
     }
 }

@@ -23,7 +23,12 @@ fn a_112k_row_json_array_ingests_in_memory_well_below_its_size() {
     let config = write_config(work.path(), "alpaca", &[input], "");
     let run = medtune(work.path(), &["run", "--config", config.to_str().unwrap()]).expect(0);
     let peak = peak_rss_of_children_bytes();
-    assert!(run.stdout.contains("112165 rows in = 112165 kept + 0 dropped"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("112165 rows in = 112165 kept + 0 dropped"),
+        "{}",
+        run.stdout
+    );
     eprintln!(
         "ingest of a {:.1} MiB JSON array: peak RSS {:.1} MiB ({:.0}% of the file)",
         file_bytes as f64 / (1 << 20) as f64,

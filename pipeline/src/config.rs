@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-
 use crate::error::{PipelineError, Result};
 
 /// Engine settings shared by all stages (the `[pipeline]` section).
@@ -177,7 +176,10 @@ mod tests {
     #[test]
     fn relative_paths_resolve_against_the_config_folder() {
         let cfg = PipelineConfig::parse(Path::new("configs/x.toml"), "[ingest]\n").unwrap();
-        assert_eq!(cfg.resolve("../data/a.jsonl"), Path::new("configs/../data/a.jsonl"));
+        assert_eq!(
+            cfg.resolve("../data/a.jsonl"),
+            Path::new("configs/../data/a.jsonl")
+        );
         assert_eq!(cfg.resolve("/abs/a.jsonl"), Path::new("/abs/a.jsonl"));
     }
 
@@ -186,7 +188,10 @@ mod tests {
         let err = PipelineConfig::parse(Path::new("c.toml"), "[pipeline]\npart_bytes = 3\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("c.toml") && err.contains("part_bytes"), "{err}");
+        assert!(
+            err.contains("c.toml") && err.contains("part_bytes"),
+            "{err}"
+        );
     }
 
     #[test]

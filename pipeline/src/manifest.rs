@@ -57,11 +57,8 @@ pub struct DatasetManifest {
 impl DatasetManifest {
     /// Builds the entry for `files`, computing totals and the content hash.
     pub fn new(schema: &Schema, files: Vec<PartFile>) -> Self {
-        let content_hash = crate::hash::hash_parts(
-            files
-                .iter()
-                .map(|f| (f.path.as_str(), f.blake3.as_bytes())),
-        );
+        let content_hash =
+            crate::hash::hash_parts(files.iter().map(|f| (f.path.as_str(), f.blake3.as_bytes())));
         DatasetManifest {
             rows: files.iter().map(|f| f.rows).sum(),
             bytes: files.iter().map(|f| f.bytes).sum(),
@@ -161,8 +158,8 @@ impl Manifest {
         for dataset in self.datasets.values() {
             for part in &dataset.files {
                 let path = dir.join(&part.path);
-                let meta = std::fs::metadata(&path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let meta =
+                    std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
                 if meta.len() != part.bytes {
                     return Err(format!(
                         "{}: {} bytes, manifest says {}",

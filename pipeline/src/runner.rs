@@ -132,7 +132,7 @@ impl<'a> Runner<'a> {
                 None
             } else {
                 match self.workdir.lookup(stage.name(), &parts.key) {
-                    Lookup::Hit(manifest) => Some(manifest),
+                    Lookup::Hit(manifest) => Some(*manifest),
                     Lookup::Missing => None,
                     Lookup::Corrupt(why) => {
                         self.progress.warning(
@@ -279,7 +279,11 @@ impl<'a> Runner<'a> {
                         "{what} (input `{}` of stage `{}`{})",
                         source.written,
                         stage.name(),
-                        if for_run { "" } else { "; status cannot check it" }
+                        if for_run {
+                            ""
+                        } else {
+                            "; status cannot check it"
+                        }
                     ),
                 ));
             }
@@ -305,7 +309,8 @@ impl<'a> Runner<'a> {
                 .iter()
                 .map(|s| (format!("source:{}", s.path), s.blake3.as_bytes().to_vec())),
         );
-        let key = hash_parts(parts.iter().map(|(l, b)| (l.as_str(), b.as_slice())))[..32].to_string();
+        let key =
+            hash_parts(parts.iter().map(|(l, b)| (l.as_str(), b.as_slice())))[..32].to_string();
         Ok(KeyParts {
             config,
             inputs,

@@ -56,7 +56,11 @@ pub async fn query(
         .with_allow_statements(false);
     let df = ctx.sql_with_options(sql, read_only).await.map_err(|e| {
         let text = e.to_string();
-        let refused = ["DDL not supported", "DML not supported", "Statement not supported"];
+        let refused = [
+            "DDL not supported",
+            "DML not supported",
+            "Statement not supported",
+        ];
         if refused.iter().any(|r| text.contains(r)) {
             PipelineError::Query(format!(
                 "medtune query is read-only; this statement would create or change data ({text})"

@@ -31,7 +31,7 @@ pub struct Workdir {
 #[derive(Debug)]
 pub enum Lookup {
     /// A verified entry.
-    Hit(Manifest),
+    Hit(Box<Manifest>),
     /// No entry.
     Missing,
     /// An entry exists but failed verification; the reason says which file and how.
@@ -96,7 +96,7 @@ impl Workdir {
                 m.key
             )),
             Ok(m) => match m.verify(&dir) {
-                Ok(()) => Lookup::Hit(m),
+                Ok(()) => Lookup::Hit(Box::new(m)),
                 Err(why) => Lookup::Corrupt(why),
             },
         }
@@ -159,9 +159,8 @@ impl Workdir {
     pub fn read_catalog(&self) -> Result<Catalog> {
         let path = self.root.join("catalog.json");
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                PipelineError::Internal(format!("{}: {e}", path.display()))
-            }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| PipelineError::Internal(format!("{}: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Catalog::default()),
             Err(e) => Err(PipelineError::io(path, e)),
         }

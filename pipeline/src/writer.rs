@@ -79,8 +79,7 @@ impl DatasetWriter {
         let (writer, _, rows) = self.current.as_mut().expect("a part is open");
         writer.write(batch)?;
         *rows += batch.num_rows() as u64;
-        if writer.bytes_written() as u64 + writer.in_progress_size() as u64 >= self.part_max_bytes
-        {
+        if writer.bytes_written() as u64 + writer.in_progress_size() as u64 >= self.part_max_bytes {
             self.close_part()?;
         }
         Ok(())
@@ -187,10 +186,9 @@ impl OutputSink {
     }
 
     fn join(&mut self) -> Result<DatasetManifest> {
-        let handle = self
-            .handle
-            .take()
-            .ok_or_else(|| PipelineError::Internal(format!("writer of `{}` joined twice", self.name)))?;
+        let handle = self.handle.take().ok_or_else(|| {
+            PipelineError::Internal(format!("writer of `{}` joined twice", self.name))
+        })?;
         handle.join().unwrap_or_else(|_| {
             Err(PipelineError::Internal(format!(
                 "writer thread of `{}` panicked",

@@ -25,8 +25,15 @@ fn values(ctx: &StageContext<'_>, input: &str) -> Vec<i64> {
         .unwrap()
         .flat_map(|b| {
             let b = b.unwrap();
-            let col = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().clone();
-            (0..col.len()).map(move |i| col.value(i)).collect::<Vec<_>>()
+            let col = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .clone();
+            (0..col.len())
+                .map(move |i| col.value(i))
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -105,7 +112,10 @@ impl Stage for Scale {
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
         let input = values(ctx, "numbers");
         ctx.count_in(input.len() as u64);
-        ctx.write("scaled", batch("n", input.iter().map(|n| n * self.factor).collect()))?;
+        ctx.write(
+            "scaled",
+            batch("n", input.iter().map(|n| n * self.factor).collect()),
+        )?;
         if self.fail {
             return Err(PipelineError::Internal("scale failed on purpose".into()));
         }
@@ -185,32 +195,52 @@ impl Fixture {
         .unwrap()
     }
 
-    fn run_with(&self, dag: Dag, options: RunOptions, observer: &dyn ProgressObserver) -> Result<Vec<StageSummary>> {
+    fn run_with(
+        &self,
+        dag: Dag,
+        options: RunOptions,
+        observer: &dyn ProgressObserver,
+    ) -> Result<Vec<StageSummary>> {
         Runner::new(self.workdir(), dag, Settings::default(), observer).run(&options)
     }
 
     fn run(&self, factor: i64, options: RunOptions) -> Vec<StageSummary> {
-        self.run_with(self.dag(factor), options, &Warnings::default()).unwrap()
+        self.run_with(self.dag(factor), options, &Warnings::default())
+            .unwrap()
     }
 
     fn status(&self, factor: i64) -> Vec<(String, Freshness)> {
-        Runner::new(self.workdir(), self.dag(factor), Settings::default(), &Warnings::default())
-            .status()
-            .unwrap()
-            .into_iter()
-            .map(|s| (s.stage, s.freshness))
-            .collect()
+        Runner::new(
+            self.workdir(),
+            self.dag(factor),
+            Settings::default(),
+            &Warnings::default(),
+        )
+        .status()
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.stage, s.freshness))
+        .collect()
     }
 
     fn total(&self) -> String {
         let mut out = Vec::new();
-        query_blocking(&self.workdir(), "SELECT total FROM total", OutputFormat::Csv, &mut out).unwrap();
+        query_blocking(
+            &self.workdir(),
+            "SELECT total FROM total",
+            OutputFormat::Csv,
+            &mut out,
+        )
+        .unwrap();
         String::from_utf8(out).unwrap()
     }
 }
 
 fn ran(summaries: &[StageSummary]) -> Vec<(&str, bool)> {
-    summaries.iter().map(|s| (s.stage.as_str(), !s.cache_hit)).collect()
+    summaries
+        .iter()
+        .map(|s| (s.stage.as_str(), !s.cache_hit))
+        .collect()
 }
 
 fn all() -> RunOptions {
@@ -221,7 +251,10 @@ fn all() -> RunOptions {
 fn stages_run_in_dependency_order_and_account_for_rows() {
     let f = Fixture::new();
     let first = f.run(2, all());
-    assert_eq!(ran(&first), vec![("numbers", true), ("scale", true), ("total", true)]);
+    assert_eq!(
+        ran(&first),
+        vec![("numbers", true), ("scale", true), ("total", true)]
+    );
     let numbers = &first[0].accounting;
     assert_eq!((numbers.rows_in, numbers.kept), (4, 3));
     assert_eq!(numbers.dropped.get("not_a_number"), Some(&1));
@@ -231,10 +264,19 @@ fn stages_run_in_dependency_order_and_account_for_rows() {
 #[test]
 fn a_second_run_is_all_cache_hits_and_status_is_fresh() {
     let f = Fixture::new();
-    assert_eq!(f.status(2).iter().filter(|(_, s)| *s == Freshness::Missing).count(), 3);
+    assert_eq!(
+        f.status(2)
+            .iter()
+            .filter(|(_, s)| *s == Freshness::Missing)
+            .count(),
+        3
+    );
     f.run(2, all());
     let second = f.run(2, all());
-    assert_eq!(ran(&second), vec![("numbers", false), ("scale", false), ("total", false)]);
+    assert_eq!(
+        ran(&second),
+        vec![("numbers", false), ("scale", false), ("total", false)]
+    );
     assert!(f.status(2).iter().all(|(_, s)| *s == Freshness::Fresh));
 }
 
@@ -253,10 +295,16 @@ fn a_config_change_reruns_that_stage_and_downstream_only() {
         Freshness::Stale(vec!["upstream stage `scale` is not fresh".into()])
     );
     let again = f.run(3, all());
-    assert_eq!(ran(&again), vec![("numbers", false), ("scale", true), ("total", true)]);
+    assert_eq!(
+        ran(&again),
+        vec![("numbers", false), ("scale", true), ("total", true)]
+    );
     assert_eq!(f.total(), "total\n21\n");
     // Going back to the old config finds the old outputs in the cache.
-    assert_eq!(ran(&f.run(2, all())), vec![("numbers", false), ("scale", false), ("total", false)]);
+    assert_eq!(
+        ran(&f.run(2, all())),
+        vec![("numbers", false), ("scale", false), ("total", false)]
+    );
 }
 
 #[test]
@@ -265,8 +313,14 @@ fn a_changed_source_file_is_named_in_status_and_reruns_everything() {
     f.run(2, all());
     std::fs::write(f.file(), "10\n").unwrap();
     let status = f.status(2);
-    assert_eq!(status[0].1, Freshness::Stale(vec!["source file numbers.txt changed".into()]));
-    assert_eq!(ran(&f.run(2, all())), vec![("numbers", true), ("scale", true), ("total", true)]);
+    assert_eq!(
+        status[0].1,
+        Freshness::Stale(vec!["source file numbers.txt changed".into()])
+    );
+    assert_eq!(
+        ran(&f.run(2, all())),
+        vec![("numbers", true), ("scale", true), ("total", true)]
+    );
     assert_eq!(f.total(), "total\n20\n");
 }
 
@@ -277,15 +331,31 @@ fn selecting_a_stage_runs_it_and_only_what_it_needs() {
         stages: vec!["scale".into()],
         force: false,
     };
-    assert_eq!(ran(&f.run(2, only.clone())), vec![("numbers", true), ("scale", true)]);
-    assert_eq!(ran(&f.run(2, only)), vec![("numbers", false), ("scale", false)]);
+    assert_eq!(
+        ran(&f.run(2, only.clone())),
+        vec![("numbers", true), ("scale", true)]
+    );
+    assert_eq!(
+        ran(&f.run(2, only)),
+        vec![("numbers", false), ("scale", false)]
+    );
     let forced = RunOptions {
         stages: vec!["scale".into()],
         force: true,
     };
-    assert_eq!(ran(&f.run(2, forced)), vec![("numbers", false), ("scale", true)]);
+    assert_eq!(
+        ran(&f.run(2, forced)),
+        vec![("numbers", false), ("scale", true)]
+    );
     let err = f
-        .run_with(f.dag(2), RunOptions { stages: vec!["nope".into()], force: false }, &Warnings::default())
+        .run_with(
+            f.dag(2),
+            RunOptions {
+                stages: vec!["nope".into()],
+                force: false,
+            },
+            &Warnings::default(),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("no stage `nope`"), "{err}");
 }
@@ -314,13 +384,21 @@ fn a_truncated_or_deleted_part_is_detected_and_recomputed_with_a_warning() {
     let part = part_of(f.workdir().root(), "scale");
     let bytes = std::fs::read(&part).unwrap();
     std::fs::write(&part, &bytes[..bytes.len() / 2]).unwrap();
-    assert!(matches!(f.status(2)[1].1, Freshness::Stale(ref r) if r[0].contains("failed verification")));
+    assert!(
+        matches!(f.status(2)[1].1, Freshness::Stale(ref r) if r[0].contains("failed verification"))
+    );
     let warnings = Warnings::default();
     let again = f.run_with(f.dag(2), all(), &warnings).unwrap();
-    assert_eq!(ran(&again), vec![("numbers", false), ("scale", true), ("total", false)]);
+    assert_eq!(
+        ran(&again),
+        vec![("numbers", false), ("scale", true), ("total", false)]
+    );
     assert!(warnings.0.lock().unwrap()[0].contains("recomputing"));
     std::fs::remove_file(&part).unwrap();
-    assert_eq!(ran(&f.run(2, all())), vec![("numbers", false), ("scale", true), ("total", false)]);
+    assert_eq!(
+        ran(&f.run(2, all())),
+        vec![("numbers", false), ("scale", true), ("total", false)]
+    );
     assert_eq!(f.total(), "total\n14\n");
 }
 
@@ -328,14 +406,24 @@ fn a_truncated_or_deleted_part_is_detected_and_recomputed_with_a_warning() {
 fn a_failing_stage_commits_nothing() {
     let f = Fixture::new();
     let dag = Dag::new(vec![
-        Box::new(Numbers { file: f.file(), lose_rows: false }),
-        Box::new(Scale { factor: 2, fail: true }),
+        Box::new(Numbers {
+            file: f.file(),
+            lose_rows: false,
+        }),
+        Box::new(Scale {
+            factor: 2,
+            fail: true,
+        }),
     ])
     .unwrap();
     let err = f.run_with(dag, all(), &Warnings::default()).unwrap_err();
     assert!(err.to_string().contains("failed on purpose"));
     let scale_dir = f.workdir().root().join("cache/scale");
-    assert_eq!(std::fs::read_dir(&scale_dir).unwrap().count(), 0, "nothing left in {scale_dir:?}");
+    assert_eq!(
+        std::fs::read_dir(&scale_dir).unwrap().count(),
+        0,
+        "nothing left in {scale_dir:?}"
+    );
     assert_eq!(f.status(2)[1].1, Freshness::Missing);
 }
 
@@ -348,36 +436,64 @@ fn leftovers_of_an_interrupted_run_are_never_trusted() {
     std::fs::create_dir_all(stage_dir.join(".tmp-abc-1-2/scaled")).unwrap();
     let status = f.status(3);
     assert!(matches!(status[1].1, Freshness::Stale(_)));
-    assert_eq!(ran(&f.run(3, all())), vec![("numbers", false), ("scale", true), ("total", true)]);
+    assert_eq!(
+        ran(&f.run(3, all())),
+        vec![("numbers", false), ("scale", true), ("total", true)]
+    );
     assert!(!stage_dir.join(".tmp-abc-1-2").exists(), "leftover swept");
 }
 
 #[test]
 fn rows_that_are_neither_kept_nor_dropped_fail_the_stage() {
     let f = Fixture::new();
-    let dag = Dag::new(vec![Box::new(Numbers { file: f.file(), lose_rows: true })]).unwrap();
+    let dag = Dag::new(vec![Box::new(Numbers {
+        file: f.file(),
+        lose_rows: true,
+    })])
+    .unwrap();
     let err = f.run_with(dag, all(), &Warnings::default()).unwrap_err();
-    assert!(err.to_string().contains("lost rows: 4 in, 3 kept, 0 dropped"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("lost rows: 4 in, 3 kept, 0 dropped"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_second_run_on_a_locked_workdir_fails_fast() {
     let f = Fixture::new();
     let _held = f.workdir().lock().unwrap();
-    let err = f.run_with(f.dag(2), all(), &Warnings::default()).unwrap_err();
+    let err = f
+        .run_with(f.dag(2), all(), &Warnings::default())
+        .unwrap_err();
     assert!(matches!(err, PipelineError::Busy(_)));
-    assert!(err.to_string().contains("in use by another medtune run"), "{err}");
+    assert!(
+        err.to_string().contains("in use by another medtune run"),
+        "{err}"
+    );
 }
 
 #[test]
 fn graphs_with_unknown_inputs_or_duplicate_outputs_are_rejected() {
     let f = Fixture::new();
     let err = Dag::new(vec![Box::new(Total)]).err().unwrap();
-    assert!(err.to_string().contains("reads `scaled`, which no stage"), "{err}");
+    assert!(
+        err.to_string().contains("reads `scaled`, which no stage"),
+        "{err}"
+    );
     let err = Dag::new(vec![
-        Box::new(Scale { factor: 1, fail: false }),
-        Box::new(Scale { factor: 2, fail: false }),
-        Box::new(Numbers { file: f.file(), lose_rows: false }),
+        Box::new(Scale {
+            factor: 1,
+            fail: false,
+        }),
+        Box::new(Scale {
+            factor: 2,
+            fail: false,
+        }),
+        Box::new(Numbers {
+            file: f.file(),
+            lose_rows: false,
+        }),
     ])
     .err()
     .unwrap();

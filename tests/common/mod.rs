@@ -12,7 +12,11 @@ pub fn repo() -> PathBuf {
 /// The shared real data folder (`../shared/data` beside the repository).
 pub fn shared_data(rel: &str) -> PathBuf {
     let path = repo().join("../shared/data").join(rel);
-    assert!(path.exists(), "real data file {} is missing", path.display());
+    assert!(
+        path.exists(),
+        "real data file {} is missing",
+        path.display()
+    );
     path
 }
 
@@ -56,7 +60,9 @@ pub fn medtune(workdir: &Path, args: &[&str]) -> Run {
 
 /// Runs a query and returns its CSV output.
 pub fn query_csv(workdir: &Path, sql: &str) -> String {
-    medtune(workdir, &["query", sql, "--format", "csv"]).expect(0).stdout
+    medtune(workdir, &["query", sql, "--format", "csv"])
+        .expect(0)
+        .stdout
 }
 
 /// Writes a config with an `[ingest]` section reading `inputs` (absolute paths) as `format`,
@@ -83,9 +89,10 @@ pub fn fixture(name: &str) -> PathBuf {
 /// Writes a JSON array of `rows` alpaca records cut from chatdoctor5k.json (cycled, each
 /// input suffixed with its row number) and returns its path.
 pub fn big_alpaca(dir: &Path, rows: usize) -> PathBuf {
-    let source: Vec<serde_json::Value> =
-        serde_json::from_slice(&std::fs::read(shared_data("chatdoctor/chatdoctor5k.json")).unwrap())
-            .unwrap();
+    let source: Vec<serde_json::Value> = serde_json::from_slice(
+        &std::fs::read(shared_data("chatdoctor/chatdoctor5k.json")).unwrap(),
+    )
+    .unwrap();
     let path = dir.join(format!("alpaca-{rows}.json"));
     let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
     use std::io::Write;

@@ -53,7 +53,8 @@ fn append_list(builder: &mut ListBuilder<StringBuilder>, items: Option<&[String]
 impl ExampleBatch {
     /// Appends one example.
     pub fn push(&mut self, file: &FileInfo, ex: &Example) {
-        self.id.append_value(format!("{}:{}", file.file_name, ex.line));
+        self.id
+            .append_value(format!("{}:{}", file.file_name, ex.line));
         self.source_file.append_value(file.source_file);
         self.line.append_value(ex.line);
         self.source_kind.append_value(file.source_kind);
@@ -124,7 +125,8 @@ impl RejectBatch {
         self.line.append_value(reject.line);
         self.reason.append_value(reject.reason.code());
         self.detail.append_value(&reject.detail);
-        self.raw.append_value(bounded_raw(&reject.raw, max_raw_bytes));
+        self.raw
+            .append_value(bounded_raw(&reject.raw, max_raw_bytes));
         self.rows += 1;
     }
 

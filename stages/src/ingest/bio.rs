@@ -67,13 +67,10 @@ pub fn check_tags(
             },
         };
         if let Some(types) = &config.entity_types {
-            if !types.iter().any(|t| *t == kind) {
+            if !types.contains(&kind) {
                 return Err((
                     RejectReason::UnknownEntityType,
-                    format!(
-                        "{}: entity type `{kind}` is not one of {types:?}",
-                        at()
-                    ),
+                    format!("{}: entity type `{kind}` is not one of {types:?}", at()),
                 ));
             }
         }
@@ -115,9 +112,15 @@ mod tests {
 
     #[test]
     fn valid_sequences_pass_unchanged() {
-        let (r, tags) = check(&["B-Disease", "I-Disease", "O", "B-Chemical"], &BioConfig::default());
+        let (r, tags) = check(
+            &["B-Disease", "I-Disease", "O", "B-Chemical"],
+            &BioConfig::default(),
+        );
         assert_eq!(r, Ok(0));
-        assert_eq!(tags, strings(&["B-Disease", "I-Disease", "O", "B-Chemical"]));
+        assert_eq!(
+            tags,
+            strings(&["B-Disease", "I-Disease", "O", "B-Chemical"])
+        );
     }
 
     #[test]
@@ -132,7 +135,10 @@ mod tests {
         };
         let (r, tags) = check(&["I-Disease", "I-Disease", "O", "I-Chemical"], &repair);
         assert_eq!(r, Ok(2));
-        assert_eq!(tags, strings(&["B-Disease", "I-Disease", "O", "B-Chemical"]));
+        assert_eq!(
+            tags,
+            strings(&["B-Disease", "I-Disease", "O", "B-Chemical"])
+        );
     }
 
     #[test]

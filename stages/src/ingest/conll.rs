@@ -183,7 +183,10 @@ mod tests {
 
     #[test]
     fn sentences_end_at_blank_lines_and_file_end() {
-        let items = read("A\tB-Chemical\nb\tO\n\n\nc\tB-Disease\n", &BioConfig::default());
+        let items = read(
+            "A\tB-Chemical\nb\tO\n\n\nc\tB-Disease\n",
+            &BioConfig::default(),
+        );
         assert_eq!(items.len(), 2);
         let (first, _) = items[0].clone().unwrap();
         assert_eq!(first.words.unwrap(), vec!["A", "b"]);
@@ -210,14 +213,23 @@ mod tests {
     #[test]
     fn too_long_sentences_and_bad_tags_are_rejected() {
         let items = read("a\tO\nb\tO\nc\tO\nd\tO\ne\tO\n", &BioConfig::default());
-        assert_eq!(items[0].clone().unwrap_err().reason, RejectReason::SentenceTooLong);
+        assert_eq!(
+            items[0].clone().unwrap_err().reason,
+            RejectReason::SentenceTooLong
+        );
         let items = read("a\tO\nb\tI-Disease\n", &BioConfig::default());
-        assert_eq!(items[0].clone().unwrap_err().reason, RejectReason::InvalidBioSequence);
+        assert_eq!(
+            items[0].clone().unwrap_err().reason,
+            RejectReason::InvalidBioSequence
+        );
     }
 
     #[test]
     fn crlf_line_ends_are_accepted() {
         let items = read("a\tB-X\r\nb\tI-X\r\n\r\n", &BioConfig::default());
-        assert_eq!(items[0].clone().unwrap().0.tags.unwrap(), vec!["B-X", "I-X"]);
+        assert_eq!(
+            items[0].clone().unwrap().0.tags.unwrap(),
+            vec!["B-X", "I-X"]
+        );
     }
 }

@@ -324,7 +324,10 @@ mod tests {
     #[test]
     fn escaped_quotes_do_not_end_strings() {
         let text = r#"[{"a": "say \"hi\", ok"}]"#;
-        assert_eq!(frame(text), vec![Ok((1, r#"{"a": "say \"hi\", ok"}"#.into()))]);
+        assert_eq!(
+            frame(text),
+            vec![Ok((1, r#"{"a": "say \"hi\", ok"}"#.into()))]
+        );
     }
 
     #[test]
@@ -340,11 +343,17 @@ mod tests {
     fn a_truncated_array_rejects_the_partial_record() {
         assert_eq!(
             frame("[{\"a\":1},\n{\"a\":"),
-            vec![Ok((1, "{\"a\":1}".into())), Err((2, RejectReason::Truncated))]
+            vec![
+                Ok((1, "{\"a\":1}".into())),
+                Err((2, RejectReason::Truncated))
+            ]
         );
         assert_eq!(
             frame("[{\"a\":1},\n"),
-            vec![Ok((1, "{\"a\":1}".into())), Err((2, RejectReason::Truncated))]
+            vec![
+                Ok((1, "{\"a\":1}".into())),
+                Err((2, RejectReason::Truncated))
+            ]
         );
     }
 
@@ -352,7 +361,10 @@ mod tests {
     fn data_after_the_array_is_rejected() {
         assert_eq!(
             frame("[{\"a\":1}]\n{\"b\":2}"),
-            vec![Ok((1, "{\"a\":1}".into())), Err((2, RejectReason::TrailingData))]
+            vec![
+                Ok((1, "{\"a\":1}".into())),
+                Err((2, RejectReason::TrailingData))
+            ]
         );
     }
 

@@ -31,7 +31,11 @@ fn reject(line: u64, reason: RejectReason, detail: impl Into<String>, raw: &[u8]
 /// of the problem inside the file.
 fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8], line: u64) -> Result<T, Reject> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        let bad_line = line + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64;
+        let bad_line = line
+            + bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count() as u64;
         reject(
             bad_line,
             RejectReason::InvalidUtf8,
@@ -223,7 +227,10 @@ mod tests {
     fn same_article_under_two_tasks_shares_a_group() {
         let a = br#"{"prompt": "Create a list only of the chemicals mentioned.\n\nAspirin  works.\n\nList:\n", "completion": "- aspirin"}"#;
         let b = br#"{"prompt": "Create a list only of the diseases mentioned.\n\naspirin works.\n\nList:\n", "completion": ""}"#;
-        let (a, b) = (prompt_completion(a, &ORIGIN).unwrap(), prompt_completion(b, &ORIGIN).unwrap());
+        let (a, b) = (
+            prompt_completion(a, &ORIGIN).unwrap(),
+            prompt_completion(b, &ORIGIN).unwrap(),
+        );
         assert_eq!(a.group_key, b.group_key);
         assert_eq!(a.task.as_deref(), Some("chemicals"));
         assert_eq!(b.completion.as_deref(), Some(""));
@@ -238,9 +245,11 @@ mod tests {
         assert_eq!(r.reason, RejectReason::WrongType);
         let r = prompt_completion(br#"{"prompt": "x", "completion": null}"#, &ORIGIN).unwrap_err();
         assert_eq!(r.reason, RejectReason::WrongType);
-        let r = prompt_completion(b"{\"prompt\": \"x\",\n \"completion\": \"y\"", &ORIGIN).unwrap_err();
+        let r =
+            prompt_completion(b"{\"prompt\": \"x\",\n \"completion\": \"y\"", &ORIGIN).unwrap_err();
         assert_eq!((r.reason, r.line), (RejectReason::MalformedJson, 8));
-        let r = prompt_completion(b"{\"prompt\": \"\xff\", \"completion\": \"y\"}", &ORIGIN).unwrap_err();
+        let r = prompt_completion(b"{\"prompt\": \"\xff\", \"completion\": \"y\"}", &ORIGIN)
+            .unwrap_err();
         assert_eq!(r.reason, RejectReason::InvalidUtf8);
         let r = prompt_completion(b"[1, 2]", &ORIGIN).unwrap_err();
         assert_eq!(r.reason, RejectReason::WrongType);
@@ -252,7 +261,10 @@ mod tests {
         let ex = alpaca(row, &ORIGIN).unwrap();
         assert_eq!(ex.prompt.as_deref(), Some("Answer.\n\nI have  a Cough"));
         assert_eq!(ex.completion.as_deref(), Some("Rest."));
-        assert_eq!(ex.group_key, format!("question:{}", short_hash("i have a cough")));
+        assert_eq!(
+            ex.group_key,
+            format!("question:{}", short_hash("i have a cough"))
+        );
         let no_input = alpaca(br#"{"instruction": "Q?", "output": "A"}"#, &ORIGIN).unwrap();
         assert_eq!(no_input.prompt.as_deref(), Some("Q?"));
         assert_eq!(no_input.input.as_deref(), Some(""));

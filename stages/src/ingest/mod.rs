@@ -254,7 +254,9 @@ impl Stage for IngestStage {
                 }
             }
             self.flush(ctx, &mut run, true)?;
-            done_before += std::fs::metadata(&source.path).map(|m| m.len()).unwrap_or(0);
+            done_before += std::fs::metadata(&source.path)
+                .map(|m| m.len())
+                .unwrap_or(0);
             if run.kept == 0 {
                 if let Some(first) = run.first_reject {
                     return Err(PipelineError::bad_input(
@@ -279,7 +281,8 @@ impl Stage for IngestStage {
 impl IngestStage {
     /// Opens an input, failing clearly when it is empty or obviously not the declared format.
     fn open(&self, path: &Path) -> Result<Input> {
-        let mut file = File::open(path).map_err(|e| PipelineError::bad_input(path, e.to_string()))?;
+        let mut file =
+            File::open(path).map_err(|e| PipelineError::bad_input(path, e.to_string()))?;
         let mut head = vec![0u8; 64 * 1024];
         let mut filled = 0;
         while filled < head.len() {
@@ -365,7 +368,8 @@ fn sniff(format: InputFormat, head: &[u8]) -> std::result::Result<(), String> {
             let rest = &body[first..];
             let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
             let first_line = &rest[..end];
-            if first_line.starts_with(b"-DOCSTART-") || memchr::memchr(b'\t', first_line).is_some() {
+            if first_line.starts_with(b"-DOCSTART-") || memchr::memchr(b'\t', first_line).is_some()
+            {
                 Ok(())
             } else {
                 Err(format!(
