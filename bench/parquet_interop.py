@@ -25,13 +25,18 @@ def main(workdir: Path) -> int:
             "pyarrow": (lambda t: (t.num_rows, t.column_names))(pq.ParquetDataset(files).read()),
             "polars": (lambda d: (d.height, d.columns))(pl.read_parquet(files)),
             "duckdb": (
-                duckdb.sql(f"SELECT count(*) FROM read_parquet({files!r})").fetchone()[0],
+                duckdb.sql(f"SELECT count(*) FROM read_parquet({files!r})").fetchall()[0][0],
                 [c for c in duckdb.sql(f"SELECT * FROM read_parquet({files!r}) LIMIT 0").columns],
             ),
-            "datasets": (lambda d: (d.num_rows, d.column_names))(
-                load_dataset("parquet", data_files=files, split="train")
-            ),
         }
+        if manifest["rows"] > 0:
+            seen["datasets"] = (lambda d: (d.num_rows, d.column_names))(
+                load_dataset("parquet", data_files=files, split="train")
+            )
+        else:
+            # HF datasets refuses a split without rows ("corresponds to no data"), whatever
+            # the file; pyarrow, polars and duckdb above read the empty part fine.
+            print(f"{name}: datasets skipped (0 rows)")
         for reader, (rows, cols) in seen.items():
             ok = rows == manifest["rows"] and list(cols) == columns
             failures += not ok

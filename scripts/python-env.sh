@@ -5,6 +5,7 @@ set -euo pipefail
 venv="${MEDTUNE_VENV:-$(cd "$(dirname "$0")/.." && pwd)/.venv}"
 if ! "$venv/bin/python" -c "import pyarrow, polars, duckdb, datasets" >/dev/null 2>&1; then
   python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check pyarrow polars duckdb datasets >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    pyarrow==26.0.1 polars==2.1.0 duckdb==2.0.0 datasets==5.2.0 >&2
 fi
 echo "$venv/bin/python"

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use indicatif::{HumanCount, ProgressBar, ProgressStyle};
-use medtune_pipeline::ProgressObserver;
+use medtune_pipeline::{ProgressObserver, WorkUnit};
 
 struct Running {
     bar: ProgressBar,
@@ -35,15 +35,17 @@ impl ProgressObserver for Bars {
         );
     }
 
-    fn work_total(&self, stage: &str, total: u64) {
+    fn work_total(&self, stage: &str, total: u64, unit: WorkUnit) {
         if let Some(r) = self.running.lock().expect("progress lock").get(stage) {
+            let template = match unit {
+                WorkUnit::Bytes => "{prefix:>10} [{bar:30}] {bytes}/{total_bytes} {msg} eta {eta}",
+                WorkUnit::Rows => "{prefix:>10} [{bar:30}] {pos}/{len} rows {msg} eta {eta}",
+            };
             r.bar.set_length(total);
             r.bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:>10} [{bar:30}] {bytes}/{total_bytes} {msg} eta {eta}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
+                ProgressStyle::with_template(template)
+                    .expect("valid template")
+                    .progress_chars("=> "),
             );
         }
     }

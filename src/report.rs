@@ -43,6 +43,9 @@ pub fn print_summary(summaries: &[StageSummary], out: &mut dyn Write) -> std::io
         }
     }
     writeln!(out, "{t}")?;
+    if summaries.len() > 1 {
+        writeln!(out, "{}", funnel(summaries))?;
+    }
     for s in summaries {
         let a = &s.accounting;
         write!(
@@ -60,6 +63,37 @@ pub fn print_summary(summaries: &[StageSummary], out: &mut dyn Write) -> std::io
         writeln!(out)?;
     }
     Ok(())
+}
+
+/// The row funnel of the whole run: one line per stage and drop reason, with the rows the
+/// stage kept and the rows still left after it.
+fn funnel(summaries: &[StageSummary]) -> Table {
+    let mut t = table(&["funnel: stage", "kept", "dropped", "reason"]);
+    for s in summaries {
+        let a = &s.accounting;
+        if a.dropped.is_empty() {
+            t.add_row(vec![
+                s.stage.clone(),
+                a.kept.to_string(),
+                "0".into(),
+                String::new(),
+            ]);
+        }
+        for (i, (reason, n)) in a.dropped.iter().enumerate() {
+            let (stage, kept) = if i == 0 {
+                (s.stage.clone(), a.kept.to_string())
+            } else {
+                (String::new(), String::new())
+            };
+            t.add_row(vec![stage, kept, n.to_string(), reason.clone()]);
+        }
+    }
+    for col in [1, 2] {
+        if let Some(c) = t.column_mut(col) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    t
 }
 
 /// Prints fresh / stale (why) / missing per stage.

@@ -31,7 +31,10 @@ fn chemprot_ingests_3000_rows_1000_per_task_999_articles() {
         "articles\n999\n"
     );
     assert_eq!(
-        query_csv(work.path(), "SELECT count(*) AS n FROM rejects"),
+        query_csv(
+            work.path(),
+            "SELECT count(*) AS n FROM rejects WHERE stage = 'ingest'"
+        ),
         "n\n0\n"
     );
     // Ids are stable and unique; lines match the file's line numbers.

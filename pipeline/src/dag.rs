@@ -20,6 +20,15 @@ impl Dag {
         let mut producer = BTreeMap::new();
         for (i, stage) in stages.iter().enumerate() {
             for out in stage.outputs() {
+                if out.name == crate::sql::REJECTS_TABLE {
+                    return Err(PipelineError::Usage(format!(
+                        "stage `{}` names a dataset `{}`, a name reserved for the union of \
+                         every stage's rejects; call it `{}_rejects`",
+                        stage.name(),
+                        out.name,
+                        stage.name()
+                    )));
+                }
                 if let Some(prev) = producer.insert(out.name.clone(), i) {
                     return Err(PipelineError::Usage(format!(
                         "dataset `{}` is produced by both `{}` and `{}`",

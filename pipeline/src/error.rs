@@ -33,6 +33,15 @@ pub enum PipelineError {
     /// The user asked for something that does not exist (a stage, a dataset).
     #[error("{0}")]
     Usage(String),
+    /// A data check of a stage failed (leakage between splits, say); the message lists the
+    /// offending rows.
+    #[error("stage `{stage}`: check failed: {message}")]
+    CheckFailed {
+        /// The stage whose check failed.
+        stage: String,
+        /// What failed, with the offending rows.
+        message: String,
+    },
     /// Another process holds the workdir lock.
     #[error("{0}")]
     Busy(String),
@@ -66,6 +75,7 @@ impl PipelineError {
             PipelineError::Config { .. }
             | PipelineError::BadInput { .. }
             | PipelineError::Usage(_)
+            | PipelineError::CheckFailed { .. }
             | PipelineError::Busy(_)
             | PipelineError::Query(_) => ErrorClass::BadInput,
             _ => ErrorClass::Internal,

@@ -23,7 +23,7 @@ pub use config::{PipelineConfig, Settings};
 pub use dag::Dag;
 pub use error::{ErrorClass, PipelineError, Result};
 pub use manifest::Manifest;
-pub use progress::{ProgressObserver, Quiet};
+pub use progress::{ProgressObserver, Quiet, WorkUnit};
 pub use runner::{Freshness, RunOptions, Runner, StageStatus, StageSummary};
 pub use stage::{OutputDecl, OutputRole, SourceDecl, Stage, StageContext};
 pub use workdir::Workdir;

@@ -7,6 +7,8 @@ use std::path::Path;
 use arrow::datatypes::Schema;
 use serde::{Deserialize, Serialize};
 
+use crate::stage::OutputRole;
+
 use crate::error::{IoContext, PipelineError, Result};
 use crate::hash::hash_file;
 
@@ -52,6 +54,9 @@ pub struct DatasetManifest {
     pub schema: Vec<ColumnInfo>,
     /// The parts, in order.
     pub files: Vec<PartFile>,
+    /// What the dataset is for in its stage's row accounting.
+    #[serde(default)]
+    pub role: OutputRole,
 }
 
 impl DatasetManifest {
@@ -73,6 +78,7 @@ impl DatasetManifest {
                 })
                 .collect(),
             files,
+            role: OutputRole::default(),
         }
     }
 }

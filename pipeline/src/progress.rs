@@ -1,11 +1,20 @@
 //! Progress reporting, decoupled from any display: the binary draws bars, tests stay quiet.
 
+/// What a stage's work is counted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkUnit {
+    /// Input bytes (readers of raw files).
+    Bytes,
+    /// Input rows (stages reading datasets).
+    Rows,
+}
+
 /// Receives progress events from the runner and from running stages.
 pub trait ProgressObserver: Send + Sync {
     /// A stage starts running (not called for cache hits).
     fn stage_started(&self, _stage: &str) {}
-    /// The total amount of work of the running stage is known.
-    fn work_total(&self, _stage: &str, _total: u64) {}
+    /// The total amount of work of the running stage is known, counted in `unit`.
+    fn work_total(&self, _stage: &str, _total: u64, _unit: WorkUnit) {}
     /// Rows read and work done so far.
     fn progress(&self, _stage: &str, _rows: u64, _work_done: u64) {}
     /// The stage finished (successfully or not).

@@ -97,6 +97,8 @@ impl<'a> Runner<'a> {
     /// Runs the selected stages (and what they need), each from cache when it can.
     pub fn run(&self, options: &RunOptions) -> Result<Vec<StageSummary>> {
         let _lock = self.workdir.lock()?;
+        let names: BTreeSet<&str> = self.dag.stages().iter().map(|s| s.name()).collect();
+        self.workdir.retain_stages(&names)?;
         let memo = SourceHashMemo::open(self.workdir.source_memo_path());
         let selected = if options.stages.is_empty() {
             (0..self.dag.stages().len()).collect()
@@ -357,7 +359,11 @@ impl<'a> Runner<'a> {
         let mut first_error = result.err();
         for (name, sink) in outcome.outputs {
             match sink.finish() {
-                Ok(d) => {
+                Ok(mut d) => {
+                    d.role = decls
+                        .iter()
+                        .find(|decl| decl.name == name)
+                        .map_or(OutputRole::Side, |decl| decl.role);
                     datasets.insert(name, d);
                 }
                 Err(e) => {

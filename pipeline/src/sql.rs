@@ -2,12 +2,22 @@
 
 use std::io::Write;
 
+use std::sync::Arc;
+
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 
 use crate::error::{PipelineError, Result};
+use crate::stage::OutputRole;
 use crate::workdir::Workdir;
+
+/// The SQL table that unions every stage's rejects dataset (they share one schema).
+pub const REJECTS_TABLE: &str = "rejects";
 
 /// How query results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,14 +40,43 @@ pub async fn session(workdir: &Workdir) -> Result<SessionContext> {
         )));
     }
     let ctx = SessionContext::new();
+    let mut rejects = Vec::new();
     for dataset in datasets {
         let folder = dataset.entry_dir.join(&dataset.name);
         let url = format!("{}/", folder.canonicalize().unwrap_or(folder).display());
         ctx.register_parquet(dataset.name.as_str(), &url, ParquetReadOptions::default())
             .await
             .map_err(|e| PipelineError::Query(format!("registering `{}`: {e}", dataset.name)))?;
+        if dataset.manifest.role == OutputRole::Rejects {
+            rejects.push(url);
+        }
+    }
+    if !rejects.is_empty() {
+        register_union(&ctx, REJECTS_TABLE, &rejects).await?;
     }
     Ok(ctx)
+}
+
+/// Registers `name` as one table over the Parquet parts of several dataset folders.
+async fn register_union(ctx: &SessionContext, name: &str, folders: &[String]) -> Result<()> {
+    let failed = |e: datafusion::error::DataFusionError| {
+        PipelineError::Query(format!("registering `{name}`: {e}"))
+    };
+    let urls = folders
+        .iter()
+        .map(ListingTableUrl::parse)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(failed)?;
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .infer_schema(&ctx.state())
+        .await
+        .map_err(failed)?;
+    let table = ListingTable::try_new(config).map_err(failed)?;
+    ctx.register_table(name, Arc::new(table)).map_err(failed)?;
+    Ok(())
 }
 
 /// Runs `sql` against the workdir's catalog and writes the result to `out`.

@@ -12,18 +12,20 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
 use crate::error::{PipelineError, Result};
-use crate::progress::ProgressObserver;
+use crate::progress::{ProgressObserver, WorkUnit};
 use crate::reader::CommittedDataset;
 use crate::writer::OutputSink;
 
 /// What an output dataset is for, so the runner can check the row accounting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OutputRole {
     /// The rows the stage keeps: its row count is the stage's `kept`.
     Kept,
     /// The rows the stage drops: its row count must equal the stage's dropped total.
     Rejects,
     /// Anything else (reports, side tables).
+    #[default]
     Side,
 }
 
@@ -180,9 +182,9 @@ impl<'a> StageContext<'a> {
         self.warnings.push(message);
     }
 
-    /// Sets the amount of work (e.g. input bytes) the progress display counts towards.
-    pub fn set_work_total(&self, total: u64) {
-        self.progress.work_total(&self.stage, total);
+    /// Sets the amount of work (input bytes or rows) the progress display counts towards.
+    pub fn set_work_total(&self, total: u64, unit: WorkUnit) {
+        self.progress.work_total(&self.stage, total, unit);
     }
 
     /// Reports progress: rows read so far and work done so far (same unit as the total).

@@ -8,7 +8,7 @@
 //! <workdir>/source-hashes.json         memo of source-file hashes by (path, size, mtime)
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -180,6 +180,22 @@ impl Workdir {
                     key: manifest.key.clone(),
                 },
             );
+        }
+        let bytes = serde_json::to_vec_pretty(&catalog).expect("catalog serialises");
+        write_atomic(&self.root.join("catalog.json"), &bytes)
+    }
+
+    /// Drops the catalog entries of stages not in `stages`, so that the catalog (and SQL) shows
+    /// the datasets of the pipeline being run, never leftovers of another config's stages.
+    pub fn retain_stages(&self, stages: &BTreeSet<&str>) -> Result<()> {
+        let mut catalog = self.read_catalog()?;
+        let before = (catalog.stages.len(), catalog.datasets.len());
+        catalog.stages.retain(|s, _| stages.contains(s.as_str()));
+        catalog
+            .datasets
+            .retain(|_, e| stages.contains(e.stage.as_str()));
+        if before == (catalog.stages.len(), catalog.datasets.len()) {
+            return Ok(());
         }
         let bytes = serde_json::to_vec_pretty(&catalog).expect("catalog serialises");
         write_atomic(&self.root.join("catalog.json"), &bytes)

@@ -43,6 +43,18 @@ pub mod col {
     pub const DETAIL: &str = "detail";
     /// Raw text of the rejected record, truncated to a stated bound (rejects schema).
     pub const RAW: &str = "raw";
+    /// The kept row a dropped duplicate repeats (rejects schema).
+    pub const DUPLICATE_OF: &str = "duplicate_of";
+    /// The group a row was split with: the id of the group's first row (split schema).
+    pub const SPLIT_GROUP: &str = "split_group";
+    /// Which split a row belongs to: `train`, `validation` or `test`.
+    pub const SPLIT: &str = "split";
+    /// Near-duplicate cluster: the id of the cluster's first row (near_duplicates schema).
+    pub const CLUSTER: &str = "cluster";
+    /// The row a near-duplicate matched when it joined its cluster (near_duplicates schema).
+    pub const MATCHED_ID: &str = "matched_id";
+    /// Estimated Jaccard similarity of a near-duplicate to its matched row (near_duplicates schema).
+    pub const SIMILARITY: &str = "similarity";
 }
 
 fn utf8_list() -> DataType {
@@ -67,15 +79,41 @@ pub fn examples() -> SchemaRef {
     ]))
 }
 
-/// Schema of rejected rows: where the row was, why it was rejected, and its raw text.
+/// Schema of rejected rows: which stage dropped the row, where it came from, why, and its
+/// raw text. Every stage's rejects share it, so the `rejects` SQL table is their union.
 pub fn rejects() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(col::STAGE, DataType::Utf8, false),
         Field::new(col::SOURCE_FILE, DataType::Utf8, false),
         Field::new(col::LINE, DataType::UInt64, false),
+        Field::new(col::ID, DataType::Utf8, false),
         Field::new(col::REASON, DataType::Utf8, false),
         Field::new(col::DETAIL, DataType::Utf8, false),
         Field::new(col::RAW, DataType::Utf8, false),
+        Field::new(col::DUPLICATE_OF, DataType::Utf8, true),
+    ]))
+}
+
+/// Schema of split rows: the example columns plus `split_group` and `split`.
+pub fn split_examples() -> SchemaRef {
+    let mut fields: Vec<Field> = examples()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(col::SPLIT_GROUP, DataType::Utf8, false));
+    fields.push(Field::new(col::SPLIT, DataType::Utf8, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Schema of near-duplicate cluster members: one row per member of a cluster of two or more.
+pub fn near_duplicates() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(col::CLUSTER, DataType::Utf8, false),
+        Field::new(col::ID, DataType::Utf8, false),
+        Field::new(col::GROUP_KEY, DataType::Utf8, false),
+        Field::new(col::MATCHED_ID, DataType::Utf8, true),
+        Field::new(col::SIMILARITY, DataType::Float64, true),
     ]))
 }
 
@@ -137,6 +175,15 @@ mod tests {
     fn a_schema_validates_against_itself() {
         validate(&examples(), &examples()).unwrap();
         validate(&rejects(), &rejects()).unwrap();
+        validate(&split_examples(), &split_examples()).unwrap();
+        validate(&near_duplicates(), &near_duplicates()).unwrap();
+    }
+
+    #[test]
+    fn split_rows_extend_examples_with_the_split_column() {
+        let split = split_examples();
+        assert_eq!(split.fields().len(), examples().fields().len() + 2);
+        assert_eq!(split.field(split.fields().len() - 1).name(), col::SPLIT);
     }
 
     #[test]

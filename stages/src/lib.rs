@@ -1,26 +1,67 @@
-//! The medtune stages. [`build`] turns a config into the stages it names.
+//! The medtune stages. [`build`] turns a config into the stages it names, chained in pipeline
+//! order: each stage reads the kept rows of the stage before it in [`KNOWN_STAGES`].
 
+pub mod clean;
+pub mod convert;
+pub mod dedup;
+pub mod examples;
 pub mod ingest;
+pub mod normalize;
+pub mod rejects;
+pub mod split;
 pub mod text;
 
 use medtune_pipeline::{PipelineConfig, Result, Stage};
 
 /// Stage sections a config may hold, in pipeline order.
-pub const KNOWN_STAGES: &[&str] = &["ingest"];
+pub const KNOWN_STAGES: &[&str] = &["ingest", "dedup", "convert", "clean", "split"];
 
 /// Builds the stages named by the config's sections.
 pub fn build(config: &PipelineConfig) -> Result<Vec<Box<dyn Stage>>> {
-    let mut stages: Vec<Box<dyn Stage>> = Vec::new();
     for name in config.section_names() {
-        match name {
-            "ingest" => stages.push(Box::new(ingest::IngestStage::from_config(config)?)),
-            other => {
-                return Err(config.error(format!(
-                    "unknown stage section [{other}] (known: {})",
-                    KNOWN_STAGES.join(", ")
-                )))
-            }
+        if !KNOWN_STAGES.contains(&name) {
+            return Err(config.error(format!(
+                "unknown stage section [{name}] (known: {})",
+                KNOWN_STAGES.join(", ")
+            )));
         }
+    }
+    let mut stages: Vec<Box<dyn Stage>> = Vec::new();
+    // The kept dataset of the last stage built: the next stage's input.
+    let mut upstream: Option<&'static str> = None;
+    let mut near_duplicates = None;
+    for &name in KNOWN_STAGES.iter().filter(|n| config.has_section(n)) {
+        let input = || {
+            upstream.ok_or_else(|| {
+                config.error(format!(
+                    "[{name}] reads the output of an earlier stage, but the config has none \
+                     (add [ingest])"
+                ))
+            })
+        };
+        let stage: Box<dyn Stage> = match name {
+            "ingest" => Box::new(ingest::IngestStage::from_config(config)?),
+            "dedup" => {
+                near_duplicates = Some(dedup::NEAR_DUPLICATES);
+                Box::new(dedup::DedupStage::from_config(config, input()?)?)
+            }
+            "convert" => Box::new(convert::ConvertStage::from_config(config, input()?)?),
+            "clean" => Box::new(clean::CleanStage::from_config(config, input()?)?),
+            "split" => Box::new(split::SplitStage::from_config(
+                config,
+                input()?,
+                near_duplicates,
+            )?),
+            _ => unreachable!("checked against KNOWN_STAGES above"),
+        };
+        upstream = Some(match name {
+            "ingest" => ingest::INGESTED,
+            "dedup" => dedup::DEDUPED,
+            "convert" => convert::CONVERTED,
+            "clean" => clean::CLEANED,
+            _ => split::SPLIT,
+        });
+        stages.push(stage);
     }
     if stages.is_empty() {
         return Err(config.error(format!(

@@ -1,4 +1,4 @@
-//! Accumulates examples and rejects into Arrow record batches of the shared schemas.
+//! Accumulates examples into Arrow record batches of the shared `examples` schema.
 
 use std::sync::Arc;
 
@@ -6,8 +6,7 @@ use arrow::array::{ArrayRef, ListBuilder, StringBuilder, UInt64Builder};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
-use super::record::{Example, Reject};
-use crate::text::bounded_raw;
+use super::record::Example;
 
 /// Where the rows of a batch come from.
 pub struct FileInfo<'a> {
@@ -102,50 +101,5 @@ impl ExampleBatch {
             Arc::new(self.group_key.finish()),
         ];
         RecordBatch::try_new(medtune_schemas::examples(), columns)
-    }
-}
-
-/// Builds `rejects` batches.
-#[derive(Default)]
-pub struct RejectBatch {
-    stage: StringBuilder,
-    source_file: StringBuilder,
-    line: UInt64Builder,
-    reason: StringBuilder,
-    detail: StringBuilder,
-    raw: StringBuilder,
-    rows: usize,
-}
-
-impl RejectBatch {
-    /// Appends one reject, keeping at most `max_raw_bytes` of its raw text.
-    pub fn push(&mut self, stage: &str, source_file: &str, reject: &Reject, max_raw_bytes: usize) {
-        self.stage.append_value(stage);
-        self.source_file.append_value(source_file);
-        self.line.append_value(reject.line);
-        self.reason.append_value(reject.reason.code());
-        self.detail.append_value(&reject.detail);
-        self.raw
-            .append_value(bounded_raw(&reject.raw, max_raw_bytes));
-        self.rows += 1;
-    }
-
-    /// Rows buffered.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Takes the buffered rows as a batch.
-    pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
-        self.rows = 0;
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.stage.finish()),
-            Arc::new(self.source_file.finish()),
-            Arc::new(self.line.finish()),
-            Arc::new(self.reason.finish()),
-            Arc::new(self.detail.finish()),
-            Arc::new(self.raw.finish()),
-        ];
-        RecordBatch::try_new(medtune_schemas::rejects(), columns)
     }
 }

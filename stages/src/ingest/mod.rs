@@ -4,7 +4,7 @@
 //! Formats: prompt/completion JSON (ChemProt style), alpaca JSON (`instruction`, `input`,
 //! `output`), BIO JSON, each as a JSON array or as JSON lines; and CoNLL TSV.
 
-mod batch;
+pub(crate) mod batch;
 pub mod bio;
 mod conll;
 mod framing;
@@ -17,15 +17,18 @@ use std::path::Path;
 
 use medtune_pipeline::{
     OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl, Stage, StageContext,
+    WorkUnit,
 };
 use serde::{Deserialize, Serialize};
 
-use self::batch::{ExampleBatch, FileInfo, RejectBatch};
+use self::batch::{ExampleBatch, FileInfo};
 use self::bio::BioConfig;
 use self::conll::ConllSentences;
 use self::framing::JsonRecords;
 use self::json_formats::Origin;
 use self::record::{ReadItem, Reject};
+use crate::rejects::{RejectBatch, RejectRow};
+use crate::text::bounded_raw;
 
 pub use self::framing::{JsonRecords as JsonRecordReader, RawRecord};
 pub use self::json_formats::{chemprot_body, chemprot_task};
@@ -33,7 +36,7 @@ pub use self::json_formats::{chemprot_body, chemprot_task};
 /// Name of the kept-rows dataset.
 pub const INGESTED: &str = "ingested";
 /// Name of the rejected-rows dataset.
-pub const REJECTS: &str = "rejects";
+pub const REJECTS: &str = "ingest_rejects";
 
 /// Input formats the ingest stage reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,7 +204,7 @@ impl Stage for IngestStage {
             .filter_map(|s| std::fs::metadata(&s.path).ok())
             .map(|m| m.len())
             .sum();
-        ctx.set_work_total(total);
+        ctx.set_work_total(total, WorkUnit::Bytes);
         let mut done_before = 0;
         for source in &self.sources {
             let name = file_name(&source.path);
@@ -324,12 +327,17 @@ impl IngestStage {
             }
             Err(reject) => {
                 ctx.count_dropped(reject.reason.code(), 1);
-                run.rejects.push(
-                    self.name(),
-                    run.info.source_file,
-                    &reject,
-                    self.config.max_raw_bytes,
-                );
+                let id = format!("{}:{}", run.info.file_name, reject.line);
+                run.rejects.push(RejectRow {
+                    stage: self.name(),
+                    source_file: run.info.source_file,
+                    line: reject.line,
+                    id: &id,
+                    reason: reject.reason.code(),
+                    detail: &reject.detail,
+                    raw: &bounded_raw(&reject.raw, self.config.max_raw_bytes),
+                    duplicate_of: None,
+                });
                 run.rejected += 1;
                 run.first_reject.get_or_insert(reject);
             }

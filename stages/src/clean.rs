@@ -1,0 +1,276 @@
+//! The clean stage: drops rows a model cannot learn from, each with its reason —
+//! `empty_prompt`, `empty_completion` (a completion that is there but blank) and `no_entities`
+//! (an extraction completion without a single list item; for BIO sentences without an entity
+//! tag, only when `bio_require_entities` is set).
+
+use arrow::array::{Array, BooleanArray};
+use arrow::compute::filter_record_batch;
+use medtune_pipeline::{
+    OutputDecl, OutputRole, PipelineConfig, Result, Stage, StageContext, WorkUnit,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::convert::{ENTITY_TASKS, RELATION_TASK};
+use crate::examples::ExampleRows;
+use crate::rejects::{RejectBatch, RejectRow};
+use crate::text::bounded_raw;
+
+/// Name of the kept-rows dataset.
+pub const CLEANED: &str = "cleaned";
+/// Name of the dropped-rows dataset.
+pub const CLEAN_REJECTS: &str = "clean_rejects";
+
+fn yes() -> bool {
+    true
+}
+
+fn default_max_raw_bytes() -> usize {
+    4096
+}
+
+/// The `[clean]` config section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanConfig {
+    /// Drop rows whose prompt is missing or blank.
+    #[serde(default = "yes")]
+    pub drop_empty_prompt: bool,
+    /// Drop rows whose completion is present but blank.
+    #[serde(default = "yes")]
+    pub drop_empty_completion: bool,
+    /// Drop extraction rows (ChemProt tasks) whose completion lists no item.
+    #[serde(default = "yes")]
+    pub drop_no_entities: bool,
+    /// Drop BIO sentences without any B-/I- tag.
+    #[serde(default)]
+    pub bio_require_entities: bool,
+    /// Raw text kept per reject, in bytes.
+    #[serde(default = "default_max_raw_bytes")]
+    pub max_raw_bytes: usize,
+}
+
+/// Why a row is dropped, if it is.
+pub fn verdict(
+    rows: &ExampleRows<'_>,
+    row: usize,
+    cfg: &CleanConfig,
+) -> Option<(&'static str, String)> {
+    let prompt = ExampleRows::text(rows.prompt, row);
+    if cfg.drop_empty_prompt && prompt.is_none_or(|p| p.trim().is_empty()) {
+        return Some(("empty_prompt", "the prompt is empty".into()));
+    }
+    let completion = ExampleRows::text(rows.completion, row);
+    if cfg.drop_empty_completion && completion.is_some_and(|c| c.trim().is_empty()) {
+        return Some(("empty_completion", "the completion is empty".into()));
+    }
+    let task = ExampleRows::text(rows.task, row);
+    if cfg.drop_no_entities {
+        if let (Some(task), Some(text)) = (task, completion) {
+            let extraction = ENTITY_TASKS.contains(&task) || task == RELATION_TASK;
+            let has_item = text.lines().any(|l| {
+                let t = l.trim_start();
+                t.starts_with('-') && !t[1..].trim().is_empty()
+            });
+            if extraction && !has_item {
+                return Some((
+                    "no_entities",
+                    format!("the `{task}` completion lists no entity"),
+                ));
+            }
+        }
+    }
+    if cfg.bio_require_entities && !rows.tags.is_null(row) {
+        let tags = ExampleRows::list(rows.tags, row);
+        if tags.iter().all(|t| *t == "O") {
+            return Some(("no_entities", "the sentence has no entity tag".into()));
+        }
+    }
+    None
+}
+
+/// The clean stage.
+pub struct CleanStage {
+    config: CleanConfig,
+    input: String,
+}
+
+impl CleanStage {
+    /// Builds the stage from `[clean]`, reading the dataset `input`.
+    pub fn from_config(config: &PipelineConfig, input: &str) -> Result<Self> {
+        Ok(CleanStage {
+            config: config.section("clean")?,
+            input: input.to_string(),
+        })
+    }
+}
+
+impl Stage for CleanStage {
+    fn name(&self) -> &str {
+        "clean"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn inputs(&self) -> Vec<String> {
+        vec![self.input.clone()]
+    }
+
+    fn outputs(&self) -> Vec<OutputDecl> {
+        vec![
+            OutputDecl {
+                name: CLEANED.into(),
+                schema: medtune_schemas::examples(),
+                role: OutputRole::Kept,
+            },
+            OutputDecl {
+                name: CLEAN_REJECTS.into(),
+                schema: medtune_schemas::rejects(),
+                role: OutputRole::Rejects,
+            },
+        ]
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).expect("config serialises")
+    }
+
+    fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
+        ctx.set_work_total(ctx.input(&self.input)?.manifest.rows, WorkUnit::Rows);
+        let mut done = 0;
+        for batch in ctx.read(&self.input)? {
+            let batch = batch?;
+            let rows = ExampleRows::new(&batch)?;
+            let mut keep = Vec::with_capacity(rows.len());
+            let mut rejects = RejectBatch::default();
+            for row in 0..rows.len() {
+                let verdict = verdict(&rows, row, &self.config);
+                keep.push(verdict.is_none());
+                if let Some((reason, detail)) = verdict {
+                    ctx.count_dropped(reason, 1);
+                    let raw = format!(
+                        "{}\n\n{}",
+                        ExampleRows::text(rows.prompt, row).unwrap_or(""),
+                        ExampleRows::text(rows.completion, row).unwrap_or("")
+                    );
+                    rejects.push(RejectRow {
+                        stage: "clean",
+                        source_file: rows.source_file.value(row),
+                        line: rows.line.value(row),
+                        id: rows.id.value(row),
+                        reason,
+                        detail: &detail,
+                        raw: &bounded_raw(raw.as_bytes(), self.config.max_raw_bytes),
+                        duplicate_of: None,
+                    });
+                }
+            }
+            ctx.count_in(rows.len() as u64);
+            done += rows.len() as u64;
+            let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+            if kept.num_rows() > 0 {
+                ctx.write(CLEANED, kept)?;
+            }
+            if rejects.rows() > 0 {
+                ctx.write(CLEAN_REJECTS, rejects.finish()?)?;
+            }
+            ctx.report_progress(done);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::batch::{ExampleBatch, FileInfo};
+    use crate::ingest::record::Example;
+
+    fn verdicts(examples: &[Example], cfg: &CleanConfig) -> Vec<Option<&'static str>> {
+        let mut batch = ExampleBatch::default();
+        let file = FileInfo {
+            source_file: "t.jsonl",
+            file_name: "t.jsonl",
+            source_kind: "prompt_completion",
+        };
+        for e in examples {
+            batch.push(&file, e);
+        }
+        let batch = batch.finish().unwrap();
+        let rows = ExampleRows::new(&batch).unwrap();
+        (0..rows.len())
+            .map(|r| verdict(&rows, r, cfg).map(|(reason, _)| reason))
+            .collect()
+    }
+
+    fn row(task: Option<&str>, prompt: Option<&str>, completion: Option<&str>) -> Example {
+        Example {
+            line: 1,
+            task: task.map(str::to_string),
+            prompt: prompt.map(str::to_string),
+            completion: completion.map(str::to_string),
+            group_key: "g".into(),
+            ..Example::default()
+        }
+    }
+
+    fn bio(tags: &[&str]) -> Example {
+        Example {
+            line: 1,
+            task: Some("ner".into()),
+            prompt: Some("w".into()),
+            words: Some(tags.iter().map(|_| "w".to_string()).collect()),
+            tags: Some(tags.iter().map(|t| t.to_string()).collect()),
+            group_key: "g".into(),
+            ..Example::default()
+        }
+    }
+
+    fn config() -> CleanConfig {
+        serde_json::from_str("{}").unwrap()
+    }
+
+    #[test]
+    fn each_rule_drops_with_its_reason() {
+        let rows = [
+            row(Some("chemicals"), Some("List."), Some("- aspirin")),
+            row(Some("chemicals"), Some("  \n"), Some("- aspirin")),
+            row(Some("chemicals"), None, Some("- aspirin")),
+            row(Some("diseases"), Some("List."), Some(" \n ")),
+            row(Some("diseases"), Some("List."), Some("None found.")),
+            row(Some("influences"), Some("List."), Some("- \n-")),
+            row(Some("qa"), Some("Why?"), Some("Because.")),
+            row(Some("qa"), Some("Why?"), Some("")),
+        ];
+        assert_eq!(
+            verdicts(&rows, &config()),
+            [
+                None,
+                Some("empty_prompt"),
+                Some("empty_prompt"),
+                Some("empty_completion"),
+                Some("no_entities"),
+                Some("no_entities"),
+                None,
+                Some("empty_completion"),
+            ]
+        );
+    }
+
+    #[test]
+    fn rules_can_be_switched_off_and_bio_entities_required() {
+        let mut cfg = config();
+        cfg.drop_no_entities = false;
+        cfg.drop_empty_completion = false;
+        let rows = [
+            row(Some("diseases"), Some("List."), Some("None found.")),
+            row(Some("diseases"), Some("List."), Some("")),
+        ];
+        assert_eq!(verdicts(&rows, &cfg), [None, None]);
+        let sentences = [bio(&["O", "O"]), bio(&["B-Chemical", "O"])];
+        assert_eq!(verdicts(&sentences, &config()), [None, None]);
+        cfg.bio_require_entities = true;
+        assert_eq!(verdicts(&sentences, &cfg), [Some("no_entities"), None]);
+    }
+}

@@ -1,0 +1,388 @@
+//! The dedup stage: drops rows whose normalised key text repeats an earlier row's, and finds
+//! near-duplicate clusters with MinHash + LSH, which split keeps together (or dedup drops).
+//!
+//! Rows are visited in input order, so the first occurrence is the one kept. Memory holds one
+//! 128-bit hash and one id per distinct row, plus (with near-duplicate detection) one 32-bit
+//! MinHash signature per kept row; the rows themselves stream through.
+
+pub mod minhash;
+
+use std::collections::HashMap;
+
+use arrow::array::{ArrayRef, BooleanArray, Float64Builder, StringBuilder};
+use arrow::compute::filter_record_batch;
+use arrow::record_batch::RecordBatch;
+use medtune_pipeline::{
+    OutputDecl, OutputRole, PipelineConfig, Result, Stage, StageContext, WorkUnit,
+};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use self::minhash::{similarity, LshIndex, MinHasher};
+use crate::examples::{check_text_columns, ExampleRows};
+use crate::normalize::{key_hash, Normalization};
+use crate::rejects::{RejectBatch, RejectRow};
+use crate::text::bounded_raw;
+
+/// Name of the kept-rows dataset.
+pub const DEDUPED: &str = "deduped";
+/// Name of the dropped-rows dataset.
+pub const DEDUP_REJECTS: &str = "dedup_rejects";
+/// Name of the near-duplicate clusters dataset.
+pub const NEAR_DUPLICATES: &str = "near_duplicates";
+
+/// What happens to a row that is a near-duplicate of an earlier kept row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NearDuplicateAction {
+    /// Keep it; its cluster becomes one split group.
+    Group,
+    /// Drop it (reason `near_duplicate`).
+    Drop,
+}
+
+/// Near-duplicate detection (`[dedup.near]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NearDuplicateConfig {
+    /// Whether to look for near-duplicates at all.
+    pub enabled: bool,
+    /// Words per shingle.
+    pub ngram: usize,
+    /// LSH bands.
+    pub bands: usize,
+    /// Signature slots per band (the signature has `bands × rows` slots).
+    pub rows: usize,
+    /// Estimated Jaccard similarity at which two rows are near-duplicates.
+    pub threshold: f64,
+    /// Keep near-duplicates as split groups, or drop them.
+    pub action: NearDuplicateAction,
+    /// Seed of the MinHash permutations.
+    pub seed: u64,
+}
+
+impl Default for NearDuplicateConfig {
+    fn default() -> Self {
+        NearDuplicateConfig {
+            enabled: true,
+            ngram: 5,
+            bands: 16,
+            rows: 8,
+            threshold: 0.8,
+            action: NearDuplicateAction::Group,
+            seed: 0x6d65_6474_756e_65,
+        }
+    }
+}
+
+fn default_columns() -> Vec<String> {
+    vec![medtune_schemas::col::PROMPT.to_string()]
+}
+
+fn default_max_raw_bytes() -> usize {
+    4096
+}
+
+/// The `[dedup]` config section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Columns whose normalised text is the row's identity.
+    #[serde(default = "default_columns")]
+    pub columns: Vec<String>,
+    /// How that text is normalised.
+    #[serde(default)]
+    pub normalize: Normalization,
+    /// Near-duplicate detection.
+    #[serde(default)]
+    pub near: NearDuplicateConfig,
+    /// Raw text kept per reject, in bytes.
+    #[serde(default = "default_max_raw_bytes")]
+    pub max_raw_bytes: usize,
+}
+
+/// The dedup stage.
+pub struct DedupStage {
+    config: DedupConfig,
+    input: String,
+}
+
+impl DedupStage {
+    /// Builds the stage from `[dedup]`, reading the dataset `input`.
+    pub fn from_config(config: &PipelineConfig, input: &str) -> Result<Self> {
+        let section: DedupConfig = config.section("dedup")?;
+        check_text_columns("dedup", &section.columns).map_err(|m| config.error(m))?;
+        let near = &section.near;
+        if near.enabled {
+            if near.bands == 0 || near.rows == 0 || near.ngram == 0 {
+                return Err(config.error("[dedup.near]: `bands`, `rows` and `ngram` must be > 0"));
+            }
+            if !(near.threshold > 0.0 && near.threshold <= 1.0) {
+                return Err(config.error(format!(
+                    "[dedup.near]: `threshold` must be in (0, 1], found {}",
+                    near.threshold
+                )));
+            }
+        }
+        Ok(DedupStage {
+            config: section,
+            input: input.to_string(),
+        })
+    }
+}
+
+/// What dedup knows about one row before deciding on it.
+struct Probe {
+    text: String,
+    hash: u128,
+    signature: Option<Vec<u32>>,
+}
+
+/// Near-duplicate state: the index of kept rows and their union-find clusters.
+struct NearState {
+    hasher: MinHasher,
+    index: LshIndex,
+    ids: Vec<String>,
+    groups: Vec<String>,
+    parent: Vec<u32>,
+    matched: Vec<Option<(u32, f64)>>,
+}
+
+impl NearState {
+    fn find(&mut self, mut x: u32) -> u32 {
+        while self.parent[x as usize] != x {
+            let up = self.parent[self.parent[x as usize] as usize];
+            self.parent[x as usize] = up;
+            x = up;
+        }
+        x
+    }
+
+    fn union(&mut self, a: u32, b: u32) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        // The earlier entry becomes the root, so a cluster is named after its first row.
+        let (root, child) = if ra < rb { (ra, rb) } else { (rb, ra) };
+        self.parent[child as usize] = root;
+    }
+
+    /// Earlier entries at or above `threshold`, best first.
+    fn matches(&self, signature: &[u32], threshold: f64) -> Vec<(u32, f64)> {
+        let mut found: Vec<(u32, f64)> = self
+            .index
+            .candidates(signature)
+            .into_iter()
+            .map(|e| (e, similarity(self.index.signature(e), signature)))
+            .filter(|&(_, s)| s >= threshold)
+            .collect();
+        found.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        found
+    }
+
+    fn insert(&mut self, signature: &[u32], id: &str, group: &str, matches: &[(u32, f64)]) {
+        let entry = self.index.insert(signature);
+        self.ids.push(id.to_string());
+        self.groups.push(group.to_string());
+        self.parent.push(entry);
+        self.matched.push(matches.first().copied());
+        for &(other, _) in matches {
+            self.union(entry, other);
+        }
+    }
+
+    /// The `near_duplicates` rows: every member of every cluster of two or more.
+    fn clusters(&mut self) -> Result<(RecordBatch, u64, u64)> {
+        let n = self.ids.len() as u32;
+        let roots: Vec<u32> = (0..n).map(|e| self.find(e)).collect();
+        let mut size: HashMap<u32, u32> = HashMap::new();
+        for &r in &roots {
+            *size.entry(r).or_default() += 1;
+        }
+        let mut cluster = StringBuilder::new();
+        let mut id = StringBuilder::new();
+        let mut group = StringBuilder::new();
+        let mut matched_id = StringBuilder::new();
+        let mut sim = Float64Builder::new();
+        let mut rows = 0;
+        for e in 0..n {
+            let root = roots[e as usize];
+            if size[&root] < 2 {
+                continue;
+            }
+            cluster.append_value(&self.ids[root as usize]);
+            id.append_value(&self.ids[e as usize]);
+            group.append_value(&self.groups[e as usize]);
+            match self.matched[e as usize] {
+                Some((m, s)) => {
+                    matched_id.append_value(&self.ids[m as usize]);
+                    sim.append_value(s);
+                }
+                None => {
+                    matched_id.append_null();
+                    sim.append_null();
+                }
+            }
+            rows += 1;
+        }
+        let clusters = size.values().filter(|&&s| s >= 2).count() as u64;
+        let columns: Vec<ArrayRef> = vec![
+            std::sync::Arc::new(cluster.finish()),
+            std::sync::Arc::new(id.finish()),
+            std::sync::Arc::new(group.finish()),
+            std::sync::Arc::new(matched_id.finish()),
+            std::sync::Arc::new(sim.finish()),
+        ];
+        let batch = RecordBatch::try_new(medtune_schemas::near_duplicates(), columns)?;
+        Ok((batch, clusters, rows))
+    }
+}
+
+impl Stage for DedupStage {
+    fn name(&self) -> &str {
+        "dedup"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn inputs(&self) -> Vec<String> {
+        vec![self.input.clone()]
+    }
+
+    fn outputs(&self) -> Vec<OutputDecl> {
+        vec![
+            OutputDecl {
+                name: DEDUPED.into(),
+                schema: medtune_schemas::examples(),
+                role: OutputRole::Kept,
+            },
+            OutputDecl {
+                name: DEDUP_REJECTS.into(),
+                schema: medtune_schemas::rejects(),
+                role: OutputRole::Rejects,
+            },
+            OutputDecl {
+                name: NEAR_DUPLICATES.into(),
+                schema: medtune_schemas::near_duplicates(),
+                role: OutputRole::Side,
+            },
+        ]
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).expect("config serialises")
+    }
+
+    fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
+        let cfg = &self.config;
+        ctx.set_work_total(ctx.input(&self.input)?.manifest.rows, WorkUnit::Rows);
+        let mut first_seen: HashMap<u128, String> = HashMap::new();
+        let mut near = cfg.near.enabled.then(|| NearState {
+            hasher: MinHasher::new(
+                cfg.near.bands * cfg.near.rows,
+                cfg.near.ngram,
+                cfg.near.seed,
+            ),
+            index: LshIndex::new(cfg.near.bands, cfg.near.rows),
+            ids: Vec::new(),
+            groups: Vec::new(),
+            parent: Vec::new(),
+            matched: Vec::new(),
+        });
+        let key_name = cfg.columns.join("+");
+        let mut rows_done = 0u64;
+        for batch in ctx.read(&self.input)? {
+            let batch = batch?;
+            let rows = ExampleRows::new(&batch)?;
+            let probes: Vec<Probe> = (0..rows.len())
+                .into_par_iter()
+                .map(|row| {
+                    let text = rows.normalized_text(&cfg.columns, row, &cfg.normalize)?;
+                    let signature = near.as_ref().and_then(|n| n.hasher.signature(&text));
+                    Ok(Probe {
+                        hash: key_hash(&text),
+                        text,
+                        signature,
+                    })
+                })
+                .collect::<Result<_>>()?;
+            let mut keep = Vec::with_capacity(rows.len());
+            let mut rejects = RejectBatch::default();
+            for (row, probe) in probes.iter().enumerate() {
+                let id = rows.id.value(row);
+                let reject = |reason: &str, detail: String, of: &str| {
+                    let raw = bounded_raw(probe.text.as_bytes(), cfg.max_raw_bytes);
+                    (reason.to_string(), detail, of.to_string(), raw)
+                };
+                let dropped = if probe.text.is_empty() {
+                    // Nothing to compare: an empty key is no one's duplicate (clean drops it).
+                    ctx.count("empty_key_rows", 1);
+                    None
+                } else if let Some(first) = first_seen.get(&probe.hash) {
+                    Some(reject(
+                        "duplicate",
+                        format!("same normalised {key_name} as {first}"),
+                        first,
+                    ))
+                } else {
+                    first_seen.insert(probe.hash, id.to_string());
+                    match (near.as_mut(), &probe.signature) {
+                        (Some(state), Some(sig)) => {
+                            let matches = state.matches(sig, cfg.near.threshold);
+                            match (cfg.near.action, matches.first()) {
+                                (NearDuplicateAction::Drop, Some(&(m, s))) => {
+                                    let of = state.ids[m as usize].clone();
+                                    Some(reject(
+                                        "near_duplicate",
+                                        format!(
+                                            "{key_name} is a near-duplicate of {of} \
+                                             (estimated Jaccard {s:.3} >= {})",
+                                            cfg.near.threshold
+                                        ),
+                                        &of,
+                                    ))
+                                }
+                                _ => {
+                                    state.insert(sig, id, rows.group_key.value(row), &matches);
+                                    None
+                                }
+                            }
+                        }
+                        _ => None,
+                    }
+                };
+                keep.push(dropped.is_none());
+                if let Some((reason, detail, of, raw)) = dropped {
+                    ctx.count_dropped(&reason, 1);
+                    rejects.push(RejectRow {
+                        stage: "dedup",
+                        source_file: rows.source_file.value(row),
+                        line: rows.line.value(row),
+                        id,
+                        reason: &reason,
+                        detail: &detail,
+                        raw: &raw,
+                        duplicate_of: Some(&of),
+                    });
+                }
+            }
+            ctx.count_in(rows.len() as u64);
+            let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+            if kept.num_rows() > 0 {
+                ctx.write(DEDUPED, kept)?;
+            }
+            if rejects.rows() > 0 {
+                ctx.write(DEDUP_REJECTS, rejects.finish()?)?;
+            }
+            rows_done += rows.len() as u64;
+            ctx.report_progress(rows_done);
+        }
+        if let Some(state) = near.as_mut() {
+            let (batch, clusters, members) = state.clusters()?;
+            ctx.count("near_duplicate_clusters", clusters);
+            ctx.count("near_duplicate_rows", members);
+            ctx.write(NEAR_DUPLICATES, batch)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,359 @@
+//! The split stage: train / validation / test, seeded and deterministic, stratified by the
+//! configured columns and group-aware, followed by hard leakage checks.
+//!
+//! Rows that share a group key (ChemProt: one article under several tasks; BIO: one document),
+//! a normalised text, or a near-duplicate cluster are joined into one group (union-find), and
+//! every group lands whole in one split. The stage reads its input twice: once for the keys
+//! (the group table is the only state that grows with the input), once to stream the rows out
+//! with their `split` column.
+
+pub mod assign;
+pub mod leakage;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, StringArray};
+use arrow::record_batch::RecordBatch;
+use medtune_pipeline::{
+    OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, Stage, StageContext, WorkUnit,
+};
+use medtune_schemas::col;
+use serde::{Deserialize, Serialize};
+
+use self::assign::{assign, Group, SPLIT_NAMES};
+use self::leakage::{find_leaks, RowKeys};
+use crate::examples::{check_text_columns, ExampleRows, TEXT_COLUMNS};
+use crate::normalize::{key_hash, Normalization};
+
+/// Name of the output dataset.
+pub const SPLIT: &str = "split";
+/// Stratify pseudo-column: the sorted entity types of a BIO sentence (`Chemical+Disease`).
+pub const ENTITY_TYPES: &str = "entity_types";
+
+/// Split fractions.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fractions {
+    /// Training share.
+    pub train: f64,
+    /// Validation share.
+    pub validation: f64,
+    /// Test share.
+    pub test: f64,
+}
+
+impl Default for Fractions {
+    fn default() -> Self {
+        Fractions {
+            train: 0.8,
+            validation: 0.1,
+            test: 0.1,
+        }
+    }
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+fn default_stratify() -> Vec<String> {
+    vec![col::TASK.to_string()]
+}
+
+fn default_text_columns() -> Vec<String> {
+    vec![col::PROMPT.to_string()]
+}
+
+/// The `[split]` config section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Shares of train, validation and test; they sum to 1.
+    #[serde(default)]
+    pub fractions: Fractions,
+    /// Seed of the group order.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Columns whose values form the strata (text columns, or `entity_types`).
+    #[serde(default = "default_stratify")]
+    pub stratify: Vec<String>,
+    /// Columns whose normalised text may not repeat across splits.
+    #[serde(default = "default_text_columns")]
+    pub text_columns: Vec<String>,
+    /// How that text is normalised.
+    #[serde(default)]
+    pub normalize: Normalization,
+}
+
+/// The split stage.
+pub struct SplitStage {
+    config: SplitConfig,
+    input: String,
+    near_duplicates: Option<String>,
+}
+
+impl SplitStage {
+    /// Builds the stage from `[split]`, reading `input` and, when given, the near-duplicate
+    /// clusters dataset.
+    pub fn from_config(
+        config: &PipelineConfig,
+        input: &str,
+        near_duplicates: Option<&str>,
+    ) -> Result<Self> {
+        let section: SplitConfig = config.section("split")?;
+        let f = section.fractions;
+        let shares = [f.train, f.validation, f.test];
+        if shares.iter().any(|s| !(0.0..=1.0).contains(s))
+            || ((shares.iter().sum::<f64>()) - 1.0).abs() > 1e-6
+        {
+            return Err(config.error(format!(
+                "[split.fractions]: train, validation and test must be in [0, 1] and sum to 1 \
+                 (found {} + {} + {})",
+                f.train, f.validation, f.test
+            )));
+        }
+        check_text_columns("split", &section.text_columns).map_err(|m| config.error(m))?;
+        for c in &section.stratify {
+            if c != ENTITY_TYPES && !TEXT_COLUMNS.contains(&c.as_str()) {
+                return Err(config.error(format!(
+                    "[split]: cannot stratify by `{c}` (choose from {ENTITY_TYPES}, {})",
+                    TEXT_COLUMNS.join(", ")
+                )));
+            }
+        }
+        Ok(SplitStage {
+            config: section,
+            input: input.to_string(),
+            near_duplicates: near_duplicates.map(str::to_string),
+        })
+    }
+
+    fn stratum(&self, rows: &ExampleRows<'_>, row: usize) -> Result<String> {
+        let mut parts = Vec::with_capacity(self.config.stratify.len());
+        for name in &self.config.stratify {
+            if name == ENTITY_TYPES {
+                let mut types: Vec<&str> = ExampleRows::list(rows.tags, row)
+                    .into_iter()
+                    .filter_map(|t| t.split_once('-').map(|(_, kind)| kind))
+                    .collect();
+                types.sort_unstable();
+                types.dedup();
+                parts.push(if types.is_empty() {
+                    "none".to_string()
+                } else {
+                    types.join("+")
+                });
+            } else {
+                let column = rows.text_column(name)?;
+                parts.push(ExampleRows::text(column, row).unwrap_or("null").to_string());
+            }
+        }
+        Ok(parts.join("/"))
+    }
+
+    /// Reads the near-duplicate clusters: row id -> cluster.
+    fn clusters(&self, ctx: &StageContext<'_>) -> Result<HashMap<String, String>> {
+        let mut out = HashMap::new();
+        let Some(name) = &self.near_duplicates else {
+            return Ok(out);
+        };
+        for batch in ctx.read(name)? {
+            let batch = batch?;
+            let strings = |c: &str| -> Result<StringArray> {
+                Ok(batch
+                    .column_by_name(c)
+                    .and_then(|a| a.as_string_opt::<i32>())
+                    .ok_or_else(|| PipelineError::Internal(format!("`{name}` lacks `{c}`")))?
+                    .clone())
+            };
+            let (cluster, id) = (strings(col::CLUSTER)?, strings(col::ID)?);
+            for i in 0..batch.num_rows() {
+                out.insert(id.value(i).to_string(), cluster.value(i).to_string());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Union-find over row indices.
+struct Components(Vec<u32>);
+
+impl Components {
+    fn find(&mut self, mut x: u32) -> u32 {
+        while self.0[x as usize] != x {
+            let up = self.0[self.0[x as usize] as usize];
+            self.0[x as usize] = up;
+            x = up;
+        }
+        x
+    }
+
+    fn union(&mut self, a: u32, b: u32) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra != rb {
+            let (root, child) = if ra < rb { (ra, rb) } else { (rb, ra) };
+            self.0[child as usize] = root;
+        }
+    }
+}
+
+impl Stage for SplitStage {
+    fn name(&self) -> &str {
+        "split"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn inputs(&self) -> Vec<String> {
+        let mut inputs = vec![self.input.clone()];
+        inputs.extend(self.near_duplicates.clone());
+        inputs
+    }
+
+    fn outputs(&self) -> Vec<OutputDecl> {
+        vec![OutputDecl {
+            name: SPLIT.into(),
+            schema: medtune_schemas::split_examples(),
+            role: OutputRole::Kept,
+        }]
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).expect("config serialises")
+    }
+
+    fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
+        let total = ctx.input(&self.input)?.manifest.rows;
+        ctx.set_work_total(2 * total, WorkUnit::Rows);
+        let clusters = self.clusters(ctx)?;
+
+        // Pass 1: the keys of every row.
+        let mut keys: Vec<RowKeys> = Vec::with_capacity(total as usize);
+        let mut strata: Vec<u32> = Vec::with_capacity(total as usize);
+        let mut stratum_index: HashMap<String, u32> = HashMap::new();
+        for batch in ctx.read(&self.input)? {
+            let batch = batch?;
+            let rows = ExampleRows::new(&batch)?;
+            for row in 0..rows.len() {
+                let text =
+                    rows.normalized_text(&self.config.text_columns, row, &self.config.normalize)?;
+                let id = rows.id.value(row).to_string();
+                let stratum = self.stratum(&rows, row)?;
+                let next = stratum_index.len() as u32;
+                let k = *stratum_index.entry(stratum).or_insert(next);
+                strata.push(k);
+                keys.push(RowKeys {
+                    cluster: clusters.get(&id).cloned(),
+                    id,
+                    group: rows.group_key.value(row).to_string(),
+                    text_hash: key_hash(&text),
+                });
+            }
+            ctx.report_progress(keys.len() as u64);
+        }
+
+        // Join rows sharing a group key, a text or a near-duplicate cluster.
+        let mut components = Components((0..keys.len() as u32).collect());
+        {
+            let mut by_group: HashMap<&str, u32> = HashMap::new();
+            let mut by_text: HashMap<u128, u32> = HashMap::new();
+            let mut by_cluster: HashMap<&str, u32> = HashMap::new();
+            for (i, k) in keys.iter().enumerate() {
+                let i = i as u32;
+                let g = *by_group.entry(&k.group).or_insert(i);
+                components.union(g, i);
+                let t = *by_text.entry(k.text_hash).or_insert(i);
+                components.union(t, i);
+                if let Some(c) = &k.cluster {
+                    let c = *by_cluster.entry(c).or_insert(i);
+                    components.union(c, i);
+                }
+            }
+        }
+        let mut group_of_root: HashMap<u32, usize> = HashMap::new();
+        let mut groups: Vec<Group> = Vec::new();
+        let mut row_group = Vec::with_capacity(keys.len());
+        for i in 0..keys.len() as u32 {
+            let root = components.find(i);
+            let g = *group_of_root.entry(root).or_insert_with(|| {
+                groups.push(Group {
+                    name: keys[root as usize].id.clone(),
+                    strata: Vec::new(),
+                });
+                groups.len() - 1
+            });
+            let k = strata[i as usize] as usize;
+            match groups[g].strata.iter_mut().find(|(s, _)| *s == k) {
+                Some((_, n)) => *n += 1,
+                None => groups[g].strata.push((k, 1)),
+            }
+            row_group.push(g);
+        }
+        let f = self.config.fractions;
+        let group_split = assign(
+            &groups,
+            stratum_index.len(),
+            [f.train, f.validation, f.test],
+            self.config.seed,
+        );
+        let row_split: Vec<u8> = row_group.iter().map(|&g| group_split[g]).collect();
+        let group_names: Vec<String> = groups.into_iter().map(|g| g.name).collect();
+
+        let leaks = find_leaks(&keys, &row_split);
+        if !leaks.is_empty() {
+            let shown: Vec<String> = leaks.iter().take(20).map(|l| format!("  {l}")).collect();
+            return Err(PipelineError::CheckFailed {
+                stage: "split".into(),
+                message: format!(
+                    "{} leaks between splits:\n{}{}",
+                    leaks.len(),
+                    shown.join("\n"),
+                    if leaks.len() > 20 { "\n  ..." } else { "" }
+                ),
+            });
+        }
+        ctx.count("groups", group_names.len() as u64);
+        ctx.count("strata", stratum_index.len() as u64);
+        for (s, name) in SPLIT_NAMES.iter().enumerate() {
+            let n = row_split.iter().filter(|&&x| x as usize == s).count() as u64;
+            ctx.count(&format!("rows_{name}"), n);
+        }
+        drop(keys);
+
+        // Pass 2: stream the rows out with their split.
+        let mut done = 0usize;
+        for batch in ctx.read(&self.input)? {
+            let batch = batch?;
+            let n = batch.num_rows();
+            let split: StringArray = row_split[done..done + n]
+                .iter()
+                .map(|&s| Some(SPLIT_NAMES[s as usize]))
+                .collect();
+            let group: StringArray = row_group[done..done + n]
+                .iter()
+                .map(|&g| Some(group_names[g].as_str()))
+                .collect();
+            let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+            columns.push(Arc::new(group));
+            columns.push(Arc::new(split));
+            ctx.count_in(n as u64);
+            ctx.write(
+                SPLIT,
+                RecordBatch::try_new(medtune_schemas::split_examples(), columns)?,
+            )?;
+            done += n;
+            ctx.report_progress(total + done as u64);
+        }
+        if done != row_split.len() {
+            return Err(PipelineError::Internal(format!(
+                "split read {} rows in its second pass, {} in its first",
+                done,
+                row_split.len()
+            )));
+        }
+        Ok(())
+    }
+}
