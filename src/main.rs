@@ -82,7 +82,15 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             let runner = Runner::new(workdir, dag, config.settings().clone(), &observer);
             let summaries = runner.run(&RunOptions { stages, force })?;
             drop(observer);
-            report::print_summary(&summaries, &mut std::io::stdout().lock())?;
+            let mut out = std::io::stdout().lock();
+            report::print_summary(&summaries, &mut out)?;
+            if let Some(peak) = report::peak_rss_bytes() {
+                writeln!(
+                    out,
+                    "peak memory (RSS): {:.1} MiB",
+                    peak as f64 / (1 << 20) as f64
+                )?;
+            }
         }
         Command::Status { config } => {
             let (config, dag) = load(&config)?;

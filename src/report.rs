@@ -109,3 +109,11 @@ pub fn print_status(statuses: &[StageStatus], out: &mut dyn Write) -> std::io::R
     }
     writeln!(out, "{t}")
 }
+
+/// This process's peak resident set size, from `VmHWM` in `/proc/self/status` (Linux only).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -34,7 +34,10 @@ fn chemprot_rows() -> Vec<(String, String)> {
 /// task instruction and the closing `List of extracted ...:` line, whitespace-folded.
 fn article(prompt: &str) -> String {
     let paragraphs: Vec<&str> = prompt.trim().split("\n\n").collect();
-    assert!(paragraphs.len() >= 3, "unexpected prompt shape: {prompt:.80}");
+    assert!(
+        paragraphs.len() >= 3,
+        "unexpected prompt shape: {prompt:.80}"
+    );
     assert!(paragraphs[paragraphs.len() - 1].starts_with("List of extracted"));
     fold(&paragraphs[1..paragraphs.len() - 1].join("\n\n"))
 }
@@ -80,16 +83,16 @@ fn chemprot_chain_dedups_converts_cleans_and_splits_by_article() {
     let mut duplicates = 0;
     let mut empty_after_dedup = 0;
     for (i, (prompt, completion)) in rows.iter().enumerate() {
-        if first.contains_key(&fold(prompt)) {
-            duplicates += 1;
-        } else {
-            first.insert(fold(prompt), i);
+        if let std::collections::hash_map::Entry::Vacant(slot) = first.entry(fold(prompt)) {
+            slot.insert(i);
             if completion
                 .lines()
                 .all(|l| l.trim().trim_start_matches('-').trim().is_empty())
             {
                 empty_after_dedup += 1;
             }
+        } else {
+            duplicates += 1;
         }
     }
     assert_eq!(

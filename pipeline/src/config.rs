@@ -30,9 +30,9 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             part_max_bytes: 128 << 20,
-            row_group_rows: 64 * 1024,
-            row_group_max_bytes: 8 << 20,
-            batch_rows: 8 * 1024,
+            row_group_rows: 16 * 1024,
+            row_group_max_bytes: 4 << 20,
+            batch_rows: 1024,
             zstd_level: 3,
         }
     }

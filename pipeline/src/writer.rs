@@ -21,7 +21,7 @@ use crate::hash::HashingWriter;
 use crate::manifest::{DatasetManifest, PartFile};
 
 /// Batches in flight between a stage and the writer thread of one output.
-const CHANNEL_BATCHES: usize = 4;
+const CHANNEL_BATCHES: usize = 2;
 
 type PartSink = HashingWriter<BufWriter<File>>;
 
@@ -32,6 +32,7 @@ pub struct DatasetWriter {
     schema: SchemaRef,
     props: WriterProperties,
     part_max_bytes: u64,
+    row_group_max_bytes: usize,
     current: Option<(ArrowWriter<PartSink>, String, u64)>,
     parts: Vec<PartFile>,
 }
@@ -58,6 +59,7 @@ impl DatasetWriter {
             schema,
             props,
             part_max_bytes: settings.part_max_bytes.max(1),
+            row_group_max_bytes: settings.row_group_max_bytes.max(1) as usize,
             current: None,
             parts: Vec::new(),
         })
@@ -79,6 +81,11 @@ impl DatasetWriter {
         let (writer, _, rows) = self.current.as_mut().expect("a part is open");
         writer.write(batch)?;
         *rows += batch.num_rows() as u64;
+        // The writer buffers a whole row group (compressed pages and dictionaries) in memory;
+        // close it at the byte bound too, so wide rows cannot grow it past the bound.
+        if writer.in_progress_size() >= self.row_group_max_bytes {
+            writer.flush()?;
+        }
         if writer.bytes_written() as u64 + writer.in_progress_size() as u64 >= self.part_max_bytes {
             self.close_part()?;
         }

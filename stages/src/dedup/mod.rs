@@ -70,7 +70,7 @@ impl Default for NearDuplicateConfig {
             rows: 8,
             threshold: 0.8,
             action: NearDuplicateAction::Group,
-            seed: 0x6d65_6474_756e_65,
+            seed: 0x006d_6564_7475_6e65,
         }
     }
 }

@@ -35,6 +35,10 @@ pub use self::json_formats::{chemprot_body, chemprot_task};
 
 /// Name of the kept-rows dataset.
 pub const INGESTED: &str = "ingested";
+/// A batch is sent on once it holds this much text, even before `batch_rows` rows, so memory
+/// stays bounded however long the records are.
+const BATCH_TEXT_BYTES: usize = 4 << 20;
+
 /// Name of the rejected-rows dataset.
 pub const REJECTS: &str = "ingest_rejects";
 
@@ -342,7 +346,8 @@ impl IngestStage {
                 run.first_reject.get_or_insert(reject);
             }
         }
-        if run.examples.rows() >= ctx.batch_rows() || run.examples.text_bytes() >= 64 << 20 {
+        if run.examples.rows() >= ctx.batch_rows() || run.examples.text_bytes() >= BATCH_TEXT_BYTES
+        {
             self.flush(ctx, run, false)?;
             ctx.report_progress(bytes_read);
         }

@@ -140,11 +140,16 @@ mod tests {
         }
         let split = assign(&all, 3, [0.8, 0.1, 0.1], 7);
         let c = counts(&all, &split, 3);
-        for k in 0..3 {
-            let total: u64 = (0..3).map(|s| c[s][k]).sum();
-            for (s, f) in [0.8, 0.1, 0.1].iter().enumerate() {
-                let gap = (c[s][k] as f64 - f * total as f64).abs();
-                assert!(gap <= 2.0, "split {s} stratum {k}: {} of {total}", c[s][k]);
+        // The largest group holds at most 2 rows of any one stratum.
+        for stratum in 0..3 {
+            let total: u64 = c.iter().map(|split| split[stratum]).sum();
+            for (split, share) in c.iter().zip([0.8, 0.1, 0.1]) {
+                let gap = (split[stratum] as f64 - share * total as f64).abs();
+                assert!(
+                    gap <= 2.0,
+                    "stratum {stratum}: {} of {total}",
+                    split[stratum]
+                );
             }
         }
     }
