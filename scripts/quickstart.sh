@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Builds medtune and runs the pipeline on the bundled data (../shared/data), then queries it.
+# Each config gets its own workdir under .medtune/, so all three stay queryable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release
 bin="${CARGO_TARGET_DIR:-target}/release/medtune"
-for config in configs/chemprot.toml configs/healthcaremagic.toml configs/bc5cdr.toml; do
-  echo "== $config"
-  "$bin" run --config "$config"
+for name in chemprot healthcaremagic bc5cdr; do
+  echo "== configs/$name.toml"
+  "$bin" --workdir ".medtune/$name" run --config "configs/$name.toml"
 done
-"$bin" status --config configs/chemprot.toml
-"$bin" query "SELECT source_kind, task, count(*) AS rows FROM ingested GROUP BY source_kind, task ORDER BY 1, 2"
+"$bin" --workdir .medtune/chemprot status --config configs/chemprot.toml
+"$bin" --workdir .medtune/chemprot query \
+  "SELECT task, split, count(*) AS rows FROM split GROUP BY task, split ORDER BY task, split"
+"$bin" --workdir .medtune/chemprot query \
+  "SELECT stage, reason, count(*) AS rows FROM rejects GROUP BY stage, reason ORDER BY stage, reason"
