@@ -1,6 +1,7 @@
 //! `medtune`: the command-line front end. Parses arguments, draws progress, prints results
 //! and maps errors to exit codes (0 success, 2 bad input or config, 1 internal error).
 
+mod profile_report;
 mod progress;
 mod report;
 
@@ -42,6 +43,13 @@ enum Command {
     },
     /// Show whether each stage's cached output is fresh, stale (and why) or missing.
     Status {
+        /// Pipeline config (TOML).
+        #[arg(long, default_value = "medtune.toml")]
+        config: PathBuf,
+    },
+    /// Profile the data (running what the profile needs, through the cache): prints the
+    /// report and writes it to <workdir>/reports/profile.{json,md}.
+    Profile {
         /// Pipeline config (TOML).
         #[arg(long, default_value = "medtune.toml")]
         config: PathBuf,
@@ -101,6 +109,29 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 &medtune_pipeline::Quiet,
             );
             report::print_status(&runner.status()?, &mut std::io::stdout().lock())?;
+        }
+        Command::Profile { config } => {
+            let config = PipelineConfig::load(&config)?;
+            let dag = Dag::new(medtune_stages::build_with_profile(&config)?)?;
+            let observer = progress::Bars::default();
+            let runner = Runner::new(workdir.clone(), dag, config.settings().clone(), &observer);
+            let summaries = runner.run(&RunOptions {
+                stages: vec!["profile".into()],
+                force: false,
+            })?;
+            drop(observer);
+            let mut out = std::io::stdout().lock();
+            report::print_summary(&summaries, &mut out)?;
+            let dataset = workdir
+                .catalog_datasets()?
+                .into_iter()
+                .find(|d| d.name == medtune_stages::profile::PROFILE)
+                .context("the profile stage committed no `profile` dataset")?;
+            let profile = profile_report::Profile::read(&dataset)?;
+            profile.print(&mut out)?;
+            for path in profile.write(workdir.root())? {
+                writeln!(out, "wrote {}", path.display())?;
+            }
         }
         Command::Query { sql, format } => {
             let format = match format {

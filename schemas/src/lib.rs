@@ -106,6 +106,17 @@ pub fn split_examples() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// Schema of the data profile: one figure per row, `section` / `key` / `metric` = `value`
+/// (e.g. `rows` / `chemicals train` / `rows` = 873).
+pub fn profile() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("section", DataType::Utf8, false),
+        Field::new("key", DataType::Utf8, false),
+        Field::new("metric", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, false),
+    ]))
+}
+
 /// Schema of near-duplicate cluster members: one row per member of a cluster of two or more.
 pub fn near_duplicates() -> SchemaRef {
     Arc::new(Schema::new(vec![

@@ -7,6 +7,7 @@ pub mod dedup;
 pub mod examples;
 pub mod ingest;
 pub mod normalize;
+pub mod profile;
 pub mod rejects;
 pub mod split;
 pub mod text;
@@ -14,10 +15,20 @@ pub mod text;
 use medtune_pipeline::{PipelineConfig, Result, Stage};
 
 /// Stage sections a config may hold, in pipeline order.
-pub const KNOWN_STAGES: &[&str] = &["ingest", "dedup", "convert", "clean", "split"];
+pub const KNOWN_STAGES: &[&str] = &["ingest", "dedup", "convert", "clean", "split", "profile"];
 
 /// Builds the stages named by the config's sections.
 pub fn build(config: &PipelineConfig) -> Result<Vec<Box<dyn Stage>>> {
+    build_stages(config, false)
+}
+
+/// Builds the stages named by the config's sections plus `profile`, even when the config has
+/// no `[profile]` section (what `medtune profile` runs).
+pub fn build_with_profile(config: &PipelineConfig) -> Result<Vec<Box<dyn Stage>>> {
+    build_stages(config, true)
+}
+
+fn build_stages(config: &PipelineConfig, with_profile: bool) -> Result<Vec<Box<dyn Stage>>> {
     for name in config.section_names() {
         if !KNOWN_STAGES.contains(&name) {
             return Err(config.error(format!(
@@ -30,7 +41,9 @@ pub fn build(config: &PipelineConfig) -> Result<Vec<Box<dyn Stage>>> {
     // The kept dataset of the last stage built: the next stage's input.
     let mut upstream: Option<&'static str> = None;
     let mut near_duplicates = None;
-    for &name in KNOWN_STAGES.iter().filter(|n| config.has_section(n)) {
+    let mut rejects: Vec<String> = Vec::new();
+    let wanted = |n: &&&str| config.has_section(n) || (with_profile && **n == "profile");
+    for &name in KNOWN_STAGES.iter().filter(wanted) {
         let input = || {
             upstream.ok_or_else(|| {
                 config.error(format!(
@@ -40,16 +53,29 @@ pub fn build(config: &PipelineConfig) -> Result<Vec<Box<dyn Stage>>> {
             })
         };
         let stage: Box<dyn Stage> = match name {
-            "ingest" => Box::new(ingest::IngestStage::from_config(config)?),
+            "ingest" => {
+                rejects.push(ingest::REJECTS.to_string());
+                Box::new(ingest::IngestStage::from_config(config)?)
+            }
             "dedup" => {
                 near_duplicates = Some(dedup::NEAR_DUPLICATES);
+                rejects.push(dedup::DEDUP_REJECTS.to_string());
                 Box::new(dedup::DedupStage::from_config(config, input()?)?)
             }
             "convert" => Box::new(convert::ConvertStage::from_config(config, input()?)?),
-            "clean" => Box::new(clean::CleanStage::from_config(config, input()?)?),
+            "clean" => {
+                rejects.push(clean::CLEAN_REJECTS.to_string());
+                Box::new(clean::CleanStage::from_config(config, input()?)?)
+            }
             "split" => Box::new(split::SplitStage::from_config(
                 config,
                 input()?,
+                near_duplicates,
+            )?),
+            "profile" => Box::new(profile::ProfileStage::from_config(
+                config,
+                input()?,
+                rejects.clone(),
                 near_duplicates,
             )?),
             _ => unreachable!("checked against KNOWN_STAGES above"),
@@ -59,7 +85,9 @@ pub fn build(config: &PipelineConfig) -> Result<Vec<Box<dyn Stage>>> {
             "dedup" => dedup::DEDUPED,
             "convert" => convert::CONVERTED,
             "clean" => clean::CLEANED,
-            _ => split::SPLIT,
+            "split" => split::SPLIT,
+            // The profile keeps no rows: the next stage (none yet) would read the split.
+            _ => upstream.unwrap_or(split::SPLIT),
         });
         stages.push(stage);
     }
