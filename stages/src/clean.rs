@@ -3,16 +3,13 @@
 //! (an extraction completion without a single list item; for BIO sentences without an entity
 //! tag, only when `bio_require_entities` is set).
 
-use arrow::array::{Array, BooleanArray};
-use arrow::compute::filter_record_batch;
-use medtune_pipeline::{
-    OutputDecl, OutputRole, PipelineConfig, Result, Stage, StageContext, WorkUnit,
-};
+use arrow::array::Array;
+use medtune_pipeline::{OutputDecl, PipelineConfig, Result, Stage, StageContext, WorkUnit};
 use serde::{Deserialize, Serialize};
 
 use crate::convert::{ENTITY_TASKS, RELATION_TASK};
 use crate::examples::ExampleRows;
-use crate::rejects::{RejectBatch, RejectRow};
+use crate::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
 use crate::text::bounded_raw;
 
 /// Name of the kept-rows dataset.
@@ -118,18 +115,7 @@ impl Stage for CleanStage {
     }
 
     fn outputs(&self) -> Vec<OutputDecl> {
-        vec![
-            OutputDecl {
-                name: CLEANED.into(),
-                schema: medtune_schemas::examples(),
-                role: OutputRole::Kept,
-            },
-            OutputDecl {
-                name: CLEAN_REJECTS.into(),
-                schema: medtune_schemas::rejects(),
-                role: OutputRole::Rejects,
-            },
-        ]
+        filter_outputs(CLEANED, CLEAN_REJECTS)
     }
 
     fn config(&self) -> serde_json::Value {
@@ -168,13 +154,7 @@ impl Stage for CleanStage {
             }
             ctx.count_in(rows.len() as u64);
             done += rows.len() as u64;
-            let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
-            if kept.num_rows() > 0 {
-                ctx.write(CLEANED, kept)?;
-            }
-            if rejects.rows() > 0 {
-                ctx.write(CLEAN_REJECTS, rejects.finish()?)?;
-            }
+            write_filtered(ctx, &batch, keep, CLEANED, &mut rejects, CLEAN_REJECTS)?;
             ctx.report_progress(done);
         }
         Ok(())

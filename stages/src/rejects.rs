@@ -2,9 +2,11 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, StringBuilder, UInt64Builder};
+use arrow::array::{ArrayRef, BooleanArray, StringBuilder, UInt64Builder};
+use arrow::compute::filter_record_batch;
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
+use medtune_pipeline::{OutputDecl, OutputRole, Result, StageContext};
 
 /// One dropped row.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +77,42 @@ impl RejectBatch {
         ];
         RecordBatch::try_new(medtune_schemas::rejects(), columns)
     }
+}
+
+/// The outputs of a stage that filters example rows: the kept rows and the dropped ones.
+pub fn filter_outputs(kept: &str, rejects: &str) -> Vec<OutputDecl> {
+    vec![
+        OutputDecl {
+            name: kept.into(),
+            schema: medtune_schemas::examples(),
+            role: OutputRole::Kept,
+        },
+        OutputDecl {
+            name: rejects.into(),
+            schema: medtune_schemas::rejects(),
+            role: OutputRole::Rejects,
+        },
+    ]
+}
+
+/// Writes the rows of `batch` that `keep` marks to the dataset `kept`, and the rejects buffered
+/// for it to the dataset `rejects`.
+pub fn write_filtered(
+    ctx: &mut StageContext<'_>,
+    batch: &RecordBatch,
+    keep: Vec<bool>,
+    kept: &str,
+    dropped: &mut RejectBatch,
+    rejects: &str,
+) -> Result<()> {
+    let rows = filter_record_batch(batch, &BooleanArray::from(keep))?;
+    if rows.num_rows() > 0 {
+        ctx.write(kept, rows)?;
+    }
+    if dropped.rows() > 0 {
+        ctx.write(rejects, dropped.finish()?)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,8 +9,7 @@ pub mod minhash;
 
 use std::collections::HashMap;
 
-use arrow::array::{ArrayRef, BooleanArray, Float64Builder, StringBuilder};
-use arrow::compute::filter_record_batch;
+use arrow::array::{ArrayRef, Float64Builder, StringBuilder};
 use arrow::record_batch::RecordBatch;
 use medtune_pipeline::{
     OutputDecl, OutputRole, PipelineConfig, Result, Stage, StageContext, WorkUnit,
@@ -21,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use self::minhash::{similarity, LshIndex, MinHasher};
 use crate::examples::{check_text_columns, ExampleRows};
 use crate::normalize::{key_hash, Normalization};
-use crate::rejects::{RejectBatch, RejectRow};
+use crate::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
 use crate::text::bounded_raw;
 
 /// Name of the kept-rows dataset.
@@ -250,23 +249,13 @@ impl Stage for DedupStage {
     }
 
     fn outputs(&self) -> Vec<OutputDecl> {
-        vec![
-            OutputDecl {
-                name: DEDUPED.into(),
-                schema: medtune_schemas::examples(),
-                role: OutputRole::Kept,
-            },
-            OutputDecl {
-                name: DEDUP_REJECTS.into(),
-                schema: medtune_schemas::rejects(),
-                role: OutputRole::Rejects,
-            },
-            OutputDecl {
-                name: NEAR_DUPLICATES.into(),
-                schema: medtune_schemas::near_duplicates(),
-                role: OutputRole::Side,
-            },
-        ]
+        let mut outputs = filter_outputs(DEDUPED, DEDUP_REJECTS);
+        outputs.push(OutputDecl {
+            name: NEAR_DUPLICATES.into(),
+            schema: medtune_schemas::near_duplicates(),
+            role: OutputRole::Side,
+        });
+        outputs
     }
 
     fn config(&self) -> serde_json::Value {
@@ -367,13 +356,7 @@ impl Stage for DedupStage {
                 }
             }
             ctx.count_in(rows.len() as u64);
-            let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
-            if kept.num_rows() > 0 {
-                ctx.write(DEDUPED, kept)?;
-            }
-            if rejects.rows() > 0 {
-                ctx.write(DEDUP_REJECTS, rejects.finish()?)?;
-            }
+            write_filtered(ctx, &batch, keep, DEDUPED, &mut rejects, DEDUP_REJECTS)?;
             rows_done += rows.len() as u64;
             ctx.report_progress(rows_done);
         }
