@@ -3,6 +3,7 @@
 # Each config gets its own workdir under .medtune/, so all three stay queryable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/fetch-model.sh >/dev/null
 cargo build --release
 bin="${CARGO_TARGET_DIR:-target}/release/medtune"
 for name in chemprot healthcaremagic bc5cdr; do

@@ -10,4 +10,5 @@ if [ -z "${MEDTUNE_PYTHON:-}" ]; then
     echo "warning: no Python readers for the Parquet interop test" >&2
   fi
 fi
+scripts/fetch-model.sh >/dev/null
 cargo test --release --workspace "$@"

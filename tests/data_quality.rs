@@ -272,6 +272,10 @@ fn chemprot_chain_dedups_converts_cleans_and_splits_by_article() {
         .replace(
             "../../shared",
             &repo().join("../shared").display().to_string(),
+        )
+        .replace(
+            "\"../models",
+            &format!("\"{}", repo().join("models").display()),
         );
     let config = reseeded.path().join("chemprot-seed7.toml");
     std::fs::write(&config, text).unwrap();

@@ -11,11 +11,14 @@ pub mod profile;
 pub mod rejects;
 pub mod split;
 pub mod text;
+pub mod tokenize;
 
 use medtune_pipeline::{PipelineConfig, Result, Stage};
 
 /// Stage sections a config may hold, in pipeline order.
-pub const KNOWN_STAGES: &[&str] = &["ingest", "dedup", "convert", "clean", "split", "profile"];
+pub const KNOWN_STAGES: &[&str] = &[
+    "ingest", "dedup", "convert", "clean", "split", "profile", "tokenize",
+];
 
 /// Builds the stages named by the config's sections.
 pub fn build(config: &PipelineConfig) -> Result<Vec<Box<dyn Stage>>> {
@@ -72,6 +75,7 @@ fn build_stages(config: &PipelineConfig, with_profile: bool) -> Result<Vec<Box<d
                 input()?,
                 near_duplicates,
             )?),
+            "tokenize" => Box::new(tokenize::TokenizeStage::from_config(config, input()?)?),
             "profile" => Box::new(profile::ProfileStage::from_config(
                 config,
                 input()?,
@@ -86,7 +90,7 @@ fn build_stages(config: &PipelineConfig, with_profile: bool) -> Result<Vec<Box<d
             "convert" => convert::CONVERTED,
             "clean" => clean::CLEANED,
             "split" => split::SPLIT,
-            // The profile keeps no rows: the next stage (none yet) would read the split.
+            // profile and tokenize keep no rows: a later stage still reads the split.
             _ => upstream.unwrap_or(split::SPLIT),
         });
         stages.push(stage);

@@ -1,0 +1,236 @@
+//! Encoding rows and aligning labels with sub-tokens.
+
+use tokenizers::{EncodeInput, InputSequence, Tokenizer};
+
+use super::{Overflow, TokenizeConfig};
+
+/// Label of positions the loss ignores.
+pub const IGNORE: i32 = -100;
+
+/// One encoded sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokenized {
+    /// Token ids, special tokens included.
+    pub ids: Vec<u32>,
+    /// One label per id (`IGNORE` where there is none).
+    pub labels: Vec<i32>,
+    /// Leading tokens that belong to the prompt (SFT), 0 for token classification.
+    pub prompt_tokens: usize,
+}
+
+/// BIO labels and their ids: `O`, then `B-` and `I-` of each entity type, types sorted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelMap {
+    labels: Vec<String>,
+}
+
+impl LabelMap {
+    /// The map of every label the tags use (both forms of each entity type).
+    pub fn from_tags<'a>(tags: impl Iterator<Item = &'a str>) -> Result<Self, String> {
+        let mut types = std::collections::BTreeSet::new();
+        for tag in tags {
+            match tag.split_once('-') {
+                Some(("B" | "I", kind)) if !kind.is_empty() => {
+                    types.insert(kind.to_string());
+                }
+                None if tag == "O" => {}
+                _ => return Err(format!("tag `{tag}` is not O, B-TYPE or I-TYPE")),
+            }
+        }
+        let mut labels = vec!["O".to_string()];
+        for kind in types {
+            labels.push(format!("B-{kind}"));
+            labels.push(format!("I-{kind}"));
+        }
+        Ok(LabelMap { labels })
+    }
+
+    /// Labels by id.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// The id of `label`.
+    pub fn id(&self, label: &str) -> Result<i32, String> {
+        self.labels
+            .iter()
+            .position(|l| l == label)
+            .map(|i| i as i32)
+            .ok_or_else(|| format!("label `{label}` is not in the label map {:?}", self.labels))
+    }
+
+    /// The id a continuation sub-token gets with `label_all_tokens`: the I- form.
+    fn continuation(&self, label: &str) -> Result<i32, String> {
+        match label.split_once('-') {
+            Some((_, kind)) => self.id(&format!("I-{kind}")),
+            None => self.id(label),
+        }
+    }
+}
+
+/// Windows of one BIO sentence, and what truncation dropped.
+#[derive(Debug, Default)]
+pub struct WordsEncoded {
+    /// One sequence, or several windows.
+    pub windows: Vec<Tokenized>,
+    /// Words whose first sub-token was cut off.
+    pub dropped_words: u64,
+    /// Tokens cut off.
+    pub dropped_tokens: u64,
+    /// Entities (B- words) cut off.
+    pub dropped_entities: u64,
+}
+
+/// Encodes pre-tokenized `words` and aligns `tags` with their first sub-tokens.
+pub fn encode_words(
+    tokenizer: &Tokenizer,
+    words: &[&str],
+    tags: &[&str],
+    map: &LabelMap,
+    cfg: &TokenizeConfig,
+) -> Result<WordsEncoded, String> {
+    if words.len() != tags.len() {
+        return Err(format!("{} words but {} tags", words.len(), tags.len()));
+    }
+    let input = EncodeInput::Single(InputSequence::from(words.to_vec()));
+    let enc = tokenizer.encode(input, true).map_err(|e| e.to_string())?;
+    let (ids, word_ids, special) = (
+        enc.get_ids(),
+        enc.get_word_ids(),
+        enc.get_special_tokens_mask(),
+    );
+    let first_content = special.iter().position(|&s| s == 0).unwrap_or(ids.len());
+    let last_content = special
+        .iter()
+        .rposition(|&s| s == 0)
+        .map_or(first_content, |p| p + 1);
+    let (prefix, suffix) = (&ids[..first_content], &ids[last_content..]);
+    let mut labels = Vec::with_capacity(last_content - first_content);
+    let mut seen = vec![false; words.len()];
+    let mut first_position = vec![usize::MAX; words.len()];
+    for (pos, word) in word_ids[first_content..last_content].iter().enumerate() {
+        let Some(w) = word.map(|w| w as usize) else {
+            labels.push(IGNORE);
+            continue;
+        };
+        if !seen[w] {
+            seen[w] = true;
+            first_position[w] = pos;
+            labels.push(map.id(tags[w])?);
+        } else if cfg.label_all_tokens {
+            labels.push(map.continuation(tags[w])?);
+        } else {
+            labels.push(IGNORE);
+        }
+    }
+    let content = &ids[first_content..last_content];
+    let budget = cfg
+        .max_length
+        .saturating_sub(prefix.len() + suffix.len())
+        .max(1);
+    let wrap = |range: std::ops::Range<usize>| Tokenized {
+        ids: [prefix, &content[range.clone()], suffix].concat(),
+        labels: [
+            vec![IGNORE; prefix.len()],
+            labels[range].to_vec(),
+            vec![IGNORE; suffix.len()],
+        ]
+        .concat(),
+        prompt_tokens: 0,
+    };
+    let mut out = WordsEncoded::default();
+    if content.len() <= budget {
+        out.windows.push(wrap(0..content.len()));
+        return Ok(out);
+    }
+    match cfg.overflow {
+        Overflow::Truncate => {
+            out.windows.push(wrap(0..budget));
+            out.dropped_tokens = (content.len() - budget) as u64;
+            for (w, &pos) in first_position.iter().enumerate() {
+                if pos >= budget {
+                    out.dropped_words += 1;
+                    out.dropped_entities += u64::from(tags[w].starts_with("B-"));
+                }
+            }
+        }
+        Overflow::Window => {
+            let step = budget - cfg.stride.min(budget - 1);
+            let mut start = 0;
+            loop {
+                let end = (start + budget).min(content.len());
+                out.windows.push(wrap(start..end));
+                if end == content.len() {
+                    break;
+                }
+                start += step;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Encodes an SFT row: `[bos] template(prompt) completion eos`, labels -100 over the prompt.
+/// Returns the sequence and the number of tokens truncation dropped.
+pub fn encode_sft(
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    completion: &str,
+    eos: u32,
+    cfg: &TokenizeConfig,
+) -> Result<(Tokenized, u64), String> {
+    let rendered = cfg.template.render(prompt);
+    let encode = |text: &str| -> Result<Vec<u32>, String> {
+        Ok(tokenizer
+            .encode(text, false)
+            .map_err(|e| e.to_string())?
+            .get_ids()
+            .to_vec())
+    };
+    let bos: Vec<u32> = cfg
+        .template
+        .bos_candidates()
+        .iter()
+        .find_map(|t| tokenizer.token_to_id(t))
+        .into_iter()
+        .collect();
+    let prompt_ids = [bos, encode(&rendered)?].concat();
+    let completion_ids = [encode(completion)?, vec![eos]].concat();
+    let mut ids = [prompt_ids.as_slice(), completion_ids.as_slice()].concat();
+    let mut labels: Vec<i32> = std::iter::repeat_n(IGNORE, prompt_ids.len())
+        .chain(completion_ids.iter().map(|&id| id as i32))
+        .collect();
+    let dropped = ids.len().saturating_sub(cfg.max_length) as u64;
+    ids.truncate(cfg.max_length);
+    labels.truncate(cfg.max_length);
+    let prompt_tokens = prompt_ids.len().min(ids.len());
+    Ok((
+        Tokenized {
+            ids,
+            labels,
+            prompt_tokens,
+        },
+        dropped,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_label_map_is_o_then_b_and_i_per_sorted_type() {
+        let map = LabelMap::from_tags(["O", "I-Disease", "B-Chemical", "O"].into_iter()).unwrap();
+        assert_eq!(
+            map.labels(),
+            ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"]
+        );
+        assert_eq!(map.id("I-Disease"), Ok(4));
+        assert!(map
+            .id("B-Gene")
+            .unwrap_err()
+            .contains("not in the label map"));
+        assert!(LabelMap::from_tags(["X-Y"].into_iter()).is_err());
+        assert_eq!(map.continuation("B-Chemical"), Ok(2));
+    }
+}

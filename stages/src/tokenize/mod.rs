@@ -1,0 +1,415 @@
+//! The tokenize stage: turns split rows into model inputs with a Hugging Face `tokenizer.json`.
+//!
+//! - **Token classification** (BIO rows): the words are encoded as pre-tokenized input; the first
+//!   sub-token of each word gets the word's label id, special tokens and the other sub-tokens get
+//!   -100 (or, with `label_all_tokens`, the I- form of the word's label). The label map is built
+//!   from the data (`O`, then per entity type `B-`, `I-`, types sorted), so it is the same on
+//!   every run over the same data; it is the `label_map` dataset and a manifest counter per label.
+//! - **SFT** (prompt/completion and alpaca rows): the prompt is rendered through a chat template,
+//!   prompt and completion are encoded separately and concatenated, so the boundary is exact; the
+//!   labels are -100 over the prompt and the ids over the completion, with EOS appended.
+//!
+//! Long inputs are truncated or (token classification) cut into sliding windows; truncated rows,
+//! dropped tokens and dropped entities are counted, never lost silently.
+
+mod align;
+pub mod template;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, Int32Builder, ListBuilder, StringArray, StringBuilder, UInt32Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use medtune_pipeline::{
+    OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl, Stage, StageContext,
+    WorkUnit,
+};
+use medtune_schemas::col;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use self::align::{encode_sft, encode_words, LabelMap, Tokenized};
+use self::template::ChatTemplate;
+use crate::examples::ExampleRows;
+
+/// Name of the output dataset.
+pub const TOKENIZED: &str = "tokenized";
+/// Name of the label map dataset.
+pub const LABEL_MAP: &str = "label_map";
+
+/// What the model learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// One label per word (BIO rows).
+    TokenClassification,
+    /// Completion given prompt (prompt/completion and alpaca rows).
+    Sft,
+}
+
+/// What happens to inputs longer than `max_length`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// Keep the first `max_length` tokens (counted).
+    Truncate,
+    /// Sliding windows of `max_length` tokens overlapping by `stride` (token classification).
+    Window,
+}
+
+fn default_max_length() -> usize {
+    512
+}
+
+fn default_stride() -> usize {
+    64
+}
+
+/// The `[tokenize]` config section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeConfig {
+    /// A Hugging Face `tokenizer.json`, relative to the config's folder.
+    pub tokenizer: String,
+    /// Token classification or SFT.
+    pub mode: Mode,
+    /// Longest sequence, special tokens included.
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    /// Truncate or window.
+    #[serde(default = "truncate")]
+    pub overflow: Overflow,
+    /// Tokens shared by consecutive windows.
+    #[serde(default = "default_stride")]
+    pub stride: usize,
+    /// Label every sub-token (the I- form after the first) instead of -100.
+    #[serde(default)]
+    pub label_all_tokens: bool,
+    /// Chat template of SFT prompts.
+    #[serde(default)]
+    pub template: ChatTemplate,
+    /// The end-of-sequence token appended to SFT completions (default: the tokenizer's
+    /// `</s>`, `<|eot_id|>`, `<|endoftext|>` or `[SEP]`, whichever it has).
+    #[serde(default)]
+    pub eos_token: Option<String>,
+}
+
+fn truncate() -> Overflow {
+    Overflow::Truncate
+}
+
+/// The tokenize stage.
+pub struct TokenizeStage {
+    config: TokenizeConfig,
+    input: String,
+    tokenizer_path: PathBuf,
+}
+
+impl TokenizeStage {
+    /// Builds the stage from `[tokenize]`, reading the dataset `input`.
+    pub fn from_config(config: &PipelineConfig, input: &str) -> Result<Self> {
+        let section: TokenizeConfig = config.section("tokenize")?;
+        if section.max_length < 4 {
+            return Err(config.error("[tokenize]: `max_length` must be at least 4"));
+        }
+        if section.overflow == Overflow::Window {
+            if section.mode == Mode::Sft {
+                return Err(config.error(
+                    "[tokenize]: `overflow = \"window\"` applies to token classification; \
+                     SFT rows are truncated (`overflow = \"truncate\"`)",
+                ));
+            }
+            if section.stride >= section.max_length / 2 {
+                return Err(config.error("[tokenize]: `stride` must be below half `max_length`"));
+            }
+        }
+        Ok(TokenizeStage {
+            tokenizer_path: config.resolve(&section.tokenizer),
+            config: section,
+            input: input.to_string(),
+        })
+    }
+
+    /// Loads the tokenizer, failing clearly when the file is missing or not a tokenizer.
+    fn load_tokenizer(&self) -> Result<Tokenizer> {
+        let path = &self.tokenizer_path;
+        if !path.is_file() {
+            return Err(PipelineError::bad_input(
+                path,
+                "tokenizer file not found (run scripts/fetch-model.sh for the bundled configs)",
+            ));
+        }
+        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| {
+            PipelineError::bad_input(path, format!("not a Hugging Face tokenizer.json: {e}"))
+        })?;
+        // The stage decides about length itself; the file's own truncation and padding would
+        // cut or pad silently.
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| PipelineError::bad_input(path, e.to_string()))?;
+        tokenizer.with_padding(None);
+        Ok(tokenizer)
+    }
+
+    fn eos_id(&self, tokenizer: &Tokenizer) -> Result<u32> {
+        let candidates: Vec<&str> = match &self.config.eos_token {
+            Some(t) => vec![t.as_str()],
+            None => vec!["</s>", "<|eot_id|>", "<|endoftext|>", "[SEP]"],
+        };
+        candidates
+            .iter()
+            .find_map(|t| tokenizer.token_to_id(t))
+            .ok_or_else(|| {
+                PipelineError::bad_input(
+                    &self.tokenizer_path,
+                    format!("the tokenizer has none of the end-of-sequence tokens {candidates:?}"),
+                )
+            })
+    }
+
+    /// Pass one of token classification: every tag in the data.
+    fn label_map(&self, ctx: &StageContext<'_>) -> Result<LabelMap> {
+        let mut tags = BTreeSet::new();
+        for batch in ctx.read(&self.input)? {
+            let batch = batch?;
+            let rows = ExampleRows::new(&batch)?;
+            for row in 0..rows.len() {
+                tags.extend(
+                    ExampleRows::list(rows.tags, row)
+                        .into_iter()
+                        .map(str::to_string),
+                );
+            }
+        }
+        LabelMap::from_tags(tags.iter().map(String::as_str)).map_err(|m| {
+            PipelineError::CheckFailed {
+                stage: "tokenize".into(),
+                message: m,
+            }
+        })
+    }
+}
+
+/// The `tokenized` schema.
+pub fn tokenized_schema() -> SchemaRef {
+    let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
+    Arc::new(Schema::new(vec![
+        Field::new(col::ID, DataType::Utf8, false),
+        Field::new(col::TASK, DataType::Utf8, true),
+        Field::new(col::SPLIT, DataType::Utf8, false),
+        Field::new("window", DataType::UInt32, false),
+        Field::new("input_ids", list(DataType::UInt32), false),
+        Field::new("labels", list(DataType::Int32), false),
+        Field::new("length", DataType::UInt32, false),
+        Field::new("prompt_tokens", DataType::UInt32, false),
+    ]))
+}
+
+/// The `label_map` schema.
+pub fn label_map_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("label_id", DataType::Int32, false),
+        Field::new("label", DataType::Utf8, false),
+    ]))
+}
+
+#[derive(Default)]
+struct TokenizedBatch {
+    id: StringBuilder,
+    task: StringBuilder,
+    split: StringBuilder,
+    window: UInt32Builder,
+    input_ids: ListBuilder<UInt32Builder>,
+    labels: ListBuilder<Int32Builder>,
+    length: UInt32Builder,
+    prompt_tokens: UInt32Builder,
+}
+
+impl TokenizedBatch {
+    fn push(&mut self, id: &str, task: Option<&str>, split: &str, window: u32, t: &Tokenized) {
+        self.id.append_value(id);
+        self.task.append_option(task);
+        self.split.append_value(split);
+        self.window.append_value(window);
+        self.input_ids.values().append_slice(&t.ids);
+        self.input_ids.append(true);
+        self.labels.values().append_slice(&t.labels);
+        self.labels.append(true);
+        self.length.append_value(t.ids.len() as u32);
+        self.prompt_tokens.append_value(t.prompt_tokens as u32);
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.id.finish()),
+            Arc::new(self.task.finish()),
+            Arc::new(self.split.finish()),
+            Arc::new(self.window.finish()),
+            Arc::new(self.input_ids.finish()),
+            Arc::new(self.labels.finish()),
+            Arc::new(self.length.finish()),
+            Arc::new(self.prompt_tokens.finish()),
+        ];
+        Ok(RecordBatch::try_new(tokenized_schema(), columns)?)
+    }
+}
+
+/// Per-row outcome of encoding.
+struct Encoded {
+    windows: Vec<Tokenized>,
+    truncated: bool,
+    dropped_tokens: u64,
+    dropped_entities: u64,
+}
+
+impl Stage for TokenizeStage {
+    fn name(&self) -> &str {
+        "tokenize"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn inputs(&self) -> Vec<String> {
+        vec![self.input.clone()]
+    }
+
+    fn outputs(&self) -> Vec<OutputDecl> {
+        vec![
+            OutputDecl {
+                name: TOKENIZED.into(),
+                schema: tokenized_schema(),
+                role: OutputRole::Side,
+            },
+            OutputDecl {
+                name: LABEL_MAP.into(),
+                schema: label_map_schema(),
+                role: OutputRole::Side,
+            },
+        ]
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).expect("config serialises")
+    }
+
+    fn sources(&self) -> Vec<SourceDecl> {
+        vec![SourceDecl {
+            written: self.config.tokenizer.clone(),
+            path: self.tokenizer_path.clone(),
+        }]
+    }
+
+    fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
+        let cfg = &self.config;
+        let tokenizer = self.load_tokenizer()?;
+        let total = ctx.input(&self.input)?.manifest.rows;
+        ctx.set_work_total(total, WorkUnit::Rows);
+        let labels = match cfg.mode {
+            Mode::TokenClassification => Some(self.label_map(ctx)?),
+            Mode::Sft => None,
+        };
+        let eos = match cfg.mode {
+            Mode::Sft => Some(self.eos_id(&tokenizer)?),
+            Mode::TokenClassification => None,
+        };
+        let mut windows_total = 0u64;
+        let (mut truncated, mut dropped_tokens, mut dropped_entities) = (0u64, 0u64, 0u64);
+        let mut done = 0u64;
+        for batch in ctx.read(&self.input)? {
+            let batch = batch?;
+            let rows = ExampleRows::new(&batch)?;
+            let split = batch
+                .column_by_name(col::SPLIT)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
+            let encoded: Vec<Encoded> = (0..rows.len())
+                .into_par_iter()
+                .map(|row| -> Result<Encoded> {
+                    let id = rows.id.value(row);
+                    match (&labels, eos) {
+                        (Some(map), _) => {
+                            let words = ExampleRows::list(rows.words, row);
+                            let tags = ExampleRows::list(rows.tags, row);
+                            let out =
+                                encode_words(&tokenizer, &words, &tags, map, cfg).map_err(|m| {
+                                    PipelineError::CheckFailed {
+                                        stage: "tokenize".into(),
+                                        message: format!("row {id}: {m}"),
+                                    }
+                                })?;
+                            Ok(Encoded {
+                                truncated: out.dropped_words > 0,
+                                dropped_tokens: out.dropped_tokens,
+                                dropped_entities: out.dropped_entities,
+                                windows: out.windows,
+                            })
+                        }
+                        (None, Some(eos)) => {
+                            let prompt = ExampleRows::text(rows.prompt, row).unwrap_or("");
+                            let completion = ExampleRows::text(rows.completion, row).unwrap_or("");
+                            let (t, dropped) = encode_sft(&tokenizer, prompt, completion, eos, cfg)
+                                .map_err(|m| PipelineError::Internal(format!("row {id}: {m}")))?;
+                            Ok(Encoded {
+                                truncated: dropped > 0,
+                                dropped_tokens: dropped,
+                                dropped_entities: 0,
+                                windows: vec![t],
+                            })
+                        }
+                        (None, None) => unreachable!("one of the modes is set"),
+                    }
+                })
+                .collect::<Result<_>>()?;
+            let mut out = TokenizedBatch::default();
+            for (row, e) in encoded.iter().enumerate() {
+                let split_name = split.as_ref().map_or("all", |s| s.value(row));
+                for (w, t) in e.windows.iter().enumerate() {
+                    out.push(
+                        rows.id.value(row),
+                        ExampleRows::text(rows.task, row),
+                        split_name,
+                        w as u32,
+                        t,
+                    );
+                }
+                windows_total += e.windows.len() as u64;
+                truncated += u64::from(e.truncated);
+                dropped_tokens += e.dropped_tokens;
+                dropped_entities += e.dropped_entities;
+            }
+            done += rows.len() as u64;
+            ctx.write(TOKENIZED, out.finish()?)?;
+            ctx.report_progress(done);
+        }
+        ctx.count("rows", done);
+        ctx.count("sequences", windows_total);
+        ctx.count("truncated_rows", truncated);
+        ctx.count("dropped_tokens", dropped_tokens);
+        ctx.count("dropped_entities", dropped_entities);
+        if let Some(map) = &labels {
+            let mut id = Int32Builder::new();
+            let mut name = StringBuilder::new();
+            let mut counters = BTreeMap::new();
+            for (label_id, label) in map.labels().iter().enumerate() {
+                id.append_value(label_id as i32);
+                name.append_value(label);
+                counters.insert(format!("label_id {label}"), label_id as u64);
+            }
+            for (k, v) in counters {
+                ctx.count(&k, v);
+            }
+            let columns: Vec<ArrayRef> = vec![Arc::new(id.finish()), Arc::new(name.finish())];
+            ctx.write(
+                LABEL_MAP,
+                RecordBatch::try_new(label_map_schema(), columns)?,
+            )?;
+        }
+        Ok(())
+    }
+}

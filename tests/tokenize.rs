@@ -1,0 +1,215 @@
+//! The tokenize stage on the real files with the real all-MiniLM-L6-v2 tokenizer
+//! (scripts/fetch-model.sh puts it in models/).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+fn tokenizer_path() -> PathBuf {
+    let path = repo().join("models/all-MiniLM-L6-v2/tokenizer.json");
+    assert!(
+        path.is_file(),
+        "run scripts/fetch-model.sh first ({})",
+        path.display()
+    );
+    path
+}
+
+fn json_rows(work: &Path, sql: &str) -> Vec<serde_json::Value> {
+    let out = medtune(work, &["query", sql, "--format", "json"])
+        .expect(0)
+        .stdout;
+    serde_json::from_str(&out).unwrap()
+}
+
+fn numbers(v: &serde_json::Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn bc5cdr_first_sub_token_labels_decode_back_to_every_sentences_tags() {
+    tokenizer_path();
+    let work = tempfile::tempdir().unwrap();
+    let config = repo().join("configs/bc5cdr.toml");
+    let run = medtune(work.path(), &["run", "--config", config.to_str().unwrap()]).expect(0);
+    assert!(run.stdout.contains("truncated_rows 0"), "{}", run.stdout);
+    let labels: HashMap<i64, String> =
+        json_rows(work.path(), "SELECT label_id, label FROM label_map")
+            .iter()
+            .map(|r| {
+                (
+                    r["label_id"].as_i64().unwrap(),
+                    r["label"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+    assert_eq!(labels[&0], "O");
+    let tags: HashMap<String, Vec<String>> = json_rows(work.path(), "SELECT id, tags FROM split")
+        .iter()
+        .map(|r| {
+            let tags = r["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_string());
+            (r["id"].as_str().unwrap().to_string(), tags.collect())
+        })
+        .collect();
+    let tokenized = json_rows(work.path(), "SELECT id, labels, input_ids FROM tokenized");
+    assert_eq!(tokenized.len(), tags.len(), "one sequence per sentence");
+    for row in &tokenized {
+        let id = row["id"].as_str().unwrap();
+        let decoded: Vec<String> = numbers(&row["labels"])
+            .into_iter()
+            .filter(|&l| l != -100)
+            .map(|l| labels[&l].clone())
+            .collect();
+        assert_eq!(decoded, tags[id], "{id}");
+        let ids = numbers(&row["input_ids"]);
+        let (cls, sep) = (101, 102);
+        assert_eq!((ids[0], ids[ids.len() - 1]), (cls, sep), "{id}");
+    }
+}
+
+#[test]
+fn chemprot_sft_labels_mask_the_prompt_and_copy_the_completion() {
+    let mut tokenizer = tokenizers::Tokenizer::from_file(tokenizer_path()).unwrap();
+    // The file truncates and pads to 128 tokens; the stage switches both off, as does this check.
+    tokenizer.with_truncation(None).unwrap();
+    tokenizer.with_padding(None);
+    let work = tempfile::tempdir().unwrap();
+    let config = repo().join("configs/chemprot.toml");
+    let run = medtune(work.path(), &["run", "--config", config.to_str().unwrap()]).expect(0);
+    let truncated: u64 = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("tokenize:"))
+        .and_then(|l| l.split("truncated_rows ").nth(1))
+        .and_then(|n| n.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let prompts: HashMap<String, (String, String)> =
+        json_rows(work.path(), "SELECT id, prompt, completion FROM split")
+            .iter()
+            .map(|r| {
+                let text = |c: &str| r[c].as_str().unwrap().to_string();
+                (text("id"), (text("prompt"), text("completion")))
+            })
+            .collect();
+    let rows = json_rows(
+        work.path(),
+        "SELECT id, input_ids, labels, prompt_tokens, length FROM tokenized",
+    );
+    assert_eq!(rows.len(), prompts.len());
+    let mut longer = 0;
+    for row in &rows {
+        let id = row["id"].as_str().unwrap();
+        let (ids, labels) = (numbers(&row["input_ids"]), numbers(&row["labels"]));
+        let p = row["prompt_tokens"].as_u64().unwrap() as usize;
+        assert_eq!(ids.len(), labels.len());
+        assert!(ids.len() <= 512);
+        // The prompt boundary, recomputed here: [CLS] + the prompt's own tokens.
+        let count = |text: &str| tokenizer.encode(text, false).unwrap().get_ids().len();
+        let (prompt, completion) = &prompts[id];
+        let own = count(prompt);
+        assert_eq!(p, (1 + own).min(512), "{id}");
+        let full = 1 + own + count(completion) + 1;
+        assert!(
+            labels[..p].iter().all(|&l| l == -100),
+            "{id}: a prompt token is labelled"
+        );
+        assert_eq!(
+            &labels[p..],
+            &ids[p..],
+            "{id}: completion labels differ from ids"
+        );
+        if full <= 512 {
+            assert_eq!(ids.len(), full, "{id}");
+            assert_eq!(ids[ids.len() - 1], 102, "{id}: no EOS ([SEP])");
+        } else {
+            assert_eq!(ids.len(), 512, "{id}");
+            longer += 1;
+        }
+    }
+    assert!(longer > 0, "some ChemProt rows exceed 512 tokens");
+    assert_eq!(truncated, longer, "{}", run.stdout);
+}
+
+#[test]
+fn a_missing_or_bogus_tokenizer_is_a_clear_error() {
+    let work = tempfile::tempdir().unwrap();
+    let input = shared_data("chemprot/both_rel_instruct_raw.jsonl");
+    for (path, message) in [
+        (work.path().join("nope.json"), "not found"),
+        (
+            repo().join("models/all-MiniLM-L6-v2/config.json"),
+            "not a Hugging Face tokenizer.json",
+        ),
+    ] {
+        let extra = format!(
+            "[split]\n[tokenize]\ntokenizer = {:?}\nmode = \"sft\"\n",
+            path.display().to_string()
+        );
+        let config = write_config(
+            work.path(),
+            "prompt_completion",
+            std::slice::from_ref(&input),
+            &extra,
+        );
+        let run = medtune(work.path(), &["run", "--config", config.to_str().unwrap()]).expect(2);
+        assert!(run.stderr.contains(message), "{}", run.stderr);
+        assert!(
+            run.stderr.contains(&path.display().to_string()),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn windows_label_every_word_of_a_long_sentence() {
+    let work = tempfile::tempdir().unwrap();
+    let words: Vec<String> = (0..300).map(|i| format!("aspirin{i}")).collect();
+    let tags: Vec<&str> = (0..300)
+        .map(|i| if i % 7 == 0 { "B-Chemical" } else { "O" })
+        .collect();
+    let labels: Vec<serde_json::Value> = words
+        .iter()
+        .zip(&tags)
+        .map(|(w, t)| serde_json::json!({"word": w, "entity": t}))
+        .collect();
+    let input = work.path().join("long.jsonl");
+    std::fs::write(
+        &input,
+        serde_json::json!({"text": words.join(" "), "labels": labels}).to_string() + "\n",
+    )
+    .unwrap();
+    let extra = format!(
+        "[split]\nstratify = [\"entity_types\"]\ntext_columns = [\"words\"]\n\
+         [tokenize]\ntokenizer = {:?}\nmode = \"token_classification\"\nmax_length = 64\n\
+         overflow = \"window\"\nstride = 16\n",
+        tokenizer_path().display().to_string()
+    );
+    let config = write_config(work.path(), "bio_json", &[input], &extra);
+    medtune(work.path(), &["run", "--config", config.to_str().unwrap()]).expect(0);
+    let rows = json_rows(
+        work.path(),
+        "SELECT window, labels, length FROM tokenized ORDER BY window",
+    );
+    assert!(rows.len() > 2, "{} windows", rows.len());
+    let labelled: usize = rows
+        .iter()
+        .map(|r| numbers(&r["labels"]).iter().filter(|&&l| l != -100).count())
+        .sum();
+    // Every word is labelled at least once; overlaps label some twice.
+    assert!(labelled >= 300, "{labelled} labelled positions");
+    assert!(rows.iter().all(|r| r["length"].as_u64().unwrap() <= 64));
+}
