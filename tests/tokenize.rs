@@ -205,11 +205,33 @@ fn windows_label_every_word_of_a_long_sentence() {
         "SELECT window, labels, length FROM tokenized ORDER BY window",
     );
     assert!(rows.len() > 2, "{} windows", rows.len());
-    let labelled: usize = rows
-        .iter()
-        .map(|r| numbers(&r["labels"]).iter().filter(|&&l| l != -100).count())
-        .sum();
-    // Every word is labelled at least once; overlaps label some twice.
-    assert!(labelled >= 300, "{labelled} labelled positions");
     assert!(rows.iter().all(|r| r["length"].as_u64().unwrap() <= 64));
+    // Put each window back at its place: [CLS] + 62 content tokens + [SEP], windows starting
+    // every 62 - 16 = 46 content tokens. Overlaps must agree, and the first-sub-token labels of
+    // the reassembled sentence must be exactly its tags: every word labelled, none twice.
+    let (budget, step) = (62, 46);
+    let mut content: Vec<Option<i64>> = Vec::new();
+    for (k, row) in rows.iter().enumerate() {
+        let labels = numbers(&row["labels"]);
+        let inner = &labels[1..labels.len() - 1];
+        assert!(inner.len() <= budget);
+        for (j, &label) in inner.iter().enumerate() {
+            let pos = k * step + j;
+            if content.len() <= pos {
+                content.resize(pos + 1, None);
+            }
+            if let Some(seen) = content[pos] {
+                assert_eq!(seen, label, "windows disagree at content token {pos}");
+            }
+            content[pos] = Some(label);
+        }
+    }
+    let decoded: Vec<i64> = content
+        .into_iter()
+        .map(Option::unwrap)
+        .filter(|&l| l != -100)
+        .collect();
+    // Label ids: 0 = O, 1 = B-Chemical.
+    let expected: Vec<i64> = tags.iter().map(|&t| i64::from(t != "O")).collect();
+    assert_eq!(decoded, expected);
 }
