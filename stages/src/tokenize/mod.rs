@@ -320,6 +320,7 @@ impl Stage for TokenizeStage {
             Mode::TokenClassification => None,
         };
         let mut windows_total = 0u64;
+        let mut tokens = 0u64;
         let (mut truncated, mut dropped_tokens, mut dropped_entities) = (0u64, 0u64, 0u64);
         let mut done = 0u64;
         for batch in ctx.read(&self.input)? {
@@ -379,6 +380,7 @@ impl Stage for TokenizeStage {
                     );
                 }
                 windows_total += e.windows.len() as u64;
+                tokens += e.windows.iter().map(|t| t.ids.len() as u64).sum::<u64>();
                 truncated += u64::from(e.truncated);
                 dropped_tokens += e.dropped_tokens;
                 dropped_entities += e.dropped_entities;
@@ -389,6 +391,7 @@ impl Stage for TokenizeStage {
         }
         ctx.count("rows", done);
         ctx.count("sequences", windows_total);
+        ctx.count("tokens", tokens);
         ctx.count("truncated_rows", truncated);
         ctx.count("dropped_tokens", dropped_tokens);
         ctx.count("dropped_entities", dropped_entities);
