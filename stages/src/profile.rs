@@ -253,7 +253,8 @@ impl ProfileStage {
         Ok(())
     }
 
-    fn tag_distribution(&self, lf: pl::LazyFrame, out: &mut Figures) -> Result<()> {
+    /// BIO tag counts; returns whether the rows carry any tag.
+    fn tag_distribution(&self, lf: pl::LazyFrame, out: &mut Figures) -> Result<bool> {
         let (selector, options) = explode(&[col::TAGS]);
         let df = lf
             .filter(pl::col(col::TAGS).is_not_null())
@@ -272,7 +273,7 @@ impl ProfileStage {
                 number(&df, "tokens", r)?,
             );
         }
-        Ok(())
+        Ok(df.height() > 0)
     }
 
     fn drops(&self, ctx: &StageContext<'_>, out: &mut Figures) -> Result<()> {
@@ -436,8 +437,10 @@ impl Stage for ProfileStage {
         self.prompt_lengths(rows.clone(), &mut out)?;
         self.vocabulary(rows.clone(), &mut out)?;
         self.listed_entities(rows.clone(), &mut out)?;
-        self.bio_entities(ctx, &mut out)?;
-        self.tag_distribution(rows.clone(), &mut out)?;
+        // Entity spans need a pass over the rows: only when they are BIO rows.
+        if self.tag_distribution(rows.clone(), &mut out)? {
+            self.bio_entities(ctx, &mut out)?;
+        }
         self.drops(ctx, &mut out)?;
         self.near_duplicates(ctx, &mut out)?;
         if split {

@@ -1,15 +1,16 @@
 //! Text helpers shared by stages: whitespace folding, lower-casing, short content hashes.
 
-/// Lower-cases and folds every run of whitespace into one space, trimming both ends.
+use crate::normalize::Normalization;
+
+/// Lower-cases and folds every run of whitespace into one space, trimming both ends (the
+/// dedup normalisation without NFKC).
 pub fn fold_lower(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for word in text.split_whitespace() {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.extend(word.chars().flat_map(char::to_lowercase));
+    Normalization {
+        nfkc: false,
+        lowercase: true,
+        fold_whitespace: true,
     }
-    out
+    .apply(text)
 }
 
 /// First 16 bytes of the BLAKE3 hash of `text`, as 32 hex digits.

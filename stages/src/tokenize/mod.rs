@@ -15,7 +15,7 @@
 mod align;
 pub mod template;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -398,14 +398,10 @@ impl Stage for TokenizeStage {
         if let Some(map) = &labels {
             let mut id = Int32Builder::new();
             let mut name = StringBuilder::new();
-            let mut counters = BTreeMap::new();
             for (label_id, label) in map.labels().iter().enumerate() {
                 id.append_value(label_id as i32);
                 name.append_value(label);
-                counters.insert(format!("label_id {label}"), label_id as u64);
-            }
-            for (k, v) in counters {
-                ctx.count(&k, v);
+                ctx.count(&format!("label_id {label}"), label_id as u64);
             }
             let columns: Vec<ArrayRef> = vec![Arc::new(id.finish()), Arc::new(name.finish())];
             ctx.write(
