@@ -41,7 +41,36 @@ def main(workdir: Path) -> int:
             ok = rows == manifest["rows"] and list(cols) == columns
             failures += not ok
             print(f"{name}: {reader} rows={rows} columns={len(cols)} {'ok' if ok else 'MISMATCH'}")
+        failures += check_part_stats(name, entry_dir, manifest)
     return 1 if failures else 0
+
+
+def check_part_stats(name: str, entry_dir: Path, manifest: dict) -> int:
+    """Parts with a label and statistics (training shards): each file, read by duckdb and by
+    polars, holds the one split its label names, and the rows and length sum / min / max its
+    manifest entry records."""
+    failures = checked = 0
+    for part in manifest["files"]:
+        if "label" not in part or part["rows"] == 0:
+            continue
+        checked += 1
+        path = str(entry_dir / part["path"])
+        want = (part["rows"], part["stats"]["length"]["sum"], part["stats"]["length"]["min"],
+                part["stats"]["length"]["max"], [part["label"]])
+        by_duckdb = duckdb.sql(
+            f"SELECT count(*), sum(length), min(length), max(length), list(DISTINCT split) "
+            f"FROM read_parquet('{path}')").fetchall()[0]
+        frame = pl.read_parquet(path)
+        by_polars = (frame.height, frame["length"].sum(), frame["length"].min(),
+                     frame["length"].max(), frame["split"].unique().to_list())
+        for reader, got in (("duckdb", by_duckdb), ("polars", by_polars)):
+            ok = tuple(got[:4]) == want[:4] and list(got[4]) == want[4]
+            failures += not ok
+            if not ok:
+                print(f"{name}: {part['path']}: {reader} sees {got}, manifest says {want}")
+    if checked:
+        print(f"{name}: part stats of {checked} parts {'ok' if not failures else 'MISMATCH'}")
+    return failures
 
 
 if __name__ == "__main__":

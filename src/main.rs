@@ -54,6 +54,16 @@ enum Command {
         #[arg(long, default_value = "medtune.toml")]
         config: PathBuf,
     },
+    /// QLoRA training (the `train` stage and what it needs, through the cache): prints the
+    /// summary and where the trained adapter is.
+    Train {
+        /// Pipeline config (TOML) with a [train] section.
+        #[arg(long, default_value = "medtune.toml")]
+        config: PathBuf,
+        /// Train again even if a trained adapter for these inputs and config is cached.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run a read-only SQL query; every dataset in the catalog is a table named after it.
     Query {
         /// The SQL statement.
@@ -99,6 +109,27 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                     peak as f64 / (1 << 20) as f64
                 )?;
             }
+        }
+        Command::Train { config, force } => {
+            let (config, dag) = load(&config)?;
+            if !config.has_section("train") {
+                anyhow::bail!("{}: no [train] section", config.path().display());
+            }
+            let observer = progress::Bars::default();
+            let runner = Runner::new(workdir.clone(), dag, config.settings().clone(), &observer);
+            let summaries = runner.run(&RunOptions {
+                stages: vec!["train".into()],
+                force,
+            })?;
+            drop(observer);
+            let mut out = std::io::stdout().lock();
+            report::print_summary(&summaries, &mut out)?;
+            let artifacts = workdir
+                .latest_artifacts("train")
+                .context("the train stage committed no adapter")?;
+            let adapter = artifacts.join(medtune_stages::train::ADAPTER_DIR);
+            writeln!(out, "adapter (PEFT format): {}", adapter.display())?;
+            report::print_test_scores(&artifacts.join("test_scores.json"), &mut out)?;
         }
         Command::Status { config } => {
             let (config, dag) = load(&config)?;

@@ -40,6 +40,7 @@ impl ProgressObserver for Bars {
             let template = match unit {
                 WorkUnit::Bytes => "{prefix:>10} [{bar:30}] {bytes}/{total_bytes} {msg} eta {eta}",
                 WorkUnit::Rows => "{prefix:>10} [{bar:30}] {pos}/{len} rows {msg} eta {eta}",
+                WorkUnit::Steps => "{prefix:>10} [{bar:30}] {pos}/{len} steps {msg} eta {eta}",
             };
             r.bar.set_length(total);
             r.bar.set_style(
@@ -59,6 +60,12 @@ impl ProgressObserver for Bars {
                 HumanCount(rows),
                 HumanCount((rows as f64 / secs) as u64)
             ));
+        }
+    }
+
+    fn message(&self, stage: &str, message: &str) {
+        if let Some(r) = self.running.lock().expect("progress lock").get(stage) {
+            r.bar.set_message(message.to_string());
         }
     }
 

@@ -117,3 +117,42 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// Prints the test-split scores the train stage wrote, if it wrote any.
+pub fn print_test_scores(path: &std::path::Path, out: &mut impl Write) -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read(path) else {
+        return Ok(());
+    };
+    let scores: serde_json::Value = serde_json::from_slice(&text)?;
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    writeln!(
+        out,
+        "{} split, {} sequences: entity micro F1 {:.4} (seqeval default), {:.4} (strict IOB2); \
+         token weighted F1 {:.4}",
+        scores["split"].as_str().unwrap_or("test"),
+        scores["sequences"],
+        f(&scores["entity_lenient"]["micro_f1"]),
+        f(&scores["entity_strict"]["micro_f1"]),
+        f(&scores["token_weighted_f1"]),
+    )?;
+    if let Some(types) = scores["entity_lenient"]["per_type"].as_object() {
+        for (name, s) in types {
+            writeln!(
+                out,
+                "  {name}: precision {:.4} recall {:.4} F1 {:.4} support {}",
+                f(&s["precision"]),
+                f(&s["recall"]),
+                f(&s["f1"]),
+                s["support"]
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "predictions and scores: {}",
+        path.parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    )?;
+    Ok(())
+}

@@ -38,5 +38,13 @@ fn outputs_open_in_pyarrow_polars_duckdb_and_datasets() {
             stdout.contains("ingested: pyarrow") && stdout.contains("datasets"),
             "{stdout}"
         );
+        if config.ends_with("bc5cdr.toml") {
+            // The training shards, with their per-shard split, rows and length statistics.
+            assert!(stdout.contains("shards: duckdb"), "{stdout}");
+            assert!(
+                stdout.contains("shards: part stats of") && !stdout.contains("MISMATCH"),
+                "{stdout}"
+            );
+        }
     }
 }

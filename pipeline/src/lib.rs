@@ -22,7 +22,7 @@ pub mod writer;
 pub use config::{PipelineConfig, Settings};
 pub use dag::Dag;
 pub use error::{ErrorClass, PipelineError, Result};
-pub use manifest::Manifest;
+pub use manifest::{ColumnStats, Manifest, PartFile};
 pub use progress::{ProgressObserver, Quiet, WorkUnit};
 pub use runner::{Freshness, RunOptions, Runner, StageStatus, StageSummary};
 pub use stage::{OutputDecl, OutputRole, SourceDecl, Stage, StageContext};

@@ -14,6 +14,8 @@ use crate::hash::hash_file;
 
 /// File name of the manifest inside a cache entry.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// Folder of a cache entry holding a stage's artifacts.
+pub const ARTIFACTS_DIR: &str = "artifacts";
 /// Version of the manifest format; older formats are treated as missing.
 pub const MANIFEST_FORMAT: u32 = 1;
 
@@ -28,6 +30,32 @@ pub struct PartFile {
     pub bytes: u64,
     /// Hex BLAKE3 of the file.
     pub blake3: String,
+    /// The label the stage gave the part (e.g. the split of a training shard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Per-column statistics the output declared (see `OutputDecl::part_stats`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stats: BTreeMap<String, ColumnStats>,
+}
+
+/// Sum, minimum and maximum of an integer column's non-null values over one part.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnStats {
+    /// Sum of the values.
+    pub sum: u64,
+    /// Smallest value.
+    pub min: u64,
+    /// Largest value.
+    pub max: u64,
+}
+
+impl ColumnStats {
+    /// Folds the statistics of more rows of the same part into these.
+    pub fn merge(&mut self, other: ColumnStats) {
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
 }
 
 /// One column of a dataset's schema, as recorded for people and tools.
@@ -129,6 +157,9 @@ pub struct Manifest {
     pub sources: Vec<SourceRecord>,
     /// Output datasets.
     pub datasets: BTreeMap<String, DatasetManifest>,
+    /// Files the stage wrote besides datasets (a trained adapter, say), under `artifacts/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<PartFile>,
     /// Row accounting.
     pub accounting: Accounting,
     /// Stage-specific counts (repairs, truncations, ...).
@@ -161,8 +192,9 @@ impl Manifest {
     /// Checks every part of every dataset: present, of the recorded size and checksum.
     /// Returns a description of the first problem found.
     pub fn verify(&self, dir: &Path) -> std::result::Result<(), String> {
-        for dataset in self.datasets.values() {
-            for part in &dataset.files {
+        let parts = self.datasets.values().flat_map(|d| d.files.iter());
+        {
+            for part in parts.chain(&self.artifacts) {
                 let path = dir.join(&part.path);
                 let meta =
                     std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -7,6 +7,8 @@ pub enum WorkUnit {
     Bytes,
     /// Input rows (stages reading datasets).
     Rows,
+    /// Optimiser steps (training).
+    Steps,
 }
 
 /// Receives progress events from the runner and from running stages.
@@ -17,6 +19,8 @@ pub trait ProgressObserver: Send + Sync {
     fn work_total(&self, _stage: &str, _total: u64, _unit: WorkUnit) {}
     /// Rows read and work done so far.
     fn progress(&self, _stage: &str, _rows: u64, _work_done: u64) {}
+    /// A short status line of the running stage (loss, tokens/s, memory while training).
+    fn message(&self, _stage: &str, _message: &str) {}
     /// The stage finished (successfully or not).
     fn stage_finished(&self, _stage: &str) {}
     /// A warning to show to the user.

@@ -1,13 +1,16 @@
 //! Runs the stage graph through the cache, and explains what is fresh, stale or missing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{describe_changes, Settings};
 use crate::dag::Dag;
-use crate::error::{PipelineError, Result};
-use crate::hash::{hash_parts, SourceHashMemo};
-use crate::manifest::{Accounting, Manifest, SourceRecord, MANIFEST_FORMAT};
+use crate::error::{IoContext, PipelineError, Result};
+use crate::hash::{hash_file, hash_parts, SourceHashMemo};
+use crate::manifest::{
+    Accounting, Manifest, PartFile, SourceRecord, ARTIFACTS_DIR, MANIFEST_FORMAT,
+};
 use crate::progress::ProgressObserver;
 use crate::reader::CommittedDataset;
 use crate::stage::{OutputRole, Stage, StageContext};
@@ -336,16 +339,14 @@ impl<'a> Runner<'a> {
         let decls = stage.outputs();
         let mut sinks = BTreeMap::new();
         for decl in &decls {
-            let writer = DatasetWriter::new(
-                pending.dir().to_path_buf(),
-                &decl.name,
-                decl.schema.clone(),
-                &self.settings,
-            )?;
+            let writer = DatasetWriter::new(pending.dir().to_path_buf(), decl, &self.settings)?;
             sinks.insert(decl.name.clone(), OutputSink::spawn(writer));
         }
+        let scratch = self.workdir.scratch_dir(stage.name(), &parts.key);
+        let artifacts_dir = pending.dir().join(ARTIFACTS_DIR);
         let mut ctx = StageContext::new(
             stage.name(),
+            (artifacts_dir.clone(), scratch.clone()),
             self.settings.batch_rows,
             inputs,
             sinks,
@@ -404,6 +405,7 @@ impl<'a> Runner<'a> {
                 )));
             }
         }
+        let artifacts = collect_artifacts(pending.dir(), &artifacts_dir)?;
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             stage: stage.name().to_string(),
@@ -413,6 +415,7 @@ impl<'a> Runner<'a> {
             inputs: parts.inputs,
             sources: parts.sources,
             datasets,
+            artifacts,
             accounting,
             counters: outcome.counters,
             warnings: outcome.warnings,
@@ -420,8 +423,48 @@ impl<'a> Runner<'a> {
             seconds: clock.elapsed().as_secs_f64(),
         };
         self.workdir.commit(pending, &manifest)?;
+        // Committed: resumable state of the run is no longer needed.
+        let _ = std::fs::remove_dir_all(&scratch);
         Ok(manifest)
     }
+}
+
+/// The files under `dir` (recursively, sorted), fsynced and checksummed, with paths relative
+/// to the entry folder `entry`.
+fn collect_artifacts(entry: &Path, dir: &Path) -> Result<Vec<PartFile>> {
+    let mut files = Vec::new();
+    if !dir.exists() {
+        return Ok(files);
+    }
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        crate::fsutil::sync_dir(&folder)?;
+        for item in std::fs::read_dir(&folder).at(&folder)? {
+            let path = item.at(&folder)?.path();
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .at(&path)?;
+            let rel = path
+                .strip_prefix(entry)
+                .expect("artifact inside the entry")
+                .to_string_lossy()
+                .to_string();
+            files.push(PartFile {
+                path: rel,
+                rows: 0,
+                bytes: std::fs::metadata(&path).at(&path)?.len(),
+                blake3: hash_file(&path)?,
+                label: None,
+                stats: Default::default(),
+            });
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
 }
 
 /// Why the output `prev` is not what `stage` would produce now.

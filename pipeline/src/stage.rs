@@ -6,7 +6,7 @@
 //! sinks and accounts for every row it read: kept, or dropped with a reason.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -38,6 +38,27 @@ pub struct OutputDecl {
     pub schema: SchemaRef,
     /// Its role in the row accounting.
     pub role: OutputRole,
+    /// Integer columns whose sum, minimum and maximum the writer records for every part
+    /// (e.g. `length`, so a training shard's manifest entry carries its token count).
+    pub part_stats: Vec<String>,
+}
+
+impl OutputDecl {
+    /// An output named `name` with `schema`, playing `role` in the row accounting.
+    pub fn new(name: impl Into<String>, schema: SchemaRef, role: OutputRole) -> Self {
+        OutputDecl {
+            name: name.into(),
+            schema,
+            role,
+            part_stats: Vec::new(),
+        }
+    }
+
+    /// Records per-part sum, minimum and maximum of these integer columns in the manifest.
+    pub fn with_part_stats(mut self, columns: &[&str]) -> Self {
+        self.part_stats = columns.iter().map(|c| c.to_string()).collect();
+        self
+    }
 }
 
 /// A file outside the workdir that a stage reads.
@@ -74,6 +95,8 @@ pub trait Stage: Send + Sync {
 /// What a stage sees while it runs.
 pub struct StageContext<'a> {
     stage: String,
+    artifacts_dir: PathBuf,
+    scratch_dir: PathBuf,
     batch_rows: usize,
     inputs: BTreeMap<String, CommittedDataset>,
     outputs: BTreeMap<String, OutputSink>,
@@ -96,6 +119,7 @@ pub(crate) struct StageOutcome {
 impl<'a> StageContext<'a> {
     pub(crate) fn new(
         stage: &str,
+        dirs: (PathBuf, PathBuf),
         batch_rows: usize,
         inputs: BTreeMap<String, CommittedDataset>,
         outputs: BTreeMap<String, OutputSink>,
@@ -103,6 +127,8 @@ impl<'a> StageContext<'a> {
     ) -> Self {
         StageContext {
             stage: stage.to_string(),
+            artifacts_dir: dirs.0,
+            scratch_dir: dirs.1,
             batch_rows,
             inputs,
             outputs,
@@ -122,6 +148,22 @@ impl<'a> StageContext<'a> {
             counters: self.counters,
             warnings: self.warnings,
         }
+    }
+
+    /// The folder for files the stage commits besides datasets (created on first use). They are
+    /// checksummed into the manifest and committed atomically with the datasets.
+    pub fn artifacts_dir(&self) -> Result<&Path> {
+        std::fs::create_dir_all(&self.artifacts_dir)
+            .map_err(|e| PipelineError::io(&self.artifacts_dir, e))?;
+        Ok(&self.artifacts_dir)
+    }
+
+    /// A folder that survives a failed or interrupted run of this stage with the same cache key
+    /// (checkpoints to resume from), removed once the stage commits.
+    pub fn scratch_dir(&self) -> Result<&Path> {
+        std::fs::create_dir_all(&self.scratch_dir)
+            .map_err(|e| PipelineError::io(&self.scratch_dir, e))?;
+        Ok(&self.scratch_dir)
     }
 
     /// Preferred rows per batch.
@@ -160,6 +202,21 @@ impl<'a> StageContext<'a> {
             .write(batch)
     }
 
+    /// Closes the output's current part (if it has rows) and labels the parts that follow
+    /// with `label`, which the manifest records per part: a stage that writes parts of its
+    /// own choosing (one per training shard, say) starts each with this.
+    pub fn start_part(&mut self, output: &str, label: &str) -> Result<()> {
+        let stage = &self.stage;
+        self.outputs
+            .get_mut(output)
+            .ok_or_else(|| {
+                PipelineError::Internal(format!(
+                    "stage `{stage}` started a part of `{output}`, which it did not declare"
+                ))
+            })?
+            .start_part(label)
+    }
+
     /// Counts rows read.
     pub fn count_in(&mut self, rows: u64) {
         self.rows_in += rows;
@@ -185,6 +242,11 @@ impl<'a> StageContext<'a> {
     /// Sets the amount of work (input bytes or rows) the progress display counts towards.
     pub fn set_work_total(&self, total: u64, unit: WorkUnit) {
         self.progress.work_total(&self.stage, total, unit);
+    }
+
+    /// Shows a short status line next to the stage's progress (replacing the rows/s one).
+    pub fn report_message(&self, message: &str) {
+        self.progress.message(&self.stage, message);
     }
 
     /// Reports progress: rows read so far and work done so far (same unit as the total).

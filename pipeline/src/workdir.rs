@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{IoContext, PipelineError, Result};
 use crate::fsutil::{sync_dir, write_atomic};
-use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::manifest::{Manifest, ARTIFACTS_DIR, MANIFEST_FILE};
 use crate::reader::CommittedDataset;
 
 /// A medtune workdir.
@@ -79,6 +79,19 @@ impl Workdir {
     /// Folder of the cache entry of `stage` with `key`.
     pub fn entry_dir(&self, stage: &str, key: &str) -> PathBuf {
         self.stage_dir(stage).join(key)
+    }
+
+    /// Folder that keeps a stage's resumable state for `key` across failed runs.
+    pub fn scratch_dir(&self, stage: &str, key: &str) -> PathBuf {
+        self.root.join("scratch").join(stage).join(key)
+    }
+
+    /// The artifacts folder of the latest committed output of `stage`, if it has artifacts.
+    pub fn latest_artifacts(&self, stage: &str) -> Option<PathBuf> {
+        let key = self.read_catalog().ok()?.stages.get(stage)?.clone();
+        let dir = self.entry_dir(stage, &key);
+        let manifest = Manifest::read(&dir).ok()?;
+        (!manifest.artifacts.is_empty()).then(|| dir.join(ARTIFACTS_DIR))
     }
 
     /// Looks up and verifies the entry of `stage` with `key`.

@@ -3,13 +3,16 @@
 //! [`DatasetWriter`] does the writing; [`OutputSink`] runs one on its own thread behind a
 //! bounded channel, so a stage keeps producing batches while the previous ones compress.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::BufWriter;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread::JoinHandle;
 
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, UInt64Array};
+use arrow::compute::{cast, max, min, sum};
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -18,12 +21,21 @@ use parquet::file::properties::WriterProperties;
 use crate::config::Settings;
 use crate::error::{IoContext, PipelineError, Result};
 use crate::hash::HashingWriter;
-use crate::manifest::{DatasetManifest, PartFile};
+use crate::manifest::{ColumnStats, DatasetManifest, PartFile};
+use crate::stage::OutputDecl;
 
 /// Batches in flight between a stage and the writer thread of one output.
 const CHANNEL_BATCHES: usize = 2;
 
 type PartSink = HashingWriter<BufWriter<File>>;
+
+/// The part being written.
+struct OpenPart {
+    writer: ArrowWriter<PartSink>,
+    path: String,
+    rows: u64,
+    stats: BTreeMap<String, ColumnStats>,
+}
 
 /// Writes one dataset into `<entry>/<name>/part-NNNNN.parquet` files.
 pub struct DatasetWriter {
@@ -33,18 +45,26 @@ pub struct DatasetWriter {
     props: WriterProperties,
     part_max_bytes: u64,
     row_group_max_bytes: usize,
-    current: Option<(ArrowWriter<PartSink>, String, u64)>,
+    stat_columns: Vec<String>,
+    label: Option<String>,
+    current: Option<OpenPart>,
     parts: Vec<PartFile>,
 }
 
 impl DatasetWriter {
-    /// A writer for dataset `name` inside the cache entry folder `entry_dir`.
-    pub fn new(
-        entry_dir: PathBuf,
-        name: &str,
-        schema: SchemaRef,
-        settings: &Settings,
-    ) -> Result<Self> {
+    /// A writer for the output `decl` inside the cache entry folder `entry_dir`.
+    pub fn new(entry_dir: PathBuf, decl: &OutputDecl, settings: &Settings) -> Result<Self> {
+        let (name, schema) = (decl.name.as_str(), decl.schema.clone());
+        for column in &decl.part_stats {
+            let integer = schema
+                .field_with_name(column)
+                .is_ok_and(|f| f.data_type().is_integer());
+            if !integer {
+                return Err(PipelineError::Internal(format!(
+                    "dataset `{name}`: part statistics need an integer column, `{column}` is not one"
+                )));
+            }
+        }
         let level = ZstdLevel::try_new(settings.zstd_level)?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
@@ -60,6 +80,8 @@ impl DatasetWriter {
             props,
             part_max_bytes: settings.part_max_bytes.max(1),
             row_group_max_bytes: settings.row_group_max_bytes.max(1) as usize,
+            stat_columns: decl.part_stats.clone(),
+            label: None,
             current: None,
             parts: Vec::new(),
         })
@@ -78,9 +100,17 @@ impl DatasetWriter {
         if self.current.is_none() {
             self.open_part()?;
         }
-        let (writer, _, rows) = self.current.as_mut().expect("a part is open");
-        writer.write(batch)?;
-        *rows += batch.num_rows() as u64;
+        let stats = self.batch_stats(batch)?;
+        let part = self.current.as_mut().expect("a part is open");
+        part.writer.write(batch)?;
+        for (column, s) in stats {
+            part.stats
+                .entry(column)
+                .and_modify(|acc| acc.merge(s))
+                .or_insert(s);
+        }
+        part.rows += batch.num_rows() as u64;
+        let writer = &mut part.writer;
         // The writer buffers a whole row group (compressed pages and dictionaries) in memory;
         // close it at the byte bound too, so wide rows cannot grow it past the bound.
         if writer.in_progress_size() >= self.row_group_max_bytes {
@@ -90,6 +120,41 @@ impl DatasetWriter {
             self.close_part()?;
         }
         Ok(())
+    }
+
+    /// Closes the current part, unless it is still empty, and labels the parts that follow.
+    pub fn start_part(&mut self, label: &str) -> Result<()> {
+        if self.current.as_ref().is_some_and(|p| p.rows > 0) {
+            self.close_part()?;
+        }
+        self.label = Some(label.to_string());
+        Ok(())
+    }
+
+    /// The declared column statistics of one batch.
+    fn batch_stats(&self, batch: &RecordBatch) -> Result<Vec<(String, ColumnStats)>> {
+        let mut out = Vec::with_capacity(self.stat_columns.len());
+        for column in &self.stat_columns {
+            let values = batch.column_by_name(column).ok_or_else(|| {
+                PipelineError::Internal(format!("dataset `{}` has no column `{column}`", self.name))
+            })?;
+            let values = cast(values, &DataType::UInt64)?;
+            let values = values
+                .as_any()
+                .downcast_ref::<UInt64Array>()
+                .expect("cast to UInt64");
+            // The kernels skip nulls; a batch of nulls only adds nothing.
+            if values.null_count() == values.len() {
+                continue;
+            }
+            let stats = ColumnStats {
+                sum: sum(values).unwrap_or(0),
+                min: min(values).unwrap_or(0),
+                max: max(values).unwrap_or(0),
+            };
+            out.push((column.clone(), stats));
+        }
+        Ok(out)
     }
 
     /// Closes the last part and returns the dataset's manifest entry. A dataset with no rows
@@ -108,12 +173,23 @@ impl DatasetWriter {
         let file = File::create(&path).at(&path)?;
         let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
         let writer = ArrowWriter::try_new(sink, self.schema.clone(), Some(self.props.clone()))?;
-        self.current = Some((writer, rel, 0));
+        self.current = Some(OpenPart {
+            writer,
+            path: rel,
+            rows: 0,
+            stats: BTreeMap::new(),
+        });
         Ok(())
     }
 
     fn close_part(&mut self) -> Result<()> {
-        let Some((writer, rel, rows)) = self.current.take() else {
+        let Some(OpenPart {
+            writer,
+            path: rel,
+            rows,
+            stats,
+        }) = self.current.take()
+        else {
             return Ok(());
         };
         let path = self.entry_dir.join(&rel);
@@ -128,16 +204,24 @@ impl DatasetWriter {
             rows,
             bytes,
             blake3,
+            label: self.label.clone(),
+            stats,
         });
         Ok(())
     }
+}
+
+/// What the stage side sends to a writer thread.
+enum SinkMessage {
+    Batch(RecordBatch),
+    StartPart(String),
 }
 
 /// A [`DatasetWriter`] running on its own thread; the stage side sends batches to it.
 pub struct OutputSink {
     name: String,
     rows: u64,
-    tx: Option<SyncSender<RecordBatch>>,
+    tx: Option<SyncSender<SinkMessage>>,
     handle: Option<JoinHandle<Result<DatasetManifest>>>,
 }
 
@@ -145,13 +229,16 @@ impl OutputSink {
     /// Starts the writer thread.
     pub fn spawn(writer: DatasetWriter) -> Self {
         let name = writer.name.clone();
-        let (tx, rx) = sync_channel::<RecordBatch>(CHANNEL_BATCHES);
+        let (tx, rx) = sync_channel::<SinkMessage>(CHANNEL_BATCHES);
         let handle = std::thread::Builder::new()
             .name(format!("write-{name}"))
             .spawn(move || {
                 let mut writer = writer;
-                for batch in rx {
-                    writer.write(&batch)?;
+                for message in rx {
+                    match message {
+                        SinkMessage::Batch(batch) => writer.write(&batch)?,
+                        SinkMessage::StartPart(label) => writer.start_part(&label)?,
+                    }
                 }
                 writer.finish()
             })
@@ -175,14 +262,25 @@ impl OutputSink {
             return Ok(());
         }
         let rows = batch.num_rows() as u64;
+        self.send(SinkMessage::Batch(batch))?;
+        self.rows += rows;
+        Ok(())
+    }
+
+    /// Closes the current part and labels the parts that follow (see
+    /// [`DatasetWriter::start_part`]).
+    pub fn start_part(&mut self, label: &str) -> Result<()> {
+        self.send(SinkMessage::StartPart(label.to_string()))
+    }
+
+    fn send(&mut self, message: SinkMessage) -> Result<()> {
         let tx = self.tx.as_ref().expect("sink used after finish");
-        if tx.send(batch).is_err() {
+        if tx.send(message).is_err() {
             self.tx = None;
             return Err(self.join().err().unwrap_or_else(|| {
                 PipelineError::Internal(format!("writer of `{}` stopped early", self.name))
             }));
         }
-        self.rows += rows;
         Ok(())
     }
 

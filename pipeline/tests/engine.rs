@@ -53,11 +53,7 @@ impl Stage for Numbers {
         1
     }
     fn outputs(&self) -> Vec<OutputDecl> {
-        vec![OutputDecl {
-            name: "numbers".into(),
-            schema: schema("n"),
-            role: OutputRole::Kept,
-        }]
+        vec![OutputDecl::new("numbers", schema("n"), OutputRole::Kept)]
     }
     fn config(&self) -> serde_json::Value {
         serde_json::json!({"file": "numbers.txt"})
@@ -100,11 +96,7 @@ impl Stage for Scale {
         vec!["numbers".into()]
     }
     fn outputs(&self) -> Vec<OutputDecl> {
-        vec![OutputDecl {
-            name: "scaled".into(),
-            schema: schema("n"),
-            role: OutputRole::Kept,
-        }]
+        vec![OutputDecl::new("scaled", schema("n"), OutputRole::Kept)]
     }
     fn config(&self) -> serde_json::Value {
         serde_json::json!({"factor": self.factor})
@@ -137,11 +129,7 @@ impl Stage for Total {
         vec!["scaled".into()]
     }
     fn outputs(&self) -> Vec<OutputDecl> {
-        vec![OutputDecl {
-            name: "total".into(),
-            schema: schema("total"),
-            role: OutputRole::Side,
-        }]
+        vec![OutputDecl::new("total", schema("total"), OutputRole::Side)]
     }
     fn config(&self) -> serde_json::Value {
         serde_json::json!({})

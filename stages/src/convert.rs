@@ -257,11 +257,11 @@ impl Stage for ConvertStage {
     }
 
     fn outputs(&self) -> Vec<OutputDecl> {
-        vec![OutputDecl {
-            name: CONVERTED.into(),
-            schema: medtune_schemas::examples(),
-            role: OutputRole::Kept,
-        }]
+        vec![OutputDecl::new(
+            CONVERTED,
+            medtune_schemas::examples(),
+            OutputRole::Kept,
+        )]
     }
 
     fn config(&self) -> serde_json::Value {

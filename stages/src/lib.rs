@@ -6,18 +6,22 @@ pub mod convert;
 pub mod dedup;
 pub mod examples;
 pub mod ingest;
+pub mod loader;
+pub mod metrics;
 pub mod normalize;
 pub mod profile;
 pub mod rejects;
+pub mod shard;
 pub mod split;
 pub mod text;
 pub mod tokenize;
+pub mod train;
 
 use medtune_pipeline::{PipelineConfig, Result, Stage};
 
 /// Stage sections a config may hold, in pipeline order.
 pub const KNOWN_STAGES: &[&str] = &[
-    "ingest", "dedup", "convert", "clean", "split", "profile", "tokenize",
+    "ingest", "dedup", "convert", "clean", "split", "profile", "tokenize", "shard", "train",
 ];
 
 /// Builds the stages named by the config's sections.
@@ -76,6 +80,23 @@ fn build_stages(config: &PipelineConfig, with_profile: bool) -> Result<Vec<Box<d
                 near_duplicates,
             )?),
             "tokenize" => Box::new(tokenize::TokenizeStage::from_config(config, input()?)?),
+            "shard" => {
+                if !config.has_section("tokenize") {
+                    return Err(config.error(
+                        "[shard] cuts the tokenized rows into shards, but the config has no \
+                         [tokenize] section",
+                    ));
+                }
+                Box::new(shard::ShardStage::from_config(config, tokenize::TOKENIZED)?)
+            }
+            "train" => {
+                if !config.has_section("shard") {
+                    return Err(config.error(
+                        "[train] reads the training shards, but the config has no [shard] section",
+                    ));
+                }
+                Box::new(train::TrainStage::from_config(config)?)
+            }
             "profile" => Box::new(profile::ProfileStage::from_config(
                 config,
                 input()?,
@@ -90,7 +111,7 @@ fn build_stages(config: &PipelineConfig, with_profile: bool) -> Result<Vec<Box<d
             "convert" => convert::CONVERTED,
             "clean" => clean::CLEANED,
             "split" => split::SPLIT,
-            // profile and tokenize keep no rows: a later stage still reads the split.
+            // profile, tokenize, shard and train keep no example rows: a later stage reads the split.
             _ => upstream.unwrap_or(split::SPLIT),
         });
         stages.push(stage);

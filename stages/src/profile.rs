@@ -418,11 +418,11 @@ impl Stage for ProfileStage {
     }
 
     fn outputs(&self) -> Vec<OutputDecl> {
-        vec![OutputDecl {
-            name: PROFILE.into(),
-            schema: medtune_schemas::profile(),
-            role: OutputRole::Side,
-        }]
+        vec![OutputDecl::new(
+            PROFILE,
+            medtune_schemas::profile(),
+            OutputRole::Side,
+        )]
     }
 
     fn config(&self) -> serde_json::Value {

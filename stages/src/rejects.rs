@@ -82,16 +82,8 @@ impl RejectBatch {
 /// The outputs of a stage that filters example rows: the kept rows and the dropped ones.
 pub fn filter_outputs(kept: &str, rejects: &str) -> Vec<OutputDecl> {
     vec![
-        OutputDecl {
-            name: kept.into(),
-            schema: medtune_schemas::examples(),
-            role: OutputRole::Kept,
-        },
-        OutputDecl {
-            name: rejects.into(),
-            schema: medtune_schemas::rejects(),
-            role: OutputRole::Rejects,
-        },
+        OutputDecl::new(kept, medtune_schemas::examples(), OutputRole::Kept),
+        OutputDecl::new(rejects, medtune_schemas::rejects(), OutputRole::Rejects),
     ]
 }
 

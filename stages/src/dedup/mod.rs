@@ -250,11 +250,11 @@ impl Stage for DedupStage {
 
     fn outputs(&self) -> Vec<OutputDecl> {
         let mut outputs = filter_outputs(DEDUPED, DEDUP_REJECTS);
-        outputs.push(OutputDecl {
-            name: NEAR_DUPLICATES.into(),
-            schema: medtune_schemas::near_duplicates(),
-            role: OutputRole::Side,
-        });
+        outputs.push(OutputDecl::new(
+            NEAR_DUPLICATES,
+            medtune_schemas::near_duplicates(),
+            OutputRole::Side,
+        ));
         outputs
     }
 

@@ -180,16 +180,8 @@ impl Stage for IngestStage {
 
     fn outputs(&self) -> Vec<OutputDecl> {
         vec![
-            OutputDecl {
-                name: INGESTED.into(),
-                schema: medtune_schemas::examples(),
-                role: OutputRole::Kept,
-            },
-            OutputDecl {
-                name: REJECTS.into(),
-                schema: medtune_schemas::rejects(),
-                role: OutputRole::Rejects,
-            },
+            OutputDecl::new(INGESTED, medtune_schemas::examples(), OutputRole::Kept),
+            OutputDecl::new(REJECTS, medtune_schemas::rejects(), OutputRole::Rejects),
         ]
     }
 

@@ -214,11 +214,11 @@ impl Stage for SplitStage {
     }
 
     fn outputs(&self) -> Vec<OutputDecl> {
-        vec![OutputDecl {
-            name: SPLIT.into(),
-            schema: medtune_schemas::split_examples(),
-            role: OutputRole::Kept,
-        }]
+        vec![OutputDecl::new(
+            SPLIT,
+            medtune_schemas::split_examples(),
+            OutputRole::Kept,
+        )]
     }
 
     fn config(&self) -> serde_json::Value {

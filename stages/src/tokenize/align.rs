@@ -45,6 +45,23 @@ impl LabelMap {
         Ok(LabelMap { labels })
     }
 
+    /// A fixed map: `labels` in id order, each `O`, `B-TYPE` or `I-TYPE`, no repeats.
+    pub fn from_labels(labels: &[String]) -> Result<Self, String> {
+        for (i, label) in labels.iter().enumerate() {
+            let valid = label == "O"
+                || matches!(label.split_once('-'), Some(("B" | "I", kind)) if !kind.is_empty());
+            if !valid {
+                return Err(format!("label `{label}` is not O, B-TYPE or I-TYPE"));
+            }
+            if labels[..i].contains(label) {
+                return Err(format!("label `{label}` is listed twice"));
+            }
+        }
+        Ok(LabelMap {
+            labels: labels.to_vec(),
+        })
+    }
+
     /// Labels by id.
     pub fn labels(&self) -> &[String] {
         &self.labels

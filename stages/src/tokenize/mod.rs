@@ -33,7 +33,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use self::align::{encode_sft, encode_words, LabelMap, Tokenized};
+use self::align::{encode_sft, encode_words, Tokenized};
+pub use self::align::{LabelMap, IGNORE};
 use self::template::ChatTemplate;
 use crate::examples::ExampleRows;
 
@@ -90,6 +91,10 @@ pub struct TokenizeConfig {
     /// Label every sub-token (the I- form after the first) instead of -100.
     #[serde(default)]
     pub label_all_tokens: bool,
+    /// A fixed label map, in id order (say, the one a trained head was built with); a tag
+    /// outside it is an error naming the row. Default: built from the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
     /// Chat template of SFT prompts.
     #[serde(default)]
     pub template: ChatTemplate,
@@ -116,6 +121,10 @@ impl TokenizeStage {
         let section: TokenizeConfig = config.section("tokenize")?;
         if section.max_length < 4 {
             return Err(config.error("[tokenize]: `max_length` must be at least 4"));
+        }
+        if let Some(labels) = &section.labels {
+            LabelMap::from_labels(labels)
+                .map_err(|m| config.error(format!("[tokenize] labels: {m}")))?;
         }
         if section.overflow == Overflow::Window {
             if section.mode == Mode::Sft {
@@ -172,8 +181,11 @@ impl TokenizeStage {
             })
     }
 
-    /// Pass one of token classification: every tag in the data.
+    /// The configured label map, or (pass one of token classification) every tag in the data.
     fn label_map(&self, ctx: &StageContext<'_>) -> Result<LabelMap> {
+        if let Some(labels) = &self.config.labels {
+            return LabelMap::from_labels(labels).map_err(PipelineError::Internal);
+        }
         let mut tags = BTreeSet::new();
         for batch in ctx.read(&self.input)? {
             let batch = batch?;
@@ -282,16 +294,8 @@ impl Stage for TokenizeStage {
 
     fn outputs(&self) -> Vec<OutputDecl> {
         vec![
-            OutputDecl {
-                name: TOKENIZED.into(),
-                schema: tokenized_schema(),
-                role: OutputRole::Side,
-            },
-            OutputDecl {
-                name: LABEL_MAP.into(),
-                schema: label_map_schema(),
-                role: OutputRole::Side,
-            },
+            OutputDecl::new(TOKENIZED, tokenized_schema(), OutputRole::Side),
+            OutputDecl::new(LABEL_MAP, label_map_schema(), OutputRole::Side),
         ]
     }
 
@@ -339,10 +343,10 @@ impl Stage for TokenizeStage {
                             let tags = ExampleRows::list(rows.tags, row);
                             let out =
                                 encode_words(&tokenizer, &words, &tags, map, cfg).map_err(|m| {
-                                    PipelineError::CheckFailed {
-                                        stage: "tokenize".into(),
-                                        message: format!("row {id}: {m}"),
-                                    }
+                                    PipelineError::bad_input(
+                                        rows.source_file.value(row),
+                                        format!("line {} (row {id}): {m}", rows.line.value(row)),
+                                    )
                                 })?;
                             Ok(Encoded {
                                 truncated: out.dropped_words > 0,

@@ -1,0 +1,46 @@
+//! Typed errors of the QLoRA crate.
+
+use std::path::PathBuf;
+
+/// Errors raised while quantising, building, loading, training or saving models.
+#[derive(Debug, thiserror::Error)]
+pub enum QloraError {
+    /// A tensor operation failed.
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// A weight cannot be quantised (not finite, empty, wrong dtype).
+    #[error("cannot quantise `{name}`: {reason}")]
+    Quantise {
+        /// The weight's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A weight has another shape than the model config implies.
+    #[error("`{name}` has shape {actual:?}, the model config implies {expected:?}")]
+    Shape {
+        /// The weight's name.
+        name: String,
+        /// The shape the config implies.
+        expected: Vec<usize>,
+        /// The shape found.
+        actual: Vec<usize>,
+    },
+    /// The training or evaluation data could not be read.
+    #[error("data: {0}")]
+    Data(String),
+    /// A model or adapter config is wrong (an unknown target module, a bad rank).
+    #[error("{0}")]
+    Config(String),
+    /// A model directory or file is missing something or unreadable.
+    #[error("{path}: {message}")]
+    Model {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Result with [`QloraError`].
+pub type Result<T> = std::result::Result<T, QloraError>;

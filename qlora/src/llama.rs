@@ -1,0 +1,491 @@
+//! A Llama / Mistral decoder whose linear layers are [`LoraLinear`]s: RMSNorm, rotary position
+//! embeddings (with Llama 3's frequency scaling), grouped-query attention, SwiGLU, a causal-LM
+//! head (tied to the embeddings when the config says so) and a token-classification head.
+//!
+//! Every operation is a plain differentiable candle op (rotation by `rotate_half`, RMSNorm
+//! written out), so gradients reach the adapters through all of them. Positions come from the
+//! attention mask (a left-padded row starts at position 0 at its first real token), and an
+//! optional [`KvCache`] lets generation feed one token at a time.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::Embedding;
+use serde::Deserialize;
+
+use crate::bert::{Head, LoadOptions};
+use crate::error::{QloraError, Result};
+use crate::lora::{LoraConfig, LoraLinear, Pass};
+use crate::weights::{read_config, Weights};
+
+/// Module names LoRA can target in a Llama / Mistral decoder (PEFT's names).
+pub const LLAMA_TARGETS: &[&str] = &[
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// Llama 3's rotary frequency scaling (`rope_scaling` with `rope_type = "llama3"`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RopeScaling {
+    /// `llama3` (others are refused).
+    #[serde(alias = "type")]
+    pub rope_type: String,
+    /// Scale of the low frequencies.
+    pub factor: f64,
+    /// Wavelength bound (as a fraction of the original context) below which...
+    pub low_freq_factor: f64,
+    /// ...and above which frequencies are interpolated.
+    pub high_freq_factor: f64,
+    /// Context length the model was pre-trained with.
+    pub original_max_position_embeddings: usize,
+}
+
+fn default_theta() -> f64 {
+    10_000.0
+}
+
+/// The fields of a Llama / Mistral `config.json` the decoder uses.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LlamaConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden width.
+    pub hidden_size: usize,
+    /// SwiGLU width.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention); default: as many as query heads.
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Head width; default hidden / heads.
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// Rotary base.
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    /// Llama 3 frequency scaling.
+    #[serde(default)]
+    pub rope_scaling: Option<RopeScaling>,
+    /// Longest context.
+    pub max_position_embeddings: usize,
+    /// The LM head shares the embedding matrix.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+}
+
+impl LlamaConfig {
+    /// Key/value heads.
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Head width.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// Rotary inverse frequencies, Llama 3 scaling applied.
+    fn inverse_frequencies(&self) -> Vec<f64> {
+        let d = self.head_dim();
+        let base: Vec<f64> = (0..d)
+            .step_by(2)
+            .map(|i| 1.0 / self.rope_theta.powf(i as f64 / d as f64))
+            .collect();
+        let Some(s) = &self.rope_scaling else {
+            return base;
+        };
+        let original = s.original_max_position_embeddings as f64;
+        let (long, short) = (original / s.low_freq_factor, original / s.high_freq_factor);
+        base.into_iter()
+            .map(|f| {
+                let wavelength = std::f64::consts::TAU / f;
+                if wavelength < short {
+                    f
+                } else if wavelength > long {
+                    f / s.factor
+                } else {
+                    // Between the two: blend scaled and unscaled by where the wavelength lies.
+                    let t = (original / wavelength - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
+                    (1.0 - t) * f / s.factor + t * f
+                }
+            })
+            .collect()
+    }
+}
+
+/// Keys and values of the positions seen so far, per layer.
+#[derive(Debug, Default, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x32 = x.to_dtype(DType::F32)?;
+    let scale = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+        .sqrt()?
+        .recip()?;
+    Ok(x32
+        .broadcast_mul(&scale)?
+        .to_dtype(dtype)?
+        .broadcast_mul(&weight.to_dtype(dtype)?)?)
+}
+
+fn rotate_half(x: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let first = x.narrow(D::Minus1, 0, half)?;
+    let second = x.narrow(D::Minus1, half, half)?;
+    Ok(Tensor::cat(&[&second.neg()?, &first], D::Minus1)?)
+}
+
+struct DecoderLayer {
+    q: LoraLinear,
+    k: LoraLinear,
+    v: LoraLinear,
+    o: LoraLinear,
+    gate: LoraLinear,
+    up: LoraLinear,
+    down: LoraLinear,
+    input_norm: Tensor,
+    post_norm: Tensor,
+}
+
+fn projection(
+    w: &Weights,
+    path: &str,
+    out: usize,
+    inp: usize,
+    quantise: bool,
+) -> Result<LoraLinear> {
+    let bias = w.contains(&format!("{path}.bias"));
+    LoraLinear::new(
+        path,
+        w.get(&format!("{path}.weight"), &[out, inp])?,
+        if bias {
+            Some(w.get(&format!("{path}.bias"), &[out])?)
+        } else {
+            None
+        },
+        quantise,
+    )
+}
+
+/// Rotary tables and masks of one forward pass.
+struct Positions {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+}
+
+impl DecoderLayer {
+    fn load(w: &Weights, c: &LlamaConfig, index: usize, quantise: bool) -> Result<Self> {
+        let p = format!("model.layers.{index}");
+        let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim());
+        let (q_out, kv_out) = (c.num_attention_heads * d, c.kv_heads() * d);
+        Ok(DecoderLayer {
+            q: projection(w, &format!("{p}.self_attn.q_proj"), q_out, h, quantise)?,
+            k: projection(w, &format!("{p}.self_attn.k_proj"), kv_out, h, quantise)?,
+            v: projection(w, &format!("{p}.self_attn.v_proj"), kv_out, h, quantise)?,
+            o: projection(w, &format!("{p}.self_attn.o_proj"), h, q_out, quantise)?,
+            gate: projection(w, &format!("{p}.mlp.gate_proj"), i, h, quantise)?,
+            up: projection(w, &format!("{p}.mlp.up_proj"), i, h, quantise)?,
+            down: projection(w, &format!("{p}.mlp.down_proj"), h, i, quantise)?,
+            input_norm: w.get(&format!("{p}.input_layernorm.weight"), &[h])?,
+            post_norm: w.get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+        })
+    }
+
+    fn linears(&self) -> [&LoraLinear; 7] {
+        [
+            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
+        ]
+    }
+
+    fn linears_mut(&mut self) -> [&mut LoraLinear; 7] {
+        [
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.o,
+            &mut self.gate,
+            &mut self.up,
+            &mut self.down,
+        ]
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        c: &LlamaConfig,
+        at: &Positions,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        let (heads, kv_heads, d) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
+        let normed = rms_norm(x, &self.input_norm, c.rms_norm_eps)?;
+        let shape = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, l, n, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let rotate = |t: &Tensor| -> Result<Tensor> {
+            Ok((t.broadcast_mul(&at.cos)? + rotate_half(t)?.broadcast_mul(&at.sin)?)?)
+        };
+        let q = rotate(&shape(self.q.forward(&normed, pass)?, heads)?)?;
+        let mut k = rotate(&shape(self.k.forward(&normed, pass)?, kv_heads)?)?;
+        let mut v = shape(self.v.forward(&normed, pass)?, kv_heads)?;
+        if let Some(slot) = cache {
+            if let Some((past_k, past_v)) = slot.as_ref() {
+                k = Tensor::cat(&[past_k, &k], 2)?;
+                v = Tensor::cat(&[past_v, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        // Grouped-query attention: each key/value head serves heads / kv_heads query heads.
+        let repeat = |t: Tensor| -> Result<Tensor> {
+            let groups = heads / kv_heads;
+            if groups == 1 {
+                return Ok(t);
+            }
+            let (b, n, s, d) = t.dims4()?;
+            Ok(t.unsqueeze(2)?
+                .expand((b, n, groups, s, d))?
+                .reshape((b, n * groups, s, d))?)
+        };
+        let (k, v) = (repeat(k)?, repeat(v)?);
+        let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(&at.mask)?;
+        // The composed softmax: differentiable, unlike the fused last-dim kernel.
+        let probs = candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?
+            .to_dtype(x.dtype())?;
+        let context = probs
+            .matmul(&v.contiguous()?)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, l, heads * d))?;
+        let x = (x + self.o.forward(&context, pass)?)?;
+        let normed = rms_norm(&x, &self.post_norm, c.rms_norm_eps)?;
+        let gated = (candle_nn::ops::silu(&self.gate.forward(&normed, pass)?)?
+            * self.up.forward(&normed, pass)?)?;
+        Ok((&x + self.down.forward(&gated, pass)?)?)
+    }
+}
+
+/// A Llama / Mistral decoder with LoRA-capable projections.
+pub struct LlamaDecoder {
+    config: LlamaConfig,
+    embed: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: Tensor,
+    lm_head: Option<Tensor>,
+    inverse_frequencies: Tensor,
+    dtype: DType,
+}
+
+impl LlamaDecoder {
+    /// Loads `config.json` and the (possibly sharded) safetensors of `dir`.
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
+        let config: LlamaConfig = read_config(dir)?;
+        let bad = |message: String| QloraError::Model {
+            path: dir.join("config.json"),
+            message,
+        };
+        if let Some(s) = &config.rope_scaling {
+            if s.rope_type != "llama3" && s.rope_type != "default" {
+                return Err(bad(format!(
+                    "rope_scaling type `{}` is not supported",
+                    s.rope_type
+                )));
+            }
+        }
+        if !config.num_attention_heads.is_multiple_of(config.kv_heads()) {
+            return Err(bad(
+                "num_attention_heads is not a multiple of num_key_value_heads".into(),
+            ));
+        }
+        let w = Weights::open(dir, &options.device, options.dtype)?;
+        let h = config.hidden_size;
+        let embed = w.get("model.embed_tokens.weight", &[config.vocab_size, h])?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| DecoderLayer::load(&w, &config, i, options.quantise))
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(w.get("lm_head.weight", &[config.vocab_size, h])?)
+        };
+        let inverse: Vec<f32> = config
+            .inverse_frequencies()
+            .iter()
+            .map(|&f| f as f32)
+            .collect();
+        let n = inverse.len();
+        Ok(LlamaDecoder {
+            embed: Embedding::new(embed, h),
+            norm: w.get("model.norm.weight", &[h])?,
+            layers,
+            lm_head,
+            inverse_frequencies: Tensor::from_vec(inverse, (1, 1, n), &options.device)?,
+            dtype: options.dtype,
+            config,
+        })
+    }
+
+    /// The model config.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Every projection, in module order.
+    pub fn linears(&self) -> impl Iterator<Item = &LoraLinear> {
+        self.layers.iter().flat_map(|l| l.linears())
+    }
+
+    /// Every projection, in module order.
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut LoraLinear> {
+        self.layers.iter_mut().flat_map(|l| l.linears_mut())
+    }
+
+    /// Attaches LoRA adapters to the projections `config` targets; returns how many.
+    pub fn attach_lora(&mut self, config: &LoraConfig, seed: u64) -> Result<usize> {
+        config.validate(LLAMA_TARGETS)?;
+        let mut attached = 0;
+        for linear in self.linears_mut() {
+            if config.targets(linear.path()) {
+                linear.attach(config, seed)?;
+                attached += 1;
+            }
+        }
+        Ok(attached)
+    }
+
+    /// A fresh, empty cache for generation.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache {
+            layers: vec![None; self.layers.len()],
+        }
+    }
+
+    /// Rotary tables and the additive mask for `l` new tokens after `past` cached ones.
+    /// `attention_mask` covers all past + l positions (1 = token, 0 = padding).
+    fn positions(
+        &self,
+        attention_mask: &Tensor,
+        past: usize,
+        l: usize,
+        device: &Device,
+    ) -> Result<Positions> {
+        let (b, total) = attention_mask.dims2()?;
+        if total != past + l {
+            return Err(QloraError::Config(format!(
+                "attention mask covers {total} positions, the cache and input {}",
+                past + l
+            )));
+        }
+        let mask: Vec<u32> = attention_mask
+            .to_dtype(DType::U32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let mut positions = Vec::with_capacity(b * l);
+        let mut additive = Vec::with_capacity(b * l * total);
+        for row in mask.chunks(total) {
+            // A token's position counts the real tokens before it.
+            let mut seen = 0u32;
+            let mut position_of = Vec::with_capacity(total);
+            for &m in row {
+                seen += m;
+                position_of.push(seen.saturating_sub(1));
+            }
+            positions.extend_from_slice(&position_of[past..]);
+            for i in 0..l {
+                let query = past + i;
+                additive.extend(row.iter().enumerate().map(|(j, &m)| {
+                    if j <= query && m == 1 {
+                        0.0
+                    } else {
+                        f32::MIN
+                    }
+                }));
+            }
+        }
+        if let Some(&p) = positions.iter().max() {
+            if p as usize >= self.config.max_position_embeddings {
+                return Err(QloraError::Config(format!(
+                    "position {p} is past the model's {} positions",
+                    self.config.max_position_embeddings
+                )));
+            }
+        }
+        let positions = Tensor::from_vec(positions, (b, l), device)?
+            .to_dtype(DType::F32)?
+            .unsqueeze(2)?;
+        let angles = positions.broadcast_mul(&self.inverse_frequencies)?;
+        let angles = Tensor::cat(&[&angles, &angles], D::Minus1)?.unsqueeze(1)?;
+        Ok(Positions {
+            cos: angles.cos()?.to_dtype(self.dtype)?,
+            sin: angles.sin()?.to_dtype(self.dtype)?,
+            mask: Tensor::from_vec(additive, (b, 1, l, total), device)?.to_dtype(self.dtype)?,
+        })
+    }
+
+    /// Final hidden states (batch × length × hidden) of `input_ids`, after what `cache`
+    /// holds (if given; it is extended). `attention_mask` covers cached and new positions.
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let (_, l) = input_ids.dims2()?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let at = self.positions(attention_mask, past, l, input_ids.device())?;
+        let mut x = self.embed.forward(input_ids)?.to_dtype(self.dtype)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(&x, &self.config, &at, slot, pass)?;
+        }
+        rms_norm(&x, &self.norm, self.config.rms_norm_eps)
+    }
+
+    /// Next-token logits (batch × length × vocab).
+    pub fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let head = self.lm_head.as_ref().unwrap_or(self.embed.embeddings());
+        Ok(hidden.broadcast_matmul(&head.to_dtype(hidden.dtype())?.t()?)?)
+    }
+
+    /// A token-classification head for this decoder (transformers' `score`).
+    pub fn new_head(&self, labels: usize, seed: u64) -> Result<Head> {
+        Head::new(
+            labels,
+            self.config.hidden_size,
+            seed,
+            self.embed.embeddings().device(),
+        )
+    }
+}

@@ -1,0 +1,292 @@
+//! NF4 4-bit quantisation with double-quantised scales, following bitsandbytes
+//! (`quantize_4bit(..., quant_type="nf4", compress_statistics=True)`, blocksize 64).
+//!
+//! - The weight is flattened and cut into blocks of 64; each block is divided by its absolute
+//!   maximum (a reciprocal multiply; the last, shorter block divides instead) and clamped to
+//!   [-1, 1]; each value becomes the index of the nearest of the 16 NF4 code values, a value
+//!   exactly half-way between two codes taking the lower one (`torch.bucketize` over the
+//!   midpoints). Two indices share a byte, the first in the high nibble; an odd count is padded
+//!   with the code of 0.0.
+//! - Double quantisation: the f32 block maxima, minus their mean, are quantised the same way in
+//!   blocks of 256 against bitsandbytes' signed 8-bit dynamic code (a float-like 256-value map),
+//!   keeping one f32 maximum per 256 blocks and the mean.
+//! - Storage: 4 bits per weight + 8 bits per 64 weights + 32 bits per 64·256 weights
+//!   = 4.127 bits per parameter (plus one f32 mean per tensor).
+//!
+//! Quantising runs on the CPU once, when a model loads; dequantising is a pair of candle gathers
+//! and a broadcast multiply, so it runs on whatever device the packed tensors live on.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{QloraError, Result};
+
+/// The 16 NF4 code values (QLoRA, Dettmers et al. 2023; the table bitsandbytes ships), sorted.
+pub const NF4_CODE: [f32; 16] = [
+    -1.0,
+    -0.696_192_8,
+    -0.525_073_05,
+    -0.394_917_5,
+    -0.284_441_38,
+    -0.184_773_43,
+    -0.091_050_036,
+    0.0,
+    0.079_580_3,
+    0.160_930_2,
+    0.246_112_3,
+    0.337_915_24,
+    0.440_709_83,
+    0.562_617,
+    0.722_956_84,
+    1.0,
+];
+
+/// Weights per NF4 block.
+pub const BLOCK: usize = 64;
+/// Block maxima per block of the double quantisation.
+pub const ABSMAX_BLOCK: usize = 256;
+
+/// bitsandbytes' signed 8-bit dynamic code (`create_dynamic_map(signed=True,
+/// max_exponent_bits=7, total_bits=8)`), computed in f32 the way its torch code does: for
+/// exponent i in 0..7, the midpoints of `linspace(0.1, 1, 2^i + 1)` scaled by 10^(i-6), both
+/// signs, plus 0 and 1, sorted.
+pub fn dynamic_code() -> [f32; 256] {
+    let mut data: Vec<f32> = Vec::with_capacity(256);
+    for i in 0..7 {
+        let bounds = linspace(0.1, 1.0, (1 << i) + 1);
+        let scale = 10f64.powi(i - 6) as f32;
+        for pair in bounds.windows(2) {
+            let mean = (pair[0] + pair[1]) / 2.0;
+            data.push(scale * mean);
+            data.push(-(scale * mean));
+        }
+    }
+    data.push(0.0);
+    data.push(1.0);
+    data.sort_by(f32::total_cmp);
+    data.try_into().expect("254 + 2 code values")
+}
+
+/// `torch.linspace` in f32: a float step, the first half counted from the start and the second
+/// half from the end.
+fn linspace(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    let step = (end - start) / (steps - 1) as f32;
+    let half = steps / 2;
+    (0..steps)
+        .map(|i| {
+            if i < half {
+                start + step * i as f32
+            } else {
+                end - step * (steps - i - 1) as f32
+            }
+        })
+        .collect()
+}
+
+/// Midpoints between consecutive code values: a value's index is the number of midpoints
+/// below it.
+fn midpoints(code: &[f32]) -> Vec<f32> {
+    code.windows(2).map(|p| (p[0] + p[1]) / 2.0).collect()
+}
+
+/// Blockwise absmax quantisation of `values` against a sorted `code`: one code index per value
+/// and one f32 maximum per block.
+pub fn quantise_blocks(values: &[f32], block: usize, code: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    let bounds = midpoints(code);
+    let index = |x: f32| bounds.partition_point(|&b| b < x) as u8;
+    let full = values.len() - values.len() % block;
+    let mut indices = Vec::with_capacity(values.len());
+    let mut maxima = Vec::with_capacity(values.len().div_ceil(block));
+    for (start, chunk) in (0..values.len()).step_by(block).zip(values.chunks(block)) {
+        let absmax = chunk.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-38);
+        if start < full {
+            let inverse = 1.0 / absmax;
+            indices.extend(chunk.iter().map(|&v| index((v * inverse).clamp(-1.0, 1.0))));
+        } else {
+            indices.extend(chunk.iter().map(|&v| index((v / absmax).clamp(-1.0, 1.0))));
+        }
+        maxima.push(absmax);
+    }
+    (indices, maxima)
+}
+
+/// A weight quantised to NF4 with double-quantised block maxima.
+#[derive(Debug, Clone)]
+pub struct Nf4Weight {
+    /// Two 4-bit code indices per byte, the first in the high nibble.
+    packed: Tensor,
+    /// 8-bit dynamic-code index of each block maximum (minus `offset`).
+    absmax_codes: Tensor,
+    /// f32 maximum of each block of 256 centred block maxima.
+    absmax_scales: Tensor,
+    /// Mean of the block maxima.
+    offset: f32,
+    shape: Vec<usize>,
+}
+
+/// Packs 4-bit indices two to a byte, the first in the high nibble; an odd count is padded
+/// with the index of 0.0.
+pub fn pack_nibbles(indices: &[u8]) -> Vec<u8> {
+    let zero = NF4_CODE
+        .iter()
+        .position(|&c| c == 0.0)
+        .expect("0 is a code") as u8;
+    indices
+        .chunks(2)
+        .map(|p| (p[0] << 4) | p.get(1).copied().unwrap_or(zero))
+        .collect()
+}
+
+impl Nf4Weight {
+    /// Quantises `weight` (any float dtype, any device). `name` is used in errors.
+    pub fn quantise(name: &str, weight: &Tensor) -> Result<Self> {
+        let bad = |reason: &str| QloraError::Quantise {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        };
+        if !weight.dtype().is_float() {
+            return Err(bad(&format!(
+                "dtype {:?} is not a float type",
+                weight.dtype()
+            )));
+        }
+        let values: Vec<f32> = weight.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        if values.is_empty() {
+            return Err(bad("the tensor is empty"));
+        }
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(bad(&format!("element {i} is {}", values[i])));
+        }
+        let (indices, absmax) = quantise_blocks(&values, BLOCK, &NF4_CODE);
+        let offset =
+            (absmax.iter().map(|&a| f64::from(a)).sum::<f64>() / absmax.len() as f64) as f32;
+        let centred: Vec<f32> = absmax.iter().map(|&a| a - offset).collect();
+        let (absmax_codes, absmax_scales) =
+            quantise_blocks(&centred, ABSMAX_BLOCK, &dynamic_code());
+        let device = weight.device();
+        let packed = pack_nibbles(&indices);
+        Ok(Nf4Weight {
+            packed: Tensor::from_vec(packed.clone(), packed.len(), device)?,
+            absmax_codes: Tensor::from_vec(absmax_codes.clone(), absmax_codes.len(), device)?,
+            absmax_scales: Tensor::from_vec(absmax_scales.clone(), absmax_scales.len(), device)?,
+            offset,
+            shape: weight.dims().to_vec(),
+        })
+    }
+
+    /// The shape of the original weight.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of weights.
+    pub fn elem_count(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The device the packed tensors live on.
+    pub fn device(&self) -> &Device {
+        self.packed.device()
+    }
+
+    /// The packed 4-bit indices.
+    pub fn packed(&self) -> &Tensor {
+        &self.packed
+    }
+
+    /// The 8-bit codes of the block maxima.
+    pub fn absmax_codes(&self) -> &Tensor {
+        &self.absmax_codes
+    }
+
+    /// The f32 scales of the block maxima.
+    pub fn absmax_scales(&self) -> &Tensor {
+        &self.absmax_scales
+    }
+
+    /// The mean the block maxima were centred on.
+    pub fn offset(&self) -> f32 {
+        self.offset
+    }
+
+    /// Bits of storage per weight, counted from the tensors held (packed indices, absmax codes,
+    /// absmax scales and the f32 offset).
+    pub fn bits_per_parameter(&self) -> f64 {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let total =
+            bytes(&self.packed) + bytes(&self.absmax_codes) + bytes(&self.absmax_scales) + 4;
+        (total * 8) as f64 / self.elem_count() as f64
+    }
+
+    /// The block maxima, dequantised: `dynamic[code] · scale + offset`, in f32.
+    pub fn block_maxima(&self) -> Result<Tensor> {
+        let device = self.device();
+        let code = Tensor::from_vec(dynamic_code().to_vec(), 256, device)?;
+        let values = code.index_select(&self.absmax_codes.to_dtype(DType::U32)?, 0)?;
+        let blocks = self.absmax_codes.elem_count();
+        let padded = blocks.div_ceil(ABSMAX_BLOCK) * ABSMAX_BLOCK;
+        let values = values.pad_with_zeros(0, 0, padded - blocks)?;
+        let scaled = values
+            .reshape((padded / ABSMAX_BLOCK, ABSMAX_BLOCK))?
+            .broadcast_mul(&self.absmax_scales.unsqueeze(1)?)?
+            .flatten_all()?
+            .narrow(0, 0, blocks)?;
+        Ok((scaled + f64::from(self.offset))?)
+    }
+
+    /// The weight, dequantised to `dtype` on the packed tensors' device:
+    /// `nf4[index] · block maximum`, computed in f32.
+    pub fn dequantise(&self, dtype: DType) -> Result<Tensor> {
+        let device = self.device();
+        // Byte -> its two code values, so one gather unpacks both nibbles.
+        let pairs: Vec<f32> = (0..=255u8)
+            .flat_map(|b| [NF4_CODE[usize::from(b >> 4)], NF4_CODE[usize::from(b & 15)]])
+            .collect();
+        let pairs = Tensor::from_vec(pairs, (256, 2), device)?;
+        let n = self.elem_count();
+        let values = pairs
+            .index_select(&self.packed.to_dtype(DType::U32)?, 0)?
+            .flatten_all()?;
+        let blocks = n.div_ceil(BLOCK);
+        let values = values
+            .narrow(0, 0, n)?
+            .pad_with_zeros(0, 0, blocks * BLOCK - n)?
+            .reshape((blocks, BLOCK))?
+            .broadcast_mul(&self.block_maxima()?.unsqueeze(1)?)?
+            .flatten_all()?
+            .narrow(0, 0, n)?;
+        Ok(values.reshape(self.shape.as_slice())?.to_dtype(dtype)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_code_is_sorted_signed_and_spans_minus_one_to_one() {
+        let code = dynamic_code();
+        assert!(code.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(code[255], 1.0);
+        assert!((code[0] + 0.9928).abs() < 1e-3, "{}", code[0]);
+        assert_eq!(code.iter().filter(|&&c| c == 0.0).count(), 1);
+        // The smallest magnitudes sit at 10^-6 scale.
+        let smallest = code
+            .iter()
+            .filter(|&&c| c > 0.0)
+            .fold(f32::MAX, |a, &b| a.min(b));
+        assert!((smallest - 0.55e-6).abs() < 1e-9, "{smallest}");
+    }
+
+    #[test]
+    fn ties_take_the_lower_code_and_values_snap_to_the_nearest() {
+        let mid = (NF4_CODE[7] + NF4_CODE[8]) / 2.0;
+        let (q, m) = quantise_blocks(&[1.0, mid, mid + 1e-6, -0.7, 0.0], 64, &NF4_CODE);
+        assert_eq!(m, vec![1.0]);
+        assert_eq!(q, vec![15, 7, 8, 1, 7]);
+    }
+
+    #[test]
+    fn nibbles_pack_first_value_high() {
+        assert_eq!(pack_nibbles(&[1, 2, 15]), vec![0x12, 0xF7]);
+    }
+}

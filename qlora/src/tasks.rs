@@ -1,0 +1,137 @@
+//! What the models are trained for: token classification (BERT or decoder with a head) and
+//! causal language modelling with prompt masking (labels -100 over the prompt).
+
+use candle_core::{DType, Tensor, Var, D};
+
+use crate::bert::{BertTokenClassifier, Head};
+use crate::error::{QloraError, Result};
+use crate::llama::LlamaDecoder;
+use crate::lora::{LoraLinear, Pass};
+use crate::train::{TrainBatch, TrainModel};
+
+/// The adapters' variables, named `<module path>.lora_A.weight` / `.lora_B.weight`.
+pub fn adapter_vars<'a>(linears: impl Iterator<Item = &'a LoraLinear>) -> Vec<(String, Var)> {
+    let mut vars = Vec::new();
+    for linear in linears {
+        if let Some(adapter) = linear.adapter() {
+            vars.push((
+                format!("{}.lora_A.weight", linear.path()),
+                adapter.a.clone(),
+            ));
+            vars.push((
+                format!("{}.lora_B.weight", linear.path()),
+                adapter.b.clone(),
+            ));
+        }
+    }
+    vars
+}
+
+fn head_vars(name: &str, head: &Head) -> [(String, Var); 2] {
+    [
+        (format!("{name}.weight"), head.weight.clone()),
+        (format!("{name}.bias"), head.bias.clone()),
+    ]
+}
+
+impl TrainModel for BertTokenClassifier {
+    fn trainable(&self) -> Vec<(String, Var)> {
+        let mut vars = adapter_vars(self.encoder.linears());
+        vars.extend(head_vars("classifier", &self.head));
+        vars
+    }
+
+    fn loss(&self, batch: &TrainBatch, pass: Pass) -> Result<(Tensor, usize)> {
+        let logits = self.forward(&batch.input_ids, &batch.attention_mask, pass)?;
+        masked_cross_entropy(&logits, &batch.labels)
+    }
+}
+
+/// A decoder trained as a causal LM: position t predicts token t+1, positions whose next label
+/// is -100 (the prompt, padding) do not count.
+pub struct CausalLm {
+    /// The decoder.
+    pub decoder: LlamaDecoder,
+}
+
+impl CausalLm {
+    /// Logits (batch × length × vocab).
+    pub fn logits(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let hidden = self
+            .decoder
+            .forward_hidden(input_ids, attention_mask, None, pass)?;
+        self.decoder.lm_logits(&hidden)
+    }
+}
+
+impl TrainModel for CausalLm {
+    fn trainable(&self) -> Vec<(String, Var)> {
+        adapter_vars(self.decoder.linears())
+    }
+
+    fn loss(&self, batch: &TrainBatch, pass: Pass) -> Result<(Tensor, usize)> {
+        let logits = self.logits(&batch.input_ids, &batch.attention_mask, pass)?;
+        let l = logits.dim(1)?;
+        if l < 2 {
+            return Ok((Tensor::zeros((), DType::F32, logits.device())?, 0));
+        }
+        let predicted = logits.narrow(1, 0, l - 1)?;
+        let next = batch.labels.narrow(1, 1, l - 1)?;
+        masked_cross_entropy(&predicted, &next)
+    }
+}
+
+/// A decoder with a token-classification head (transformers' `score`).
+pub struct DecoderTokenClassifier {
+    /// The decoder.
+    pub decoder: LlamaDecoder,
+    /// The head.
+    pub head: Head,
+}
+
+impl TrainModel for DecoderTokenClassifier {
+    fn trainable(&self) -> Vec<(String, Var)> {
+        let mut vars = adapter_vars(self.decoder.linears());
+        vars.extend(head_vars("score", &self.head));
+        vars
+    }
+
+    fn loss(&self, batch: &TrainBatch, pass: Pass) -> Result<(Tensor, usize)> {
+        let hidden =
+            self.decoder
+                .forward_hidden(&batch.input_ids, &batch.attention_mask, None, pass)?;
+        masked_cross_entropy(&self.head.forward(&hidden)?, &batch.labels)
+    }
+}
+
+/// Mean cross-entropy over positions whose label is not -100, and the number of such
+/// positions. `logits` is … × classes, `labels` the matching i64/u32/i32 labels.
+pub fn masked_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, usize)> {
+    let classes = logits.dim(D::Minus1)?;
+    let logits = logits.reshape(((), classes))?.to_dtype(DType::F32)?;
+    let labels: Vec<i64> = labels.flatten_all()?.to_dtype(DType::I64)?.to_vec1()?;
+    let keep: Vec<u32> = labels
+        .iter()
+        .enumerate()
+        .filter(|(_, &l)| l >= 0)
+        .map(|(i, _)| i as u32)
+        .collect();
+    if keep.is_empty() {
+        return Ok((Tensor::zeros((), DType::F32, logits.device())?, 0));
+    }
+    let targets: Vec<u32> = keep.iter().map(|&i| labels[i as usize] as u32).collect();
+    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= classes) {
+        return Err(QloraError::Config(format!(
+            "label id {bad} is outside the head's {classes} classes"
+        )));
+    }
+    let device = logits.device();
+    let rows = logits.index_select(&Tensor::from_vec(keep.clone(), keep.len(), device)?, 0)?;
+    let targets = Tensor::from_vec(targets, keep.len(), device)?;
+    Ok((candle_nn::loss::cross_entropy(&rows, &targets)?, keep.len()))
+}

@@ -1,0 +1,132 @@
+//! Reading a Hugging Face model directory: `config.json` and `*.safetensors` (one file, or
+//! shards listed by `model.safetensors.index.json`), every tensor checked against the shape the
+//! config implies.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use serde::de::DeserializeOwned;
+
+use crate::error::{QloraError, Result};
+
+/// The `config.json` of `dir`, parsed as `T`.
+pub fn read_config<T: DeserializeOwned>(dir: &Path) -> Result<T> {
+    let path = dir.join("config.json");
+    let bytes = std::fs::read(&path).map_err(|e| QloraError::Model {
+        path: path.clone(),
+        message: format!("cannot read the model config: {e}"),
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| QloraError::Model {
+        path,
+        message: format!("not a model config this model reads: {e}"),
+    })
+}
+
+/// The safetensors weights of a model directory.
+pub struct Weights {
+    dir: PathBuf,
+    files: MmapedSafetensors,
+    /// Prefix of every name in the files (e.g. `bert.` in a BertFor* checkpoint).
+    prefix: String,
+    device: Device,
+    dtype: DType,
+}
+
+impl Weights {
+    /// Opens the safetensors of `dir`, loading tensors to `device` as `dtype`.
+    pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let missing = |message: String| QloraError::Model {
+            path: dir.to_path_buf(),
+            message,
+        };
+        if !dir.is_dir() {
+            return Err(missing("model directory not found".into()));
+        }
+        let index = dir.join("model.safetensors.index.json");
+        let paths: Vec<PathBuf> = if index.is_file() {
+            let text = std::fs::read(&index).map_err(|e| missing(e.to_string()))?;
+            let value: serde_json::Value =
+                serde_json::from_slice(&text).map_err(|e| QloraError::Model {
+                    path: index.clone(),
+                    message: format!("not a safetensors index: {e}"),
+                })?;
+            let map = value["weight_map"]
+                .as_object()
+                .ok_or_else(|| QloraError::Model {
+                    path: index.clone(),
+                    message: "no `weight_map`".into(),
+                })?;
+            let mut files: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+            files.sort_unstable();
+            files.dedup();
+            files.into_iter().map(|f| dir.join(f)).collect()
+        } else {
+            vec![dir.join("model.safetensors")]
+        };
+        for path in &paths {
+            if !path.is_file() {
+                return Err(QloraError::Model {
+                    path: path.clone(),
+                    message: "weights file not found (a model directory needs \
+                              model.safetensors or model.safetensors.index.json and its shards)"
+                        .into(),
+                });
+            }
+        }
+        // SAFETY: the files are mapped read-only; the model directory is not modified while a
+        // model is loaded from it.
+        let files = unsafe { MmapedSafetensors::multi(&paths) }
+            .map_err(|e| missing(format!("cannot read the safetensors: {e}")))?;
+        Ok(Weights {
+            dir: dir.to_path_buf(),
+            files,
+            prefix: String::new(),
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Uses `prefix` for every name if the files name their tensors with it.
+    pub fn with_prefix_if_present(mut self, prefix: &str, probe: &str) -> Self {
+        if self.files.get(&format!("{prefix}{probe}")).is_ok() {
+            self.prefix = prefix.to_string();
+        }
+        self
+    }
+
+    /// The device tensors load to.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The dtype tensors load as.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Whether the files hold `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.files.get(&format!("{}{name}", self.prefix)).is_ok()
+    }
+
+    /// The tensor `name`, which must have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let full = format!("{}{name}", self.prefix);
+        let tensor = self
+            .files
+            .load(&full, &self.device)
+            .map_err(|_| QloraError::Model {
+                path: self.dir.clone(),
+                message: format!("the weights have no tensor `{full}`"),
+            })?;
+        if tensor.dims() != shape {
+            return Err(QloraError::Shape {
+                name: full,
+                expected: shape.to_vec(),
+                actual: tensor.dims().to_vec(),
+            });
+        }
+        Ok(tensor.to_dtype(self.dtype)?)
+    }
+}

@@ -1,0 +1,52 @@
+//! Shared test helpers.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+/// A tiny random Llama-architecture model: config.json + model.safetensors in `dir`.
+pub fn tiny_decoder(dir: &Path, extra: serde_json::Value, tie: bool) -> serde_json::Value {
+    let (vocab, h, inter, layers, heads, kv, d) = (97, 64, 96, 2, 4, 2, 16);
+    let mut config = serde_json::json!({
+        "vocab_size": vocab, "hidden_size": h, "intermediate_size": inter,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 128,
+        "tie_word_embeddings": tie, "bos_token_id": 1, "eos_token_id": 2,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    let dev = Device::Cpu;
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    let mut put = |name: String, shape: &[usize], scale: f64| {
+        let w = (Tensor::randn(0f32, 1.0, shape, &dev).unwrap() * scale).unwrap();
+        t.insert(name, w);
+    };
+    put("model.embed_tokens.weight".into(), &[vocab, h], 0.5);
+    if !tie {
+        put("lm_head.weight".into(), &[vocab, h], 0.1);
+    }
+    put("model.norm.weight".into(), &[h], 0.1);
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        put(format!("{p}.self_attn.q_proj.weight"), &[heads * d, h], 0.1);
+        put(format!("{p}.self_attn.k_proj.weight"), &[kv * d, h], 0.1);
+        put(format!("{p}.self_attn.v_proj.weight"), &[kv * d, h], 0.1);
+        put(format!("{p}.self_attn.o_proj.weight"), &[h, heads * d], 0.1);
+        put(format!("{p}.mlp.gate_proj.weight"), &[inter, h], 0.1);
+        put(format!("{p}.mlp.up_proj.weight"), &[inter, h], 0.1);
+        put(format!("{p}.mlp.down_proj.weight"), &[h, inter], 0.1);
+        put(format!("{p}.input_layernorm.weight"), &[h], 0.1);
+        put(format!("{p}.post_attention_layernorm.weight"), &[h], 0.1);
+    }
+    // Norm weights around 1, as trained models have.
+    for (name, w) in t.iter_mut() {
+        if name.ends_with("norm.weight") {
+            *w = (w.clone() + 1.0).unwrap();
+        }
+    }
+    candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    config
+}

@@ -1,0 +1,3 @@
+//! Evaluation metrics computed from predictions.
+
+pub mod entities;

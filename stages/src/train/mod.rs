@@ -1,0 +1,445 @@
+//! The train stage: QLoRA on the training shards.
+//!
+//! Reads the `shards` dataset (its train split to learn from, its validation split for the
+//! evaluation loss) and, for token classification, the `label_map`. Loads the model directory
+//! named in the config (BERT, Llama or Mistral), quantises its linear layers to NF4, attaches LoRA
+//! adapters and trains them (and a token head) with [`medtune_qlora::train::Trainer`].
+//!
+//! Outputs: the `train_log` dataset (one row per optimiser step, with the evaluation loss where
+//! there was one), and artifacts committed with it: `adapter/` (PEFT's `adapter_config.json` +
+//! `adapter_model.safetensors`, the weights of the best evaluation) and `train_state.json`.
+//! Checkpoints live in the stage's scratch folder, so a run that dies resumes where its last
+//! checkpoint left off when rerun with the same inputs and config.
+
+pub mod evaluate;
+mod source;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, AsArray, Float64Builder, RecordBatch, UInt64Builder};
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
+use candle_core::Device;
+use medtune_pipeline::{
+    OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl, Stage, StageContext,
+    WorkUnit,
+};
+use medtune_qlora::auto::{AutoModel, Task};
+use medtune_qlora::bert::LoadOptions;
+use medtune_qlora::train::{StepLog, TrainConfig, TrainState, Trainer};
+use medtune_qlora::{LoraConfig, QloraError};
+use serde::{Deserialize, Serialize};
+
+pub use self::source::{to_tensors, ShardBatches};
+use crate::loader::{BatchLoader, Batching, LoaderOptions, Padding, ShardSet};
+use crate::shard::SHARDS;
+use crate::tokenize::LABEL_MAP;
+
+/// Name of the per-step log dataset.
+pub const TRAIN_LOG: &str = "train_log";
+/// Artifact folder of the trained adapter.
+pub const ADAPTER_DIR: &str = "adapter";
+
+fn default_max_tokens() -> usize {
+    4096
+}
+fn default_eval_split() -> String {
+    "validation".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_test_split() -> String {
+    "test".into()
+}
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceChoice {
+    /// The CPU, f32.
+    #[default]
+    Cpu,
+    /// The first CUDA GPU, bf16 compute (needs the `cuda` feature).
+    Cuda,
+}
+
+/// The `[train]` config section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// A Hugging Face model directory (config.json + safetensors), relative to the config.
+    pub model: String,
+    /// Token classification or causal LM.
+    pub task: Task,
+    /// NF4 base weights (QLoRA); off trains LoRA over full-precision weights.
+    #[serde(default = "yes")]
+    pub quantise: bool,
+    /// Padded tokens per batch.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: usize,
+    /// Split whose loss is evaluated (and picks the best checkpoint).
+    #[serde(default = "default_eval_split")]
+    pub eval_split: String,
+    /// Split the trained token classifier is scored on (entity F1, seqeval rules) when the
+    /// shards have it.
+    #[serde(default = "default_test_split")]
+    pub test_split: String,
+    /// CPU or CUDA.
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// Optimisation: epochs, learning rate, schedule, accumulation, seed...
+    pub schedule: TrainConfig,
+    /// The adapters.
+    pub lora: LoraConfig,
+}
+
+/// The train stage.
+pub struct TrainStage {
+    config: TrainSection,
+    model_dir: PathBuf,
+}
+
+impl TrainStage {
+    /// Builds the stage from `[train]`.
+    pub fn from_config(config: &PipelineConfig) -> Result<Self> {
+        let section: TrainSection = config.section("train")?;
+        if section.max_tokens == 0 {
+            return Err(config.error("[train]: `max_tokens` must be positive"));
+        }
+        Ok(TrainStage {
+            model_dir: config.resolve(&section.model),
+            config: section,
+        })
+    }
+
+    fn device(&self) -> Result<Device> {
+        match self.config.device {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda => Device::new_cuda(0).map_err(|e| {
+                PipelineError::Usage(format!(
+                    "[train] device = \"cuda\": {e} (build with `--features cuda` on a machine \
+                     with a GPU)"
+                ))
+            }),
+        }
+    }
+
+    /// The label names by id (empty for a causal LM).
+    fn labels(&self, ctx: &StageContext<'_>) -> Result<Vec<String>> {
+        if self.config.task == Task::CausalLm {
+            return Ok(Vec::new());
+        }
+        let mut names = BTreeMap::new();
+        for batch in ctx.read(LABEL_MAP)? {
+            let batch = batch?;
+            let ids = batch.column(0).as_primitive::<Int32Type>();
+            let labels = batch.column(1).as_string::<i32>();
+            for row in 0..batch.num_rows() {
+                names.insert(ids.value(row), labels.value(row).to_string());
+            }
+        }
+        Ok(names.into_values().collect())
+    }
+
+    /// Scores the trained token classifier on the test split: counters, and the predictions
+    /// and reports as artifacts.
+    fn score_test(
+        &self,
+        ctx: &mut StageContext<'_>,
+        model: &AutoModel,
+        shards: &ShardSet,
+        labels: &[String],
+        device: &Device,
+    ) -> Result<()> {
+        if self.config.task != Task::TokenClassification
+            || !shards.splits().contains(&self.config.test_split.as_str())
+        {
+            return Ok(());
+        }
+        let loader = self.loader(shards, &self.config.test_split, false, 0)?;
+        let clock = Instant::now();
+        let tagged = evaluate::predict_tags(model, &loader, labels, device)
+            .map_err(PipelineError::Internal)?;
+        let seconds = clock.elapsed().as_secs_f64();
+        let scores = evaluate::score(&tagged);
+        let artifacts = ctx.artifacts_dir()?.to_path_buf();
+        let path = artifacts.join("test_predictions.jsonl");
+        let mut lines = String::new();
+        for t in &tagged {
+            let row = serde_json::json!({"id": t.id, "truth": t.truth, "predicted": t.predicted});
+            lines.push_str(&row.to_string());
+            lines.push('\n');
+        }
+        std::fs::write(&path, lines).map_err(|e| PipelineError::io(&path, e))?;
+        let report = |r: &crate::metrics::entities::Report| {
+            serde_json::json!({
+                "micro_f1": r.micro.f1, "micro_precision": r.micro.precision,
+                "micro_recall": r.micro.recall, "macro_f1": r.macro_avg.f1,
+                "weighted_f1": r.weighted.f1,
+                "per_type": r.per_type.iter().map(|(k, s)| (k.clone(), serde_json::json!({
+                    "precision": s.precision, "recall": s.recall, "f1": s.f1, "support": s.support,
+                }))).collect::<serde_json::Map<_, _>>(),
+            })
+        };
+        let summary = serde_json::json!({
+            "split": self.config.test_split,
+            "sequences": scores.sequences,
+            "seconds": seconds,
+            "sequences_per_second": scores.sequences as f64 / seconds.max(1e-9),
+            "entity_lenient": report(&scores.lenient),
+            "entity_strict": report(&scores.strict),
+            "token_weighted_f1": scores.tokens.weighted.f1,
+        });
+        let path = artifacts.join("test_scores.json");
+        let text = serde_json::to_vec_pretty(&summary).expect("scores serialise");
+        std::fs::write(&path, text).map_err(|e| PipelineError::io(&path, e))?;
+        let permyriad = |x: f64| (x * 10_000.0).round() as u64;
+        ctx.count(
+            "test_entity_f1_micro_x1e4",
+            permyriad(scores.lenient.micro.f1),
+        );
+        ctx.count(
+            "test_entity_f1_strict_x1e4",
+            permyriad(scores.strict.micro.f1),
+        );
+        ctx.count("test_sequences", scores.sequences as u64);
+        Ok(())
+    }
+
+    fn loader(
+        &self,
+        shards: &ShardSet,
+        split: &str,
+        shuffle: bool,
+        pad_id: u32,
+    ) -> Result<BatchLoader> {
+        BatchLoader::new(
+            shards.split(split)?,
+            LoaderOptions {
+                batching: Batching::Tokens {
+                    max_tokens: self.config.max_tokens,
+                },
+                seed: self.config.schedule.seed,
+                shuffle,
+                pad_id,
+                padding: Padding::Right,
+            },
+        )
+    }
+}
+
+/// A qlora error as a pipeline error: bad models and configs are the user's to fix (exit 2).
+fn model_error(dir: &std::path::Path, e: QloraError) -> PipelineError {
+    match e {
+        QloraError::Model { path, message } => PipelineError::bad_input(path, message),
+        QloraError::Shape { .. } | QloraError::Config(_) | QloraError::Quantise { .. } => {
+            PipelineError::bad_input(dir, e.to_string())
+        }
+        QloraError::Data(m) => PipelineError::Internal(m),
+        QloraError::Candle(e) => PipelineError::Internal(format!("candle: {e}")),
+    }
+}
+
+/// The `train_log` schema.
+pub fn train_log_schema() -> SchemaRef {
+    let u = |n: &str| Field::new(n, DataType::UInt64, false);
+    let f = |n: &str, null: bool| Field::new(n, DataType::Float64, null);
+    Arc::new(Schema::new(vec![
+        u("step"),
+        u("epoch"),
+        f("loss", false),
+        u("labelled_tokens"),
+        f("learning_rate", false),
+        f("grad_norm", false),
+        u("tokens"),
+        f("seconds", false),
+        f("eval_loss", true),
+    ]))
+}
+
+fn log_batch(state: &TrainState) -> Result<RecordBatch> {
+    let (mut step, mut epoch, mut tokens) = (
+        UInt64Builder::new(),
+        UInt64Builder::new(),
+        UInt64Builder::new(),
+    );
+    let mut labelled = UInt64Builder::new();
+    let mut floats: Vec<Float64Builder> = (0..5).map(|_| Float64Builder::new()).collect();
+    for s in &state.steps {
+        step.append_value(s.step);
+        epoch.append_value(s.epoch);
+        tokens.append_value(s.tokens);
+        labelled.append_value(s.labelled);
+        floats[0].append_value(s.loss);
+        floats[1].append_value(s.learning_rate);
+        floats[2].append_value(s.grad_norm);
+        floats[3].append_value(s.seconds);
+        floats[4].append_option(
+            state
+                .evals
+                .iter()
+                .find(|e| e.step == s.step)
+                .map(|e| e.loss),
+        );
+    }
+    let mut f = floats
+        .into_iter()
+        .map(|mut b| Arc::new(b.finish()) as ArrayRef);
+    let mut next = || f.next().expect("five float columns");
+    let (loss, lr, norm, secs, eval) = (next(), next(), next(), next(), next());
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(step.finish()),
+        Arc::new(epoch.finish()),
+        loss,
+        Arc::new(labelled.finish()),
+        lr,
+        norm,
+        Arc::new(tokens.finish()),
+        secs,
+        eval,
+    ];
+    Ok(RecordBatch::try_new(train_log_schema(), columns)?)
+}
+
+/// Resident memory of this process, in MiB (Linux), for the progress line.
+fn rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+impl Stage for TrainStage {
+    fn name(&self) -> &str {
+        "train"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn inputs(&self) -> Vec<String> {
+        let mut inputs = vec![SHARDS.to_string()];
+        if self.config.task == Task::TokenClassification {
+            inputs.push(LABEL_MAP.to_string());
+        }
+        inputs
+    }
+
+    fn outputs(&self) -> Vec<OutputDecl> {
+        vec![OutputDecl::new(
+            TRAIN_LOG,
+            train_log_schema(),
+            OutputRole::Side,
+        )]
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).expect("config serialises")
+    }
+
+    fn sources(&self) -> Vec<SourceDecl> {
+        // The model's files: a different model (or changed weights) is another training run.
+        let mut sources = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&self.model_dir) {
+            let mut names: Vec<String> = entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n == "config.json" || n.ends_with(".safetensors"))
+                .collect();
+            names.sort();
+            for name in names {
+                sources.push(SourceDecl {
+                    written: format!("{}/{name}", self.config.model),
+                    path: self.model_dir.join(name),
+                });
+            }
+        }
+        sources
+    }
+
+    fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
+        let cfg = &self.config;
+        let device = self.device()?;
+        let options = LoadOptions {
+            quantise: cfg.quantise,
+            dtype: if device.is_cuda() {
+                candle_core::DType::BF16
+            } else {
+                candle_core::DType::F32
+            },
+            device: device.clone(),
+        };
+        let labels = self.labels(ctx)?;
+        let model = AutoModel::load(
+            &self.model_dir,
+            cfg.task,
+            labels.len(),
+            &cfg.lora,
+            cfg.schedule.seed,
+            &options,
+        )
+        .map_err(|e| model_error(&self.model_dir, e))?;
+        if let Some(bits) = model.base_bits_per_parameter() {
+            ctx.count(
+                "base_bits_per_parameter_x1000",
+                (bits * 1000.0).round() as u64,
+            );
+        }
+        let shards = ShardSet::from_dataset(ctx.input(SHARDS)?)?;
+        let pad_id = 0;
+        let train = ShardBatches::new(self.loader(&shards, "train", true, pad_id)?, device.clone());
+        let eval = ShardBatches::new(
+            self.loader(&shards, &cfg.eval_split, false, pad_id)?,
+            device.clone(),
+        );
+        let checkpoints = ctx.scratch_dir()?.join("checkpoints");
+        let mut trainer = Trainer::new(&model, &train, cfg.schedule.clone(), &checkpoints)
+            .map_err(|e| model_error(&self.model_dir, e))?;
+        let resumed_at = trainer.state().step;
+        if resumed_at > 0 {
+            ctx.warn(format!("resuming from the checkpoint at step {resumed_at}"));
+        }
+        ctx.set_work_total(trainer.state().total_steps, WorkUnit::Steps);
+        let clock = Instant::now();
+        let mut tokens_seen = 0u64;
+        let state = trainer
+            .run(
+                &train,
+                Some(&eval),
+                &mut |log: &StepLog, _state: &TrainState| {
+                    tokens_seen += log.tokens;
+                    let rate = tokens_seen as f64 / clock.elapsed().as_secs_f64().max(1e-9);
+                    ctx.report_progress(log.step);
+                    ctx.report_message(&format!(
+                        "loss {:.4} | {:.0} tok/s | {} MiB",
+                        log.loss,
+                        rate,
+                        rss_mib().unwrap_or(0)
+                    ));
+                },
+            )
+            .map_err(|e| model_error(&self.model_dir, e))?;
+        trainer
+            .use_best()
+            .map_err(|e| model_error(&self.model_dir, e))?;
+        let artifacts = ctx.artifacts_dir()?.to_path_buf();
+        model
+            .save_adapter(&artifacts.join(ADAPTER_DIR), &cfg.lora, &cfg.model)
+            .map_err(|e| model_error(&self.model_dir, e))?;
+        let state_json = serde_json::to_vec_pretty(&state).expect("state serialises");
+        let state_path = artifacts.join("train_state.json");
+        std::fs::write(&state_path, state_json).map_err(|e| PipelineError::io(&state_path, e))?;
+        ctx.write(TRAIN_LOG, log_batch(&state)?)?;
+        self.score_test(ctx, &model, &shards, &labels, &device)?;
+        ctx.count("steps", state.step);
+        ctx.count("tokens", state.steps.iter().map(|s| s.tokens).sum());
+        if let Some(best) = &state.best {
+            ctx.count("best_step", best.step);
+        }
+        Ok(())
+    }
+}
