@@ -78,8 +78,9 @@ impl ProgressObserver for Bars {
     fn warning(&self, stage: &str, message: &str) {
         let line = format!("medtune: warning: {stage}: {message}");
         match self.running.lock().expect("progress lock").get(stage) {
-            Some(r) => r.bar.println(line),
-            None => eprintln!("{line}"),
+            // A hidden bar (stderr is not a terminal) drops println: write it directly then.
+            Some(r) if !r.bar.is_hidden() => r.bar.println(line),
+            _ => eprintln!("{line}"),
         }
     }
 }

@@ -131,6 +131,11 @@ fn a_tiny_llama_learns_chemprot_completions_and_saves_a_peft_adapter() {
     let a = &tensors["base_model.model.model.layers.1.mlp.down_proj.lora_A.weight"];
     assert_eq!(a.dims(), &[8, 64]);
 
+    // The loss curve, drawn with labels (a font was found) and decodable as a PNG.
+    let png = std::fs::read(adapter.parent().unwrap().join("loss.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(!run.stderr.contains("without labels"), "{}", run.stderr);
+
     // Cached: a second `train` does nothing.
     let again = medtune(
         work.path(),

@@ -102,6 +102,7 @@ pub struct StepLog {
     /// completion was truncated away).
     pub loss: f64,
     /// Labelled tokens in the step's batches.
+    #[serde(default)]
     pub labelled: u64,
     /// Learning rate used.
     pub learning_rate: f64,

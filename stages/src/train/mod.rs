@@ -12,6 +12,8 @@
 //! checkpoint left off when rerun with the same inputs and config.
 
 pub mod evaluate;
+mod plot;
+mod png;
 mod source;
 
 use std::collections::BTreeMap;
@@ -434,6 +436,11 @@ impl Stage for TrainStage {
         let state_path = artifacts.join("train_state.json");
         std::fs::write(&state_path, state_json).map_err(|e| PipelineError::io(&state_path, e))?;
         ctx.write(TRAIN_LOG, log_batch(&state)?)?;
+        match plot::loss_curve(&state, &artifacts.join("loss.png")) {
+            Ok(true) => {}
+            Ok(false) => ctx.warn("no TrueType font found: loss.png is drawn without labels"),
+            Err(e) => ctx.warn(format!("loss curve not drawn: {e}")),
+        }
         self.score_test(ctx, &model, &shards, &labels, &device)?;
         ctx.count("steps", state.step);
         ctx.count("tokens", state.steps.iter().map(|s| s.tokens).sum());
