@@ -155,30 +155,25 @@ fn bad_models_and_targets_are_clear_errors() {
     let work = tempfile::tempdir().unwrap();
     let model = work.path().join("tiny-llama");
     std::fs::create_dir(&model).unwrap();
+    let expect_error = |targets: &str, needle: &str| {
+        let config = chemprot_train_config(work.path(), &model, targets);
+        let run = medtune(
+            work.path(),
+            &["train", "--config", config.to_str().unwrap()],
+        )
+        .expect(2);
+        assert!(run.stderr.contains(needle), "{}", run.stderr);
+    };
     // A model directory without weights.
     tiny_llama(&model, 30522);
     std::fs::remove_file(model.join("model.safetensors")).unwrap();
-    let config = chemprot_train_config(work.path(), &model, "[\"q_proj\"]");
-    let run = medtune(
-        work.path(),
-        &["train", "--config", config.to_str().unwrap()],
-    )
-    .expect(2);
-    assert!(run.stderr.contains("model.safetensors"), "{}", run.stderr);
+    expect_error("[\"q_proj\"]", "model.safetensors");
 
     // A target module the model does not have.
     tiny_llama(&model, 30522);
-    let config = chemprot_train_config(work.path(), &model, "[\"q_proj\", \"query\"]");
-    let run = medtune(
-        work.path(),
-        &["train", "--config", config.to_str().unwrap()],
-    )
-    .expect(2);
-    assert!(
-        run.stderr
-            .contains("target module `query` is not a linear layer of this model"),
-        "{}",
-        run.stderr
+    expect_error(
+        "[\"q_proj\", \"query\"]",
+        "target module `query` is not a linear layer of this model",
     );
 
     // Weights whose shapes disagree with the config.
@@ -186,16 +181,8 @@ fn bad_models_and_targets_are_clear_errors() {
         .unwrap()
         .replace("\"intermediate_size\":64", "\"intermediate_size\":48");
     std::fs::write(model.join("config.json"), text).unwrap();
-    let config = chemprot_train_config(work.path(), &model, "[\"q_proj\"]");
-    let run = medtune(
-        work.path(),
-        &["train", "--config", config.to_str().unwrap()],
-    )
-    .expect(2);
-    assert!(
-        run.stderr
-            .contains("model.layers.0.mlp.gate_proj.weight` has shape [64, 32]"),
-        "{}",
-        run.stderr
+    expect_error(
+        "[\"q_proj\"]",
+        "model.layers.0.mlp.gate_proj.weight` has shape [64, 32]",
     );
 }

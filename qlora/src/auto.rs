@@ -155,12 +155,7 @@ impl AutoModel {
     ) -> Result<Tensor> {
         match self {
             AutoModel::BertTokens(m) => m.forward(input_ids, attention_mask, pass),
-            AutoModel::DecoderTokens(m) => {
-                let hidden = m
-                    .decoder
-                    .forward_hidden(input_ids, attention_mask, None, pass)?;
-                m.head.forward(&hidden)
-            }
+            AutoModel::DecoderTokens(m) => m.forward(input_ids, attention_mask, pass),
             AutoModel::DecoderLm(m) => m.logits(input_ids, attention_mask, pass),
         }
     }

@@ -254,15 +254,7 @@ impl BertEncoder {
 
     /// Attaches LoRA adapters to the layers `config` targets; returns how many.
     pub fn attach_lora(&mut self, config: &LoraConfig, seed: u64) -> Result<usize> {
-        config.validate(BERT_TARGETS)?;
-        let mut attached = 0;
-        for linear in self.linears_mut() {
-            if config.targets(linear.path()) {
-                linear.attach(config, seed)?;
-                attached += 1;
-            }
-        }
-        Ok(attached)
+        crate::lora::attach_adapters(self.linears_mut(), config, BERT_TARGETS, seed)
     }
 
     /// Last hidden states (batch × length × hidden) for `input_ids` and `attention_mask`

@@ -373,15 +373,7 @@ impl LlamaDecoder {
 
     /// Attaches LoRA adapters to the projections `config` targets; returns how many.
     pub fn attach_lora(&mut self, config: &LoraConfig, seed: u64) -> Result<usize> {
-        config.validate(LLAMA_TARGETS)?;
-        let mut attached = 0;
-        for linear in self.linears_mut() {
-            if config.targets(linear.path()) {
-                linear.attach(config, seed)?;
-                attached += 1;
-            }
-        }
-        Ok(attached)
+        crate::lora::attach_adapters(self.linears_mut(), config, LLAMA_TARGETS, seed)
     }
 
     /// A fresh, empty cache for generation.

@@ -302,6 +302,25 @@ impl Module for LoraLinear {
     }
 }
 
+/// Attaches fresh adapters to the `linears` that `config` targets, after checking `config`
+/// against the model's adaptable module names `known`; returns how many were attached.
+pub fn attach_adapters<'a>(
+    linears: impl Iterator<Item = &'a mut LoraLinear>,
+    config: &LoraConfig,
+    known: &[&str],
+    seed: u64,
+) -> Result<usize> {
+    config.validate(known)?;
+    let mut attached = 0;
+    for linear in linears {
+        if config.targets(linear.path()) {
+            linear.attach(config, seed)?;
+            attached += 1;
+        }
+    }
+    Ok(attached)
+}
+
 /// Inverted dropout with a mask drawn from `rng`: kept values are scaled by 1/(1-p).
 fn dropout(x: &Tensor, p: f64, mut rng: rand_chacha::ChaCha8Rng) -> Result<Tensor> {
     let keep = 1.0 - p;

@@ -94,6 +94,21 @@ pub struct DecoderTokenClassifier {
     pub head: Head,
 }
 
+impl DecoderTokenClassifier {
+    /// Logits (batch × length × labels).
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let hidden = self
+            .decoder
+            .forward_hidden(input_ids, attention_mask, None, pass)?;
+        self.head.forward(&hidden)
+    }
+}
+
 impl TrainModel for DecoderTokenClassifier {
     fn trainable(&self) -> Vec<(String, Var)> {
         let mut vars = adapter_vars(self.decoder.linears());
@@ -102,10 +117,8 @@ impl TrainModel for DecoderTokenClassifier {
     }
 
     fn loss(&self, batch: &TrainBatch, pass: Pass) -> Result<(Tensor, usize)> {
-        let hidden =
-            self.decoder
-                .forward_hidden(&batch.input_ids, &batch.attention_mask, None, pass)?;
-        masked_cross_entropy(&self.head.forward(&hidden)?, &batch.labels)
+        let logits = self.forward(&batch.input_ids, &batch.attention_mask, pass)?;
+        masked_cross_entropy(&logits, &batch.labels)
     }
 }
 
