@@ -314,3 +314,95 @@ fn the_kv_cache_and_left_padding_give_the_same_logits() {
     let left = model.lm_logits(&h).unwrap().i((0, 3..)).unwrap();
     assert!(max_abs_diff(&left, &full) < 1e-4);
 }
+
+#[test]
+fn merging_an_adapter_gives_the_adapted_outputs() {
+    use medtune_qlora::LoraLinear;
+    let dev = Device::Cpu;
+    let w = Tensor::randn(0f32, 0.1, (48, 64), &dev).unwrap();
+    let bias = Tensor::randn(0f32, 0.1, 48, &dev).unwrap();
+    let mut layer = LoraLinear::new("layers.0.q_proj", w, Some(bias), true).unwrap();
+    let lora = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        use_rslora: true,
+        target_modules: vec!["q_proj".into()],
+    };
+    layer.attach(&lora, 9).unwrap();
+    // A trained-looking B (fresh B is zero, which would make the check vacuous).
+    let adapter = layer.adapter().unwrap().clone();
+    adapter
+        .b
+        .set(&Tensor::randn(0f32, 0.1, (48, 4), &dev).unwrap())
+        .unwrap();
+    assert_eq!(adapter.scale, 8.0 / 2.0, "rsLoRA: alpha / sqrt(r)");
+    let x = Tensor::randn(0f32, 1.0, (2, 5, 64), &dev).unwrap();
+    let adapted = layer.forward(&x, Pass::EVAL).unwrap();
+    let base = layer
+        .forward(
+            &x,
+            Pass {
+                adapters: false,
+                dropout_key: None,
+            },
+        )
+        .unwrap();
+    assert!(max_abs_diff(&adapted, &base) > 1e-3);
+    layer.merge().unwrap();
+    assert!(layer.adapter().is_none());
+    let merged = layer.forward(&x, Pass::EVAL).unwrap();
+    assert!(max_abs_diff(&merged, &adapted) < 1e-4);
+}
+
+#[test]
+fn a_decoder_with_a_token_head_gives_per_token_label_logits_and_a_loss() {
+    use medtune_qlora::auto::{AutoModel, Task};
+    use medtune_qlora::train::{TrainBatch, TrainModel};
+    let dir = tempfile::tempdir().unwrap();
+    tiny_decoder(
+        dir.path(),
+        serde_json::json!({"model_type": "mistral"}),
+        false,
+    );
+    let lora = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        use_rslora: false,
+        target_modules: vec!["q_proj".into(), "v_proj".into()],
+    };
+    let model = AutoModel::load(
+        dir.path(),
+        Task::TokenClassification,
+        5,
+        &lora,
+        1,
+        &LoadOptions::qlora_cpu(),
+    )
+    .unwrap();
+    let ids = Tensor::new(&[IDS], &Device::Cpu).unwrap();
+    let mask = ids.ones_like().unwrap();
+    let logits = model.logits(&ids, &mask, Pass::EVAL).unwrap();
+    assert_eq!(logits.dims(), &[1, IDS.len(), 5]);
+    let labels: Vec<i64> = (0..IDS.len() as i64)
+        .map(|i| if i % 3 == 0 { -100 } else { i % 5 })
+        .collect();
+    let batch = TrainBatch {
+        labels: Tensor::new(labels.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap(),
+        input_ids: ids,
+        attention_mask: mask,
+        labelled: 8,
+        tokens: IDS.len(),
+    };
+    let (loss, n) = model.loss(&batch, Pass::EVAL).unwrap();
+    assert_eq!(n, 8);
+    assert!(loss.to_scalar::<f32>().unwrap().is_finite());
+    // The head is trained too (PEFT's modules_to_save `score`).
+    let names: Vec<String> = model.trainable().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"score.weight".to_string()), "{names:?}");
+    assert_eq!(names.len(), 2 * 2 * 2 + 2);
+}
