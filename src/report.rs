@@ -31,7 +31,11 @@ pub fn print_summary(summaries: &[StageSummary], out: &mut dyn Write) -> std::io
             s.stage.clone(),
             if s.cache_hit { "hit" } else { "ran" }.to_string(),
             a.rows_in.to_string(),
-            a.kept.to_string(),
+            if a.keeps_rows {
+                a.kept.to_string()
+            } else {
+                "-".into()
+            },
             a.dropped_total().to_string(),
             reasons.join("\n"),
             format!("{:.2}", s.seconds),
@@ -48,14 +52,18 @@ pub fn print_summary(summaries: &[StageSummary], out: &mut dyn Write) -> std::io
     }
     for s in summaries {
         let a = &s.accounting;
-        write!(
-            out,
-            "{}: {} rows in = {} kept + {} dropped",
-            s.stage,
-            a.rows_in,
-            a.kept,
-            a.dropped_total()
-        )?;
+        if a.keeps_rows {
+            write!(
+                out,
+                "{}: {} rows in = {} kept + {} dropped",
+                s.stage,
+                a.rows_in,
+                a.kept,
+                a.dropped_total()
+            )?;
+        } else {
+            write!(out, "{}: {} rows read (keeps none)", s.stage, a.rows_in)?;
+        }
         let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
         if !counters.is_empty() {
             write!(out, "; {}", counters.join(", "))?;
@@ -69,7 +77,8 @@ pub fn print_summary(summaries: &[StageSummary], out: &mut dyn Write) -> std::io
 /// stage kept and the rows still left after it.
 fn funnel(summaries: &[StageSummary]) -> Table {
     let mut t = table(&["funnel: stage", "kept", "dropped", "reason"]);
-    for s in summaries {
+    // Stages that keep no rows (profile, tokenize, train) are not steps of the funnel.
+    for s in summaries.iter().filter(|s| s.accounting.keeps_rows) {
         let a = &s.accounting;
         if a.dropped.is_empty() {
             t.add_row(vec![

@@ -129,6 +129,14 @@ pub struct Accounting {
     pub kept: u64,
     /// Rows dropped, by reason.
     pub dropped: BTreeMap<String, u64>,
+    /// Whether the stage keeps rows (has a `Kept` output). Stages that only read (profile,
+    /// tokenize, train) count the rows they read, and `rows_in = kept + dropped` does not apply.
+    #[serde(default = "keeps_rows")]
+    pub keeps_rows: bool,
+}
+
+fn keeps_rows() -> bool {
+    true
 }
 
 impl Accounting {

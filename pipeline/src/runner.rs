@@ -382,12 +382,16 @@ impl<'a> Runner<'a> {
                 .find(|d| d.role == role)
                 .map(|d| datasets[&d.name].rows)
         };
+        let kept = rows_of(OutputRole::Kept);
         let accounting = Accounting {
             rows_in: outcome.rows_in,
-            kept: rows_of(OutputRole::Kept).unwrap_or(0),
+            kept: kept.unwrap_or(0),
             dropped: outcome.dropped,
+            keeps_rows: kept.is_some(),
         };
-        if accounting.rows_in != accounting.kept + accounting.dropped_total() {
+        if accounting.keeps_rows
+            && accounting.rows_in != accounting.kept + accounting.dropped_total()
+        {
             return Err(PipelineError::Internal(format!(
                 "stage `{}` lost rows: {} in, {} kept, {} dropped",
                 stage.name(),

@@ -100,17 +100,21 @@ pub struct StepLog {
     pub epoch: u64,
     /// Mean loss over the step's labelled tokens (NaN when its batches have none: rows whose
     /// completion was truncated away).
+    #[serde(with = "exact_f64")]
     pub loss: f64,
     /// Labelled tokens in the step's batches.
     #[serde(default)]
     pub labelled: u64,
     /// Learning rate used.
+    #[serde(with = "exact_f64")]
     pub learning_rate: f64,
     /// Gradient norm before clipping.
+    #[serde(with = "exact_f64")]
     pub grad_norm: f64,
     /// Real tokens in the step's batches.
     pub tokens: u64,
     /// Wall seconds of the step.
+    #[serde(with = "exact_f64")]
     pub seconds: f64,
 }
 
@@ -120,6 +124,7 @@ pub struct EvalLog {
     /// After this optimiser step.
     pub step: u64,
     /// Mean loss over the evaluation set's labelled tokens.
+    #[serde(with = "exact_f64")]
     pub loss: f64,
 }
 
@@ -140,8 +145,28 @@ pub struct TrainState {
     pub evals: Vec<EvalLog>,
     /// Step with the lowest evaluation loss so far, and that loss.
     pub best: Option<EvalLog>,
-    /// The config the run started with (a resume with another is refused).
-    pub config: TrainConfig,
+    /// The config the run started with, as JSON text (a resume with another is refused;
+    /// compared as text, so no float is re-parsed).
+    pub config: String,
+}
+
+fn config_text(config: &TrainConfig) -> String {
+    serde_json::to_string(config).expect("config serialises")
+}
+
+/// f64 fields of the logs as decimal strings: Rust's shortest round-trip form, parsed back
+/// exactly (serde_json's own float parsing may be one ulp off), so logs restored from a
+/// checkpoint equal the logs the uninterrupted run wrote, bit for bit.
+mod exact_f64 {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&value.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
 }
 
 const TRAINABLE_FILE: &str = "trainable.safetensors";
@@ -204,7 +229,7 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
                 steps: Vec::new(),
                 evals: Vec::new(),
                 best: None,
-                config: config.clone(),
+                config: config_text(&config),
             },
             config,
             best_vars: None,
@@ -224,7 +249,7 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
         let path = dir.join(STATE_FILE);
         let text = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
         let state: TrainState = serde_json::from_slice(&text).map_err(|e| io_error(&path, e))?;
-        if state.config != self.config {
+        if state.config != config_text(&self.config) {
             return Err(QloraError::Config(format!(
                 "{} was written by a run with another training config; use another output \
                  folder or the same config",

@@ -431,6 +431,8 @@ impl Stage for ProfileStage {
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
         let mut out = Figures::default();
+        let read = ctx.input(&self.rows)?.manifest.rows;
+        ctx.count_in(read);
         let rows = scan(ctx, &self.rows)?;
         let split = self.has_column(ctx, col::SPLIT)?;
         self.rows_per_task_and_split(rows.clone(), &mut out, split)?;

@@ -390,6 +390,7 @@ impl Stage for TokenizeStage {
                 dropped_entities += e.dropped_entities;
             }
             done += rows.len() as u64;
+            ctx.count_in(rows.len() as u64);
             ctx.write(TOKENIZED, out.finish()?)?;
             ctx.report_progress(done);
         }

@@ -394,6 +394,8 @@ impl Stage for TrainStage {
         let shards = ShardSet::from_dataset(ctx.input(SHARDS)?)?;
         let pad_id = 0;
         let train = ShardBatches::new(self.loader(&shards, "train", true, pad_id)?, device.clone());
+        // What the stage reads: the training sequences (once per epoch).
+        ctx.count_in(train.loader().shards().rows());
         let eval = ShardBatches::new(
             self.loader(&shards, &cfg.eval_split, false, pad_id)?,
             device.clone(),
