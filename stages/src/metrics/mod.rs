@@ -1,3 +1,4 @@
 //! Evaluation metrics computed from predictions.
 
 pub mod entities;
+pub mod text;
