@@ -15,10 +15,21 @@ fn tiny_llama(dir: &Path, vocab: usize) {
     let d = h / heads;
     let dev = Device::Cpu;
     let mut t: HashMap<String, Tensor> = HashMap::new();
+    // Seeded weights (a 64-bit LCG, uniform in [-1, 1) times `scale`): the same model on every
+    // run, so whether its loss falls does not depend on the draw.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut put = |name: String, shape: &[usize], scale: f64, offset: f64| {
-        let w =
-            ((Tensor::randn(0f32, 1.0, shape, &dev).unwrap() * scale).unwrap() + offset).unwrap();
-        t.insert(name, w);
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let unit = (state >> 11) as f64 / (1u64 << 53) as f64;
+                ((unit * 2.0 - 1.0) * scale * 1.7 + offset) as f32
+            })
+            .collect();
+        t.insert(name, Tensor::from_vec(values, shape, &dev).unwrap());
     };
     put("model.embed_tokens.weight".into(), &[vocab, h], 0.5, 0.0);
     put("model.norm.weight".into(), &[h], 0.1, 1.0);
