@@ -42,5 +42,15 @@ pub enum QloraError {
     },
 }
 
+impl QloraError {
+    /// A file-level failure (I/O, a malformed file) naming the file.
+    pub fn file(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+        QloraError::Model {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    }
+}
+
 /// Result with [`QloraError`].
 pub type Result<T> = std::result::Result<T, QloraError>;

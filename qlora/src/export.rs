@@ -19,6 +19,7 @@ use serde_json::json;
 
 use crate::bert::Head;
 use crate::error::{QloraError, Result};
+use crate::fsutil::write_dir_atomically;
 use crate::lora::{LoraConfig, LoraLinear};
 
 /// File of the adapter's tensors.
@@ -57,13 +58,6 @@ pub struct AdapterSpec<'a> {
     pub module_prefix: &'a str,
     /// A fully trained head: its module name and weights.
     pub head: Option<(&'a str, &'a Head)>,
-}
-
-fn io_error(path: &Path, e: impl std::fmt::Display) -> QloraError {
-    QloraError::Model {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    }
 }
 
 /// Saves the adapters of `linears` (and the head) into `dir`, replacing what was there.
@@ -121,23 +115,12 @@ pub fn save_adapter<'a>(
         "revision": null,
     });
     let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().to_string());
-    let tmp = parent.join(format!(".tmp-{}", name.unwrap_or_default()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| io_error(&tmp, e))?;
-    candle_core::safetensors::save(&tensors, tmp.join(ADAPTER_WEIGHTS))?;
-    let text = serde_json::to_vec_pretty(&config).expect("config serialises");
-    std::fs::write(tmp.join(ADAPTER_CONFIG), text).map_err(|e| io_error(&tmp, e))?;
-    for file in [ADAPTER_WEIGHTS, ADAPTER_CONFIG] {
-        let path = tmp.join(file);
-        std::fs::File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io_error(&path, e))?;
-    }
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::rename(&tmp, dir).map_err(|e| io_error(dir, e))?;
-    Ok(())
+    std::fs::create_dir_all(parent).map_err(|e| QloraError::file(parent, e))?;
+    write_dir_atomically(dir, |tmp| {
+        candle_core::safetensors::save(&tensors, tmp.join(ADAPTER_WEIGHTS))?;
+        let text = serde_json::to_vec_pretty(&config).expect("config serialises");
+        std::fs::write(tmp.join(ADAPTER_CONFIG), text).map_err(|e| QloraError::file(tmp, e))
+    })
 }
 
 /// Loads a PEFT adapter from `dir` onto `linears` (and the head), checking that every saved
@@ -149,14 +132,14 @@ pub fn load_adapter<'a>(
     head: Option<(&str, &mut Head)>,
 ) -> Result<LoraConfig> {
     let config_path = dir.join(ADAPTER_CONFIG);
-    let text = std::fs::read(&config_path).map_err(|e| io_error(&config_path, e))?;
+    let text = std::fs::read(&config_path).map_err(|e| QloraError::file(&config_path, e))?;
     let value: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| io_error(&config_path, e))?;
+        serde_json::from_slice(&text).map_err(|e| QloraError::file(&config_path, e))?;
     let field = |k: &str| {
         value
             .get(k)
             .cloned()
-            .ok_or_else(|| io_error(&config_path, format!("no `{k}`")))
+            .ok_or_else(|| QloraError::file(&config_path, format!("no `{k}`")))
     };
     let lora = LoraConfig {
         r: field("r")?.as_u64().unwrap_or(0) as usize,
@@ -167,7 +150,7 @@ pub fn load_adapter<'a>(
             .and_then(|v| v.as_bool())
             .unwrap_or(false),
         target_modules: serde_json::from_value(field("target_modules")?)
-            .map_err(|e| io_error(&config_path, e))?,
+            .map_err(|e| QloraError::file(&config_path, e))?,
     };
     let weights_path = dir.join(ADAPTER_WEIGHTS);
     let mut tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu)?;
@@ -182,7 +165,7 @@ pub fn load_adapter<'a>(
             }
             (None, None) => {}
             _ => {
-                return Err(io_error(
+                return Err(QloraError::file(
                     &weights_path,
                     format!("`{}` has only one of lora_A and lora_B", linear.path()),
                 ))
@@ -194,7 +177,7 @@ pub fn load_adapter<'a>(
             let key = format!("{PREFIX}{name}.{part}");
             let t = tensors
                 .remove(&key)
-                .ok_or_else(|| io_error(&weights_path, format!("no `{key}`")))?;
+                .ok_or_else(|| QloraError::file(&weights_path, format!("no `{key}`")))?;
             if t.dims() != var.dims() {
                 return Err(QloraError::Shape {
                     name: key,
@@ -206,7 +189,7 @@ pub fn load_adapter<'a>(
         }
     }
     if let Some(extra) = tensors.keys().next() {
-        return Err(io_error(
+        return Err(QloraError::file(
             &weights_path,
             format!("`{extra}` matches no module of this model"),
         ));

@@ -13,6 +13,7 @@ pub mod auto;
 pub mod bert;
 pub mod error;
 pub mod export;
+pub mod fsutil;
 pub mod llama;
 pub mod lora;
 pub mod nf4;

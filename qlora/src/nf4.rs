@@ -121,6 +121,11 @@ pub struct Nf4Weight {
     /// Mean of the block maxima.
     offset: f32,
     shape: Vec<usize>,
+    /// Byte -> its two NF4 values (256 × 2), so one gather unpacks both nibbles. A shared
+    /// constant, like the code tables bitsandbytes keeps; not counted as storage.
+    nibble_pairs: Tensor,
+    /// The 8-bit dynamic code (256), on the same device.
+    dynamic: Tensor,
 }
 
 /// Packs 4-bit indices two to a byte, the first in the high nibble; an odd count is padded
@@ -159,12 +164,17 @@ impl Nf4Weight {
         let (indices, absmax) = quantise_blocks(&values, BLOCK, &NF4_CODE);
         let offset =
             (absmax.iter().map(|&a| f64::from(a)).sum::<f64>() / absmax.len() as f64) as f32;
+        let dynamic = dynamic_code();
         let centred: Vec<f32> = absmax.iter().map(|&a| a - offset).collect();
-        let (absmax_codes, absmax_scales) =
-            quantise_blocks(&centred, ABSMAX_BLOCK, &dynamic_code());
+        let (absmax_codes, absmax_scales) = quantise_blocks(&centred, ABSMAX_BLOCK, &dynamic);
         let device = weight.device();
         let packed = pack_nibbles(&indices);
+        let pairs: Vec<f32> = (0..=255u8)
+            .flat_map(|b| [NF4_CODE[usize::from(b >> 4)], NF4_CODE[usize::from(b & 15)]])
+            .collect();
         Ok(Nf4Weight {
+            nibble_pairs: Tensor::from_vec(pairs, (256, 2), device)?,
+            dynamic: Tensor::from_vec(dynamic.to_vec(), 256, device)?,
             packed: Tensor::from_vec(packed.clone(), packed.len(), device)?,
             absmax_codes: Tensor::from_vec(absmax_codes.clone(), absmax_codes.len(), device)?,
             absmax_scales: Tensor::from_vec(absmax_scales.clone(), absmax_scales.len(), device)?,
@@ -219,9 +229,9 @@ impl Nf4Weight {
 
     /// The block maxima, dequantised: `dynamic[code] · scale + offset`, in f32.
     pub fn block_maxima(&self) -> Result<Tensor> {
-        let device = self.device();
-        let code = Tensor::from_vec(dynamic_code().to_vec(), 256, device)?;
-        let values = code.index_select(&self.absmax_codes.to_dtype(DType::U32)?, 0)?;
+        let values = self
+            .dynamic
+            .index_select(&self.absmax_codes.to_dtype(DType::U32)?, 0)?;
         let blocks = self.absmax_codes.elem_count();
         let padded = blocks.div_ceil(ABSMAX_BLOCK) * ABSMAX_BLOCK;
         let values = values.pad_with_zeros(0, 0, padded - blocks)?;
@@ -236,14 +246,9 @@ impl Nf4Weight {
     /// The weight, dequantised to `dtype` on the packed tensors' device:
     /// `nf4[index] · block maximum`, computed in f32.
     pub fn dequantise(&self, dtype: DType) -> Result<Tensor> {
-        let device = self.device();
-        // Byte -> its two code values, so one gather unpacks both nibbles.
-        let pairs: Vec<f32> = (0..=255u8)
-            .flat_map(|b| [NF4_CODE[usize::from(b >> 4)], NF4_CODE[usize::from(b & 15)]])
-            .collect();
-        let pairs = Tensor::from_vec(pairs, (256, 2), device)?;
         let n = self.elem_count();
-        let values = pairs
+        let values = self
+            .nibble_pairs
             .index_select(&self.packed.to_dtype(DType::U32)?, 0)?
             .flatten_all()?;
         let blocks = n.div_ceil(BLOCK);

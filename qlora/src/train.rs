@@ -16,6 +16,7 @@ use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{QloraError, Result};
+use crate::fsutil::write_dir_atomically;
 use crate::lora::Pass;
 use crate::optim::{clip_grad_norm, cosine_with_warmup, AdamW, AdamWConfig};
 
@@ -186,13 +187,6 @@ pub struct Trainer<'a, M: TrainModel> {
     best_vars: Option<HashMap<String, Tensor>>,
 }
 
-fn io_error(path: &Path, e: impl std::fmt::Display) -> QloraError {
-    QloraError::Model {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    }
-}
-
 impl<'a, M: TrainModel> Trainer<'a, M> {
     /// A trainer starting from step 0, or from the latest checkpoint in `out` if there is one
     /// (its config must equal `config`).
@@ -247,8 +241,9 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
 
     fn restore(&mut self, dir: &Path) -> Result<()> {
         let path = dir.join(STATE_FILE);
-        let text = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
-        let state: TrainState = serde_json::from_slice(&text).map_err(|e| io_error(&path, e))?;
+        let text = std::fs::read(&path).map_err(|e| QloraError::file(&path, e))?;
+        let state: TrainState =
+            serde_json::from_slice(&text).map_err(|e| QloraError::file(&path, e))?;
         if state.config != config_text(&self.config) {
             return Err(QloraError::Config(format!(
                 "{} was written by a run with another training config; use another output \
@@ -261,7 +256,7 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
         let saved = candle_core::safetensors::load(dir.join(TRAINABLE_FILE), &device)?;
         for (name, var) in &self.vars {
             let t = saved.get(name).ok_or_else(|| {
-                io_error(&dir.join(TRAINABLE_FILE), format!("no tensor `{name}`"))
+                QloraError::file(&dir.join(TRAINABLE_FILE), format!("no tensor `{name}`"))
             })?;
             var.set(&t.to_dtype(var.dtype())?)?;
         }
@@ -281,32 +276,23 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
     pub fn checkpoint(&self) -> Result<PathBuf> {
         let name = format!("checkpoint-{:06}", self.state.step);
         let dir = self.out.join(&name);
-        let tmp = self.out.join(format!(".tmp-{name}"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| io_error(&tmp, e))?;
         let tensors: HashMap<String, Tensor> = self
             .vars
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .collect();
-        candle_core::safetensors::save(&tensors, tmp.join(TRAINABLE_FILE))?;
-        candle_core::safetensors::save(&self.optimiser.state_tensors(), tmp.join(OPTIMISER_FILE))?;
-        if let Some(best) = &self.best_vars {
-            candle_core::safetensors::save(best, tmp.join(BEST_FILE))?;
-        }
-        let state = serde_json::to_vec_pretty(&self.state).expect("state serialises");
-        std::fs::write(tmp.join(STATE_FILE), state).map_err(|e| io_error(&tmp, e))?;
-        for file in [TRAINABLE_FILE, OPTIMISER_FILE, BEST_FILE, STATE_FILE] {
-            let path = tmp.join(file);
-            if !path.exists() {
-                continue;
+        write_dir_atomically(&dir, |tmp| {
+            candle_core::safetensors::save(&tensors, tmp.join(TRAINABLE_FILE))?;
+            candle_core::safetensors::save(
+                &self.optimiser.state_tensors(),
+                tmp.join(OPTIMISER_FILE),
+            )?;
+            if let Some(best) = &self.best_vars {
+                candle_core::safetensors::save(best, tmp.join(BEST_FILE))?;
             }
-            std::fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| io_error(&path, e))?;
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir).map_err(|e| io_error(&dir, e))?;
+            let state = serde_json::to_vec_pretty(&self.state).expect("state serialises");
+            std::fs::write(tmp.join(STATE_FILE), state).map_err(|e| QloraError::file(tmp, e))
+        })?;
         Ok(dir)
     }
 
@@ -472,7 +458,7 @@ pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
     };
     let mut best: Option<(u64, PathBuf)> = None;
     for entry in entries {
-        let entry = entry.map_err(|e| io_error(out, e))?;
+        let entry = entry.map_err(|e| QloraError::file(out, e))?;
         let name = entry.file_name().to_string_lossy().to_string();
         if let Some(step) = name
             .strip_prefix("checkpoint-")

@@ -11,7 +11,7 @@ use medtune_qlora::llama::LlamaDecoder;
 use medtune_qlora::{LoraConfig, Pass, QloraError};
 
 mod common;
-use common::tiny_decoder;
+use common::{max_abs_diff, tiny_decoder};
 
 fn minilm() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2");
@@ -27,19 +27,6 @@ fn dense() -> LoadOptions {
         quantise: false,
         ..LoadOptions::qlora_cpu()
     }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 /// Two rows of real-looking ids ([CLS] ... [SEP]); the second padded after 7 tokens.

@@ -7,12 +7,12 @@ mod common;
 use candle_core::{Device, IndexOp, Tensor};
 use medtune_qlora::bert::LoadOptions;
 use medtune_qlora::export::{load_adapter, save_adapter, AdapterSpec, PeftTask};
-use medtune_qlora::llama::LlamaDecoder;
+use medtune_qlora::llama::{LlamaDecoder, LLAMA_TARGETS};
 use medtune_qlora::tasks::CausalLm;
 use medtune_qlora::train::{BatchSource, TrainBatch, TrainConfig, Trainer};
 use medtune_qlora::{LoraConfig, Pass, Result};
 
-use common::tiny_decoder;
+use common::{max_abs_diff, tiny_decoder};
 
 /// A fixed little corpus: "prompt" tokens masked, a completion that repeats a pattern the
 /// model can learn; batches of 4 rows, right-padded.
@@ -83,17 +83,7 @@ fn lora() -> LoraConfig {
         alpha: 16.0,
         dropout: 0.1,
         use_rslora: false,
-        target_modules: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-        .map(String::from)
-        .to_vec(),
+        target_modules: LLAMA_TARGETS.iter().map(|t| t.to_string()).collect(),
     }
 }
 
@@ -188,16 +178,7 @@ fn loss_falls_and_resume_reproduces_the_losses_exactly() {
     assert_eq!(loaded, lora);
     let fresh = CausalLm { decoder: fresh };
     let again = fresh.logits(&ids, &mask, Pass::EVAL).unwrap();
-    let diff: f32 = (before.i(0).unwrap() - again.i(0).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let diff = max_abs_diff(&before.i(0).unwrap(), &again.i(0).unwrap());
     assert_eq!(diff, 0.0);
     // Adapters off: the base model, which the trained adapter moved away from.
     let base = fresh

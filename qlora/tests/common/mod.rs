@@ -50,3 +50,17 @@ pub fn tiny_decoder(dir: &Path, extra: serde_json::Value, tie: bool) -> serde_js
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     config
 }
+
+/// Largest absolute element-wise difference of two tensors of one shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
