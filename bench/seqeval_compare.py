@@ -1,34 +1,51 @@
-"""Recomputes medtune's test-split entity scores with seqeval from the predictions it wrote, and
-prints both side by side.
+"""Recomputes medtune's entity scores with seqeval from the predictions the evaluate stage
+wrote, for every model variant (base, adapter), and prints both side by side: micro, macro
+and weighted F1 and per-type precision / recall / F1 in seqeval's default and strict IOB2
+modes. Exit 1 when any number differs by more than 1e-9.
 
 usage: python bench/seqeval_compare.py ARTIFACTS_DIR
-       (ARTIFACTS_DIR = <workdir>/cache/train/<key>/artifacts, printed by `medtune train`;
-        needs `pip install seqeval`)
+       (ARTIFACTS_DIR = <workdir>/cache/evaluate/<key>/artifacts, the folder of the report
+        `medtune eval` prints; needs `pip install seqeval`)
 """
 import json
 import sys
+from collections import defaultdict
 from pathlib import Path
 
-from seqeval.metrics import classification_report, f1_score
+from seqeval.metrics import classification_report
 from seqeval.scheme import IOB2
 
 
 def main(artifacts: Path) -> int:
-    rows = [json.loads(line) for line in (artifacts / "test_predictions.jsonl").open()]
-    truth = [r["truth"] for r in rows]
-    predicted = [r["predicted"] for r in rows]
-    ours = json.loads((artifacts / "test_scores.json").read_text())
-    theirs = {
-        "entity_lenient": f1_score(truth, predicted),
-        "entity_strict": f1_score(truth, predicted, mode="strict", scheme=IOB2),
-    }
+    by_model = defaultdict(lambda: ([], []))
+    for line in (artifacts / "predictions.jsonl").open():
+        row = json.loads(line)
+        truth, predicted = by_model[row["model"]]
+        truth.append(row["truth"])
+        predicted.append(row["predicted"])
+    ours = json.loads((artifacts / "scores.json").read_text())
     failures = 0
-    for mode, f1 in theirs.items():
-        mine = ours[mode]["micro_f1"]
-        same = abs(mine - f1) < 1e-9
-        failures += not same
-        print(f"{mode}: medtune {mine:.6f} seqeval {f1:.6f} {'same' if same else 'DIFFERENT'}")
-    print(classification_report(truth, predicted, digits=4))
+    for model, (truth, predicted) in by_model.items():
+        print(f"== {model}: {len(truth)} sequences")
+        for mode, kwargs in [
+            ("entity_default", {}),
+            ("entity_strict", {"mode": "strict", "scheme": IOB2}),
+        ]:
+            theirs = classification_report(truth, predicted, output_dict=True, **kwargs)
+            mine = ours[model][mode]
+            pairs = [
+                ("micro f1", mine["micro_f1"], theirs["micro avg"]["f1-score"]),
+                ("macro f1", mine["macro_f1"], theirs["macro avg"]["f1-score"]),
+                ("weighted f1", mine["weighted_f1"], theirs["weighted avg"]["f1-score"]),
+            ]
+            for kind, scores in mine["per_type"].items():
+                for key, their_key in [("precision", "precision"), ("recall", "recall"), ("f1", "f1-score")]:
+                    pairs.append((f"{kind} {key}", scores[key], theirs[kind][their_key]))
+            for name, a, b in pairs:
+                same = abs(a - b) < 1e-9
+                failures += not same
+                print(f"{mode:15} {name:22} medtune {a:.6f} seqeval {b:.6f} {'same' if same else 'DIFFERENT'}")
+    print("all equal" if failures == 0 else f"{failures} numbers differ")
     return 1 if failures else 0
 
 

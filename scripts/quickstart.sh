@@ -2,7 +2,8 @@
 # Builds medtune and runs the pipeline on the bundled data (../shared/data), then queries it.
 # Each config gets its own workdir under .medtune/, so all three stay queryable. Last, QLoRA
 # training of all-MiniLM-L6-v2 on the BC5CDR shards (~45 min on 2 CPU cores; cached afterwards,
-# and resumed from its last checkpoint if interrupted). MEDTUNE_SKIP_TRAIN=1 skips it.
+# and resumed from its last checkpoint if interrupted) and its evaluation on the test split, base
+# model and adapter side by side (~1 min). MEDTUNE_SKIP_TRAIN=1 skips both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-model.sh >/dev/null
@@ -22,4 +23,6 @@ if [ "${MEDTUNE_SKIP_TRAIN:-0}" != 1 ]; then
   "$bin" --workdir .medtune/bc5cdr train --config configs/bc5cdr-qlora.toml
   "$bin" --workdir .medtune/bc5cdr query \
     "SELECT step, loss, eval_loss FROM train_log WHERE eval_loss IS NOT NULL ORDER BY step"
+  echo "== configs/bc5cdr-qlora.toml (evaluation)"
+  "$bin" --workdir .medtune/bc5cdr eval --config configs/bc5cdr-qlora.toml
 fi

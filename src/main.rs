@@ -64,6 +64,16 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Batched evaluation (the `evaluate` stage and what it needs, through the cache): base and
+    /// adapter side by side; prints the headline scores and where the report is.
+    Eval {
+        /// Pipeline config (TOML) with an [evaluate] section.
+        #[arg(long, default_value = "medtune.toml")]
+        config: PathBuf,
+        /// Evaluate again even if this evaluation is cached.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run a read-only SQL query; every dataset in the catalog is a table named after it.
     Query {
         /// The SQL statement.
@@ -113,7 +123,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Train { config, force } => {
             let (config, dag) = load(&config)?;
             if !config.has_section("train") {
-                anyhow::bail!("{}: no [train] section", config.path().display());
+                return Err(config.error("no [train] section").into());
             }
             let observer = progress::Bars::default();
             let runner = Runner::new(workdir.clone(), dag, config.settings().clone(), &observer);
@@ -129,7 +139,23 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 .context("the train stage committed no adapter")?;
             let adapter = artifacts.join(medtune_stages::train::ADAPTER_DIR);
             writeln!(out, "adapter (PEFT format): {}", adapter.display())?;
-            report::print_test_scores(&artifacts.join("test_scores.json"), &mut out)?;
+            report::print_best_eval(&artifacts.join("train_state.json"), &mut out)?;
+        }
+        Command::Eval { config, force } => {
+            let (config, dag) = load(&config)?;
+            if !config.has_section("evaluate") {
+                return Err(config.error("no [evaluate] section").into());
+            }
+            let observer = progress::Bars::default();
+            let runner = Runner::new(workdir.clone(), dag, config.settings().clone(), &observer);
+            let summaries = runner.run(&RunOptions {
+                stages: vec!["evaluate".into()],
+                force,
+            })?;
+            drop(observer);
+            let mut out = std::io::stdout().lock();
+            report::print_summary(&summaries, &mut out)?;
+            report::print_evaluation(&workdir, &mut out)?;
         }
         Command::Status { config } => {
             let (config, dag) = load(&config)?;

@@ -2,9 +2,11 @@
 
 use std::io::Write;
 
+use anyhow::Context;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, Table};
-use medtune_pipeline::{Freshness, StageStatus, StageSummary};
+use medtune_pipeline::sql::{query_blocking, OutputFormat};
+use medtune_pipeline::{Freshness, StageStatus, StageSummary, Workdir};
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
@@ -127,41 +129,51 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Prints the test-split scores the train stage wrote, if it wrote any.
-pub fn print_test_scores(path: &std::path::Path, out: &mut impl Write) -> anyhow::Result<()> {
+/// Prints the best evaluation loss of a training run from its `train_state.json`.
+pub fn print_best_eval(path: &std::path::Path, out: &mut impl Write) -> anyhow::Result<()> {
     let Ok(text) = std::fs::read(path) else {
         return Ok(());
     };
-    let scores: serde_json::Value = serde_json::from_slice(&text)?;
-    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
-    writeln!(
-        out,
-        "{} split, {} sequences: entity micro F1 {:.4} (seqeval default), {:.4} (strict IOB2); \
-         token weighted F1 {:.4}",
-        scores["split"].as_str().unwrap_or("test"),
-        scores["sequences"],
-        f(&scores["entity_lenient"]["micro_f1"]),
-        f(&scores["entity_strict"]["micro_f1"]),
-        f(&scores["token_weighted_f1"]),
-    )?;
-    if let Some(types) = scores["entity_lenient"]["per_type"].as_object() {
-        for (name, s) in types {
+    let state: serde_json::Value = serde_json::from_slice(&text)?;
+    if let Some(best) = state.get("best").filter(|b| !b.is_null()) {
+        let loss = best["loss"]
+            .as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .or_else(|| best["loss"].as_f64());
+        if let Some(loss) = loss {
             writeln!(
                 out,
-                "  {name}: precision {:.4} recall {:.4} F1 {:.4} support {}",
-                f(&s["precision"]),
-                f(&s["recall"]),
-                f(&s["f1"]),
-                s["support"]
+                "best evaluation loss {loss:.4} at step {} (the adapter saved)",
+                best["step"]
             )?;
         }
     }
     writeln!(
         out,
-        "predictions and scores: {}",
-        path.parent()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default()
+        "next: `medtune eval --config ...` scores it on the test split"
+    )?;
+    Ok(())
+}
+
+/// Prints the headline numbers of the latest evaluation (from the `metrics` dataset) and where
+/// its report is.
+pub fn print_evaluation(workdir: &Workdir, out: &mut impl Write) -> anyhow::Result<()> {
+    let headline = "SELECT family, \"group\", metric, model, value FROM metrics \
+        WHERE (family IN ('entity_default', 'entity_strict', 'extraction') \
+               AND \"group\" IN ('micro avg', 'macro avg') AND metric = 'f1') \
+           OR (family = 'token' AND \"group\" = 'weighted avg' AND metric = 'f1') \
+           OR (family = 'text' AND metric IN ('rouge_l', 'bleu_1')) \
+           OR (family = 'lm' AND metric IN ('perplexity', 'cross_entropy')) \
+           OR (family = 'throughput' AND metric IN ('samples_per_second', 'sequences_per_second')) \
+        ORDER BY family, \"group\", metric, model";
+    query_blocking(workdir, headline, OutputFormat::Table, out)?;
+    let artifacts = workdir
+        .latest_artifacts("evaluate")
+        .context("the evaluate stage committed no report")?;
+    writeln!(out, "report: {}", artifacts.join("report.md").display())?;
+    writeln!(
+        out,
+        "every number: medtune query \"SELECT * FROM metrics\"; per row: SELECT * FROM predictions"
     )?;
     Ok(())
 }

@@ -29,6 +29,12 @@ impl CommittedDataset {
             .map(|f| self.entry_dir.join(&f.path))
     }
 
+    /// The artifacts folder of the stage output this dataset belongs to (files committed with
+    /// it, such as a trained adapter).
+    pub fn stage_artifacts_dir(&self) -> PathBuf {
+        self.entry_dir.join(crate::manifest::ARTIFACTS_DIR)
+    }
+
     /// Streams its rows, part after part, in batches of at most `batch_rows`.
     pub fn batches(
         &self,

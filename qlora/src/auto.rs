@@ -2,12 +2,13 @@
 
 use std::path::Path;
 
-use candle_core::{Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::bert::{BertEncoder, BertTokenClassifier, Head, LoadOptions};
 use crate::error::{QloraError, Result};
-use crate::export::{load_adapter, save_adapter, AdapterSpec, PeftTask};
+use crate::export::{load_adapter, read_adapter_config, save_adapter, AdapterSpec, PeftTask};
+use crate::generate::{generate_greedy, GenerateOptions, Generation};
 use crate::llama::LlamaDecoder;
 use crate::lora::{LoraConfig, LoraLinear, Pass};
 use crate::tasks::{CausalLm, DecoderTokenClassifier};
@@ -58,6 +59,40 @@ impl AutoModel {
         seed: u64,
         options: &LoadOptions,
     ) -> Result<Self> {
+        Self::load_with(dir, task, labels, Some((lora, seed)), options)
+    }
+
+    /// Loads the model in `dir` for inference: with the PEFT adapter (and head) in `adapter`,
+    /// or as the base model alone (a causal LM; a token classifier needs its trained head).
+    pub fn load_for_inference(
+        dir: &Path,
+        task: Task,
+        labels: usize,
+        adapter: Option<&Path>,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        let Some(adapter) = adapter else {
+            if task == Task::TokenClassification {
+                return Err(QloraError::Config(
+                    "a token classifier needs an adapter with its trained head".into(),
+                ));
+            }
+            return Self::load_with(dir, task, labels, None, options);
+        };
+        let lora = read_adapter_config(adapter)?;
+        let mut model = Self::load_with(dir, task, labels, Some((&lora, 0)), options)?;
+        model.load_adapter(adapter)?;
+        Ok(model)
+    }
+
+    fn load_with(
+        dir: &Path,
+        task: Task,
+        labels: usize,
+        lora: Option<(&LoraConfig, u64)>,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        let seed = lora.map_or(0, |(_, seed)| seed);
         let kind: ModelType = read_config(dir)?;
         let kind = kind.model_type.unwrap_or_default();
         let unsupported = |what: &str| QloraError::Model {
@@ -67,7 +102,9 @@ impl AutoModel {
         match (kind.as_str(), task) {
             ("bert", Task::TokenClassification) => {
                 let mut encoder = BertEncoder::load(dir, options)?;
-                encoder.attach_lora(lora, seed)?;
+                if let Some((lora, seed)) = lora {
+                    encoder.attach_lora(lora, seed)?;
+                }
                 let hidden = encoder.config().hidden_size;
                 let head = Head::new(labels, hidden, seed, &options.device)?;
                 Ok(AutoModel::BertTokens(BertTokenClassifier { encoder, head }))
@@ -75,7 +112,9 @@ impl AutoModel {
             ("bert", Task::CausalLm) => Err(unsupported("a BERT encoder is not a causal LM")),
             ("llama" | "mistral", task) => {
                 let mut decoder = LlamaDecoder::load(dir, options)?;
-                decoder.attach_lora(lora, seed)?;
+                if let Some((lora, seed)) = lora {
+                    decoder.attach_lora(lora, seed)?;
+                }
                 Ok(match task {
                     Task::TokenClassification => {
                         let head = decoder.new_head(labels, seed)?;
@@ -157,6 +196,22 @@ impl AutoModel {
             AutoModel::BertTokens(m) => m.forward(input_ids, attention_mask, pass),
             AutoModel::DecoderTokens(m) => m.forward(input_ids, attention_mask, pass),
             AutoModel::DecoderLm(m) => m.logits(input_ids, attention_mask, pass),
+        }
+    }
+
+    /// Greedy continuations of `prompts` (a causal LM only); see [`generate_greedy`].
+    pub fn generate(
+        &self,
+        prompts: &[&[u32]],
+        options: &GenerateOptions,
+        pass: Pass,
+        device: &Device,
+    ) -> Result<Vec<Generation>> {
+        match self {
+            AutoModel::DecoderLm(m) => generate_greedy(&m.decoder, prompts, options, pass, device),
+            _ => Err(QloraError::Config(
+                "generation needs a causal LM (task = \"causal_lm\")".into(),
+            )),
         }
     }
 

@@ -123,14 +123,8 @@ pub fn save_adapter<'a>(
     })
 }
 
-/// Loads a PEFT adapter from `dir` onto `linears` (and the head), checking that every saved
-/// tensor lands somewhere and has the right shape. Returns its LoRA config.
-pub fn load_adapter<'a>(
-    dir: &Path,
-    linears: impl Iterator<Item = &'a mut LoraLinear>,
-    module_prefix: &str,
-    head: Option<(&str, &mut Head)>,
-) -> Result<LoraConfig> {
+/// The LoRA hyper-parameters of the PEFT adapter in `dir` (its `adapter_config.json`).
+pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
     let config_path = dir.join(ADAPTER_CONFIG);
     let text = std::fs::read(&config_path).map_err(|e| QloraError::file(&config_path, e))?;
     let value: serde_json::Value =
@@ -141,7 +135,7 @@ pub fn load_adapter<'a>(
             .cloned()
             .ok_or_else(|| QloraError::file(&config_path, format!("no `{k}`")))
     };
-    let lora = LoraConfig {
+    Ok(LoraConfig {
         r: field("r")?.as_u64().unwrap_or(0) as usize,
         alpha: field("lora_alpha")?.as_f64().unwrap_or(0.0),
         dropout: field("lora_dropout")?.as_f64().unwrap_or(0.0),
@@ -151,7 +145,18 @@ pub fn load_adapter<'a>(
             .unwrap_or(false),
         target_modules: serde_json::from_value(field("target_modules")?)
             .map_err(|e| QloraError::file(&config_path, e))?,
-    };
+    })
+}
+
+/// Loads a PEFT adapter from `dir` onto `linears` (and the head), checking that every saved
+/// tensor lands somewhere and has the right shape. Returns its LoRA config.
+pub fn load_adapter<'a>(
+    dir: &Path,
+    linears: impl Iterator<Item = &'a mut LoraLinear>,
+    module_prefix: &str,
+    head: Option<(&str, &mut Head)>,
+) -> Result<LoraConfig> {
+    let lora = read_adapter_config(dir)?;
     let weights_path = dir.join(ADAPTER_WEIGHTS);
     let mut tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu)?;
     for linear in linears {

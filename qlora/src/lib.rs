@@ -5,6 +5,7 @@
 //! - [`bert`]: a BERT encoder built from those layers, with a token-classification head.
 //! - [`llama`]: a Llama / Mistral decoder built from those layers, with LM and token heads.
 //! - [`optim`] and [`train`]: AdamW, the schedule, and a trainer with exact resume.
+//! - [`generate`]: batched greedy generation with a KV cache.
 //! - [`export`]: adapters saved and loaded in PEFT's format.
 //! - [`auto`]: the model a directory holds, for a task, with adapters.
 //! - [`weights`]: Hugging Face model directories (config.json + safetensors, sharded too).
@@ -14,6 +15,7 @@ pub mod bert;
 pub mod error;
 pub mod export;
 pub mod fsutil;
+pub mod generate;
 pub mod llama;
 pub mod lora;
 pub mod nf4;

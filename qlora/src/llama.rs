@@ -144,6 +144,15 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Keeps only the batch rows `rows` (u32 indices, in the new order).
+    pub fn retain_rows(&mut self, rows: &Tensor) -> Result<()> {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(rows, 0)?;
+            *v = v.index_select(rows, 0)?;
+        }
+        Ok(())
+    }
 }
 
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -416,8 +425,12 @@ impl LlamaDecoder {
             positions.extend_from_slice(&position_of[past..]);
             for i in 0..l {
                 let query = past + i;
+                // A padding query attends to itself alone: its row then has a finite
+                // entry in any dtype (an all-masked row would softmax to NaN in bf16, where
+                // f32::MIN rounds to -inf), and nothing attends to it.
+                let padding = row[query] == 0;
                 additive.extend(row.iter().enumerate().map(|(j, &m)| {
-                    if j <= query && m == 1 {
+                    if (j <= query && m == 1 && !padding) || (padding && j == query) {
                         0.0
                     } else {
                         f32::MIN

@@ -148,3 +148,34 @@ pub fn masked_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<(Tensor,
     let targets = Tensor::from_vec(targets, keep.len(), device)?;
     Ok((candle_nn::loss::cross_entropy(&rows, &targets)?, keep.len()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn masked_cross_entropy_by_hand_gives_the_perplexity_by_hand() {
+        // Row 0: probabilities (1/4, 1/4, 1/2, 0+) with target 2 -> CE ln 2.
+        // Row 1: uniform over four with target 0 -> CE ln 4. Row 2: ignored (-100).
+        let logits = Tensor::new(
+            &[
+                [1f32.ln(), 1f32.ln(), 2f32.ln(), -1e30],
+                [0.0, 0.0, 0.0, 0.0],
+                [9.0, 0.0, 0.0, 0.0],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let labels = Tensor::new(&[2i64, 0, -100], &Device::Cpu).unwrap();
+        let (loss, n) = masked_cross_entropy(&logits, &labels).unwrap();
+        let loss: f32 = loss.to_scalar().unwrap();
+        assert_eq!(n, 2);
+        let mean = (2f64.ln() + 4f64.ln()) / 2.0;
+        assert!((f64::from(loss) - mean).abs() < 1e-6, "{loss}");
+        // Perplexity exp(mean CE) = sqrt(2 * 4).
+        assert!((mean.exp() - 8f64.sqrt()).abs() < 1e-12);
+        let bad = Tensor::new(&[7i64, 0, 0], &Device::Cpu).unwrap();
+        assert!(masked_cross_entropy(&logits, &bad).is_err());
+    }
+}

@@ -57,7 +57,7 @@ impl Default for ConvertConfig {
     }
 }
 
-static RELATION: LazyLock<Regex> = LazyLock::new(|| {
+pub(crate) static RELATION: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)^\s*[-*•]?\s*chemical\s+(.+?)\s+influences\s+disease\s+(.+?)\s*$")
         .expect("valid regex")
 });
@@ -126,7 +126,7 @@ impl ConvertCounts {
 }
 
 /// A list item's text: the line without its bullet, if it has one.
-fn item_text(line: &str) -> Option<&str> {
+pub(crate) fn item_text(line: &str) -> Option<&str> {
     let t = line.trim_start();
     let rest = t
         .strip_prefix('-')

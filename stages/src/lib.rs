@@ -4,11 +4,13 @@
 pub mod clean;
 pub mod convert;
 pub mod dedup;
+pub mod evaluate;
 pub mod examples;
 pub mod ingest;
 pub mod loader;
 pub mod metrics;
 pub mod normalize;
+pub mod plot;
 pub mod profile;
 pub mod rejects;
 pub mod shard;
@@ -22,6 +24,7 @@ use medtune_pipeline::{PipelineConfig, Result, Stage};
 /// Stage sections a config may hold, in pipeline order.
 pub const KNOWN_STAGES: &[&str] = &[
     "ingest", "dedup", "convert", "clean", "split", "profile", "tokenize", "shard", "train",
+    "evaluate",
 ];
 
 /// Builds the stages named by the config's sections.
@@ -97,6 +100,15 @@ fn build_stages(config: &PipelineConfig, with_profile: bool) -> Result<Vec<Box<d
                 }
                 Box::new(train::TrainStage::from_config(config)?)
             }
+            "evaluate" => {
+                if !config.has_section("shard") {
+                    return Err(config.error(
+                        "[evaluate] scores a split of the shards, but the config has no [shard] \
+                         section",
+                    ));
+                }
+                Box::new(evaluate::EvaluateStage::from_config(config)?)
+            }
             "profile" => Box::new(profile::ProfileStage::from_config(
                 config,
                 input()?,
@@ -111,7 +123,7 @@ fn build_stages(config: &PipelineConfig, with_profile: bool) -> Result<Vec<Box<d
             "convert" => convert::CONVERTED,
             "clean" => clean::CLEANED,
             "split" => split::SPLIT,
-            // profile, tokenize, shard and train keep no example rows: a later stage reads the split.
+            // profile, tokenize, shard, train and evaluate keep no example rows: a later stage reads the split.
             _ => upstream.unwrap_or(split::SPLIT),
         });
         stages.push(stage);

@@ -20,6 +20,14 @@ pub fn shared_data(rel: &str) -> PathBuf {
     path
 }
 
+/// A bundled config's text with its relative paths made absolute, so it runs from any folder.
+pub fn bundled_config(name: &str) -> String {
+    let configs = repo().join("configs");
+    std::fs::read_to_string(configs.join(name))
+        .unwrap()
+        .replace("\"../", &format!("\"{}/../", configs.display()))
+}
+
 /// One medtune invocation's result.
 pub struct Run {
     pub code: i32,
@@ -118,4 +126,63 @@ pub fn big_alpaca(dir: &Path, rows: usize) -> PathBuf {
     out.write_all(b"\n]\n").unwrap();
     out.flush().unwrap();
     path
+}
+
+/// A tiny random Llama with `vocab` ids: config.json + model.safetensors in `dir`.
+pub fn tiny_llama(dir: &Path, vocab: usize) {
+    let (h, inter, layers, heads, kv) = (32, 64, 2, 4, 2);
+    let d = h / heads;
+    let dev = candle_core::Device::Cpu;
+    let mut t: std::collections::HashMap<String, candle_core::Tensor> =
+        std::collections::HashMap::new();
+    // Seeded weights (a 64-bit LCG, uniform in [-1, 1) times `scale`): the same model on every
+    // run, so whether its loss falls does not depend on the draw.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut put = |name: String, shape: &[usize], scale: f64, offset: f64| {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let unit = (state >> 11) as f64 / (1u64 << 53) as f64;
+                ((unit * 2.0 - 1.0) * scale * 1.7 + offset) as f32
+            })
+            .collect();
+        t.insert(
+            name,
+            candle_core::Tensor::from_vec(values, shape, &dev).unwrap(),
+        );
+    };
+    put("model.embed_tokens.weight".into(), &[vocab, h], 0.5, 0.0);
+    put("model.norm.weight".into(), &[h], 0.1, 1.0);
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        for (name, out, inp) in [
+            ("self_attn.q_proj", heads * d, h),
+            ("self_attn.k_proj", kv * d, h),
+            ("self_attn.v_proj", kv * d, h),
+            ("self_attn.o_proj", h, heads * d),
+            ("mlp.gate_proj", inter, h),
+            ("mlp.up_proj", inter, h),
+            ("mlp.down_proj", h, inter),
+        ] {
+            put(format!("{p}.{name}.weight"), &[out, inp], 0.1, 0.0);
+        }
+        put(format!("{p}.input_layernorm.weight"), &[h], 0.1, 1.0);
+        put(
+            format!("{p}.post_attention_layernorm.weight"),
+            &[h],
+            0.1,
+            1.0,
+        );
+    }
+    candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "model_type": "llama", "vocab_size": vocab, "hidden_size": h, "intermediate_size": inter,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 512,
+        "tie_word_embeddings": true,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
 }

@@ -1,4 +1,5 @@
 //! Shared test helpers.
+#![allow(dead_code)] // each test binary uses some of the helpers
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -81,7 +81,8 @@ pub struct Scores {
 }
 
 impl Scores {
-    fn from_counts(correct: u64, predicted: u64, truth: u64) -> Self {
+    /// Scores from counts of correct, predicted and true items.
+    pub fn from_counts(correct: u64, predicted: u64, truth: u64) -> Self {
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         let (p, r) = (ratio(correct, predicted), ratio(correct, truth));
         let f1 = if p + r == 0.0 {
@@ -111,7 +112,7 @@ pub struct Report {
     pub weighted: Scores,
 }
 
-fn averages(per_type: BTreeMap<String, Scores>, micro: Scores) -> Report {
+pub(crate) fn averages(per_type: BTreeMap<String, Scores>, micro: Scores) -> Report {
     let n = per_type.len().max(1) as f64;
     let support: u64 = per_type.values().map(|s| s.support).sum();
     let mean = |f: fn(&Scores) -> f64| per_type.values().map(f).sum::<f64>() / n;

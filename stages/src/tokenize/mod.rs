@@ -16,7 +16,7 @@ mod align;
 pub mod template;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -104,6 +104,43 @@ pub struct TokenizeConfig {
     pub eos_token: Option<String>,
 }
 
+/// Loads a `tokenizer.json` with its own truncation and padding off (stages decide about
+/// length themselves; the file's settings would cut or pad silently).
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    if !path.is_file() {
+        return Err(PipelineError::bad_input(
+            path,
+            "tokenizer file not found (run scripts/fetch-model.sh for the bundled configs)",
+        ));
+    }
+    let mut tokenizer = Tokenizer::from_file(path).map_err(|e| {
+        PipelineError::bad_input(path, format!("not a Hugging Face tokenizer.json: {e}"))
+    })?;
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| PipelineError::bad_input(path, e.to_string()))?;
+    tokenizer.with_padding(None);
+    Ok(tokenizer)
+}
+
+/// The end-of-sequence id SFT completions end with: `configured`, or the first of `</s>`,
+/// `<|eot_id|>`, `<|endoftext|>`, `[SEP]` the tokenizer (loaded from `path`) has.
+pub fn eos_id(tokenizer: &Tokenizer, path: &Path, configured: Option<&str>) -> Result<u32> {
+    let candidates: Vec<&str> = match configured {
+        Some(t) => vec![t],
+        None => vec!["</s>", "<|eot_id|>", "<|endoftext|>", "[SEP]"],
+    };
+    candidates
+        .iter()
+        .find_map(|t| tokenizer.token_to_id(t))
+        .ok_or_else(|| {
+            PipelineError::bad_input(
+                path,
+                format!("the tokenizer has none of the end-of-sequence tokens {candidates:?}"),
+            )
+        })
+}
+
 fn truncate() -> Overflow {
     Overflow::Truncate
 }
@@ -146,39 +183,15 @@ impl TokenizeStage {
 
     /// Loads the tokenizer, failing clearly when the file is missing or not a tokenizer.
     fn load_tokenizer(&self) -> Result<Tokenizer> {
-        let path = &self.tokenizer_path;
-        if !path.is_file() {
-            return Err(PipelineError::bad_input(
-                path,
-                "tokenizer file not found (run scripts/fetch-model.sh for the bundled configs)",
-            ));
-        }
-        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| {
-            PipelineError::bad_input(path, format!("not a Hugging Face tokenizer.json: {e}"))
-        })?;
-        // The stage decides about length itself; the file's own truncation and padding would
-        // cut or pad silently.
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| PipelineError::bad_input(path, e.to_string()))?;
-        tokenizer.with_padding(None);
-        Ok(tokenizer)
+        load_tokenizer(&self.tokenizer_path)
     }
 
     fn eos_id(&self, tokenizer: &Tokenizer) -> Result<u32> {
-        let candidates: Vec<&str> = match &self.config.eos_token {
-            Some(t) => vec![t.as_str()],
-            None => vec!["</s>", "<|eot_id|>", "<|endoftext|>", "[SEP]"],
-        };
-        candidates
-            .iter()
-            .find_map(|t| tokenizer.token_to_id(t))
-            .ok_or_else(|| {
-                PipelineError::bad_input(
-                    &self.tokenizer_path,
-                    format!("the tokenizer has none of the end-of-sequence tokens {candidates:?}"),
-                )
-            })
+        eos_id(
+            tokenizer,
+            &self.tokenizer_path,
+            self.config.eos_token.as_deref(),
+        )
     }
 
     /// The configured label map, or (pass one of token classification) every tag in the data.

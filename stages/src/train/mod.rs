@@ -7,13 +7,11 @@
 //!
 //! Outputs: the `train_log` dataset (one row per optimiser step, with the evaluation loss where
 //! there was one), and artifacts committed with it: `adapter/` (PEFT's `adapter_config.json` +
-//! `adapter_model.safetensors`, the weights of the best evaluation) and `train_state.json`.
+//! `adapter_model.safetensors`, the weights of the best evaluation), `train_state.json` and
+//! `loss.png`. Scoring the trained model is the evaluate stage's job.
 //! Checkpoints live in the stage's scratch folder, so a run that dies resumes where its last
 //! checkpoint left off when rerun with the same inputs and config.
 
-pub mod evaluate;
-mod plot;
-mod png;
 mod source;
 
 use std::collections::BTreeMap;
@@ -36,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::source::{to_tensors, ShardBatches};
 use crate::loader::{BatchLoader, Batching, LoaderOptions, Padding, ShardSet};
+use crate::plot::Points;
 use crate::shard::SHARDS;
 use crate::tokenize::LABEL_MAP;
 
@@ -85,8 +84,8 @@ pub struct TrainSection {
     /// Split whose loss is evaluated (and picks the best checkpoint).
     #[serde(default = "default_eval_split")]
     pub eval_split: String,
-    /// Split the trained token classifier is scored on (entity F1, seqeval rules) when the
-    /// shards have it.
+    /// The held-out split: what the evaluate stage scores unless `[evaluate] split` says
+    /// otherwise.
     #[serde(default = "default_test_split")]
     pub test_split: String,
     /// CPU or CUDA.
@@ -117,100 +116,6 @@ impl TrainStage {
         })
     }
 
-    fn device(&self) -> Result<Device> {
-        match self.config.device {
-            DeviceChoice::Cpu => Ok(Device::Cpu),
-            DeviceChoice::Cuda => Device::new_cuda(0).map_err(|e| {
-                PipelineError::Usage(format!(
-                    "[train] device = \"cuda\": {e} (build with `--features cuda` on a machine \
-                     with a GPU)"
-                ))
-            }),
-        }
-    }
-
-    /// The label names by id (empty for a causal LM).
-    fn labels(&self, ctx: &StageContext<'_>) -> Result<Vec<String>> {
-        if self.config.task == Task::CausalLm {
-            return Ok(Vec::new());
-        }
-        let mut names = BTreeMap::new();
-        for batch in ctx.read(LABEL_MAP)? {
-            let batch = batch?;
-            let ids = batch.column(0).as_primitive::<Int32Type>();
-            let labels = batch.column(1).as_string::<i32>();
-            for row in 0..batch.num_rows() {
-                names.insert(ids.value(row), labels.value(row).to_string());
-            }
-        }
-        Ok(names.into_values().collect())
-    }
-
-    /// Scores the trained token classifier on the test split: counters, and the predictions
-    /// and reports as artifacts.
-    fn score_test(
-        &self,
-        ctx: &mut StageContext<'_>,
-        model: &AutoModel,
-        shards: &ShardSet,
-        labels: &[String],
-        device: &Device,
-    ) -> Result<()> {
-        if self.config.task != Task::TokenClassification
-            || !shards.splits().contains(&self.config.test_split.as_str())
-        {
-            return Ok(());
-        }
-        let loader = self.loader(shards, &self.config.test_split, false, 0)?;
-        let clock = Instant::now();
-        let tagged = evaluate::predict_tags(model, &loader, labels, device)
-            .map_err(PipelineError::Internal)?;
-        let seconds = clock.elapsed().as_secs_f64();
-        let scores = evaluate::score(&tagged);
-        let artifacts = ctx.artifacts_dir()?.to_path_buf();
-        let path = artifacts.join("test_predictions.jsonl");
-        let mut lines = String::new();
-        for t in &tagged {
-            let row = serde_json::json!({"id": t.id, "truth": t.truth, "predicted": t.predicted});
-            lines.push_str(&row.to_string());
-            lines.push('\n');
-        }
-        std::fs::write(&path, lines).map_err(|e| PipelineError::io(&path, e))?;
-        let report = |r: &crate::metrics::entities::Report| {
-            serde_json::json!({
-                "micro_f1": r.micro.f1, "micro_precision": r.micro.precision,
-                "micro_recall": r.micro.recall, "macro_f1": r.macro_avg.f1,
-                "weighted_f1": r.weighted.f1,
-                "per_type": r.per_type.iter().map(|(k, s)| (k.clone(), serde_json::json!({
-                    "precision": s.precision, "recall": s.recall, "f1": s.f1, "support": s.support,
-                }))).collect::<serde_json::Map<_, _>>(),
-            })
-        };
-        let summary = serde_json::json!({
-            "split": self.config.test_split,
-            "sequences": scores.sequences,
-            "seconds": seconds,
-            "sequences_per_second": scores.sequences as f64 / seconds.max(1e-9),
-            "entity_lenient": report(&scores.lenient),
-            "entity_strict": report(&scores.strict),
-            "token_weighted_f1": scores.tokens.weighted.f1,
-        });
-        let path = artifacts.join("test_scores.json");
-        let text = serde_json::to_vec_pretty(&summary).expect("scores serialise");
-        std::fs::write(&path, text).map_err(|e| PipelineError::io(&path, e))?;
-        let permyriad = |x: f64| (x * 10_000.0).round() as u64;
-        ctx.count(
-            "test_entity_f1_micro_x1e4",
-            permyriad(scores.lenient.micro.f1),
-        );
-        ctx.count(
-            "test_entity_f1_strict_x1e4",
-            permyriad(scores.strict.micro.f1),
-        );
-        ctx.count("test_sequences", scores.sequences as u64);
-        Ok(())
-    }
-
     fn loader(
         &self,
         shards: &ShardSet,
@@ -233,8 +138,71 @@ impl TrainStage {
     }
 }
 
+impl DeviceChoice {
+    /// The candle device (CUDA needs the `cuda` feature and a GPU).
+    pub fn device(self) -> Result<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda => Device::new_cuda(0).map_err(|e| {
+                PipelineError::Usage(format!(
+                    "device = \"cuda\": {e} (build with `--features cuda` on a machine with a GPU)"
+                ))
+            }),
+        }
+    }
+
+    /// How models load on this device: f32 on the CPU, bf16 compute on CUDA.
+    pub fn load_options(self, quantise: bool) -> Result<LoadOptions> {
+        let device = self.device()?;
+        Ok(LoadOptions {
+            quantise,
+            dtype: if device.is_cuda() {
+                candle_core::DType::BF16
+            } else {
+                candle_core::DType::F32
+            },
+            device,
+        })
+    }
+}
+
+/// The files that make a model or adapter directory what it is, as stage sources: its
+/// `config.json` / `adapter_config.json` and safetensors, named `<written>/<file>`.
+pub(crate) fn weight_sources(dir: &std::path::Path, written: &str) -> Vec<SourceDecl> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n == "config.json" || n == "adapter_config.json" || n.ends_with(".safetensors"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| SourceDecl {
+            written: format!("{written}/{name}"),
+            path: dir.join(name),
+        })
+        .collect()
+}
+
+/// The label names of the `label_map` input, by id.
+pub(crate) fn read_label_names(ctx: &StageContext<'_>) -> Result<Vec<String>> {
+    let mut names = BTreeMap::new();
+    for batch in ctx.read(LABEL_MAP)? {
+        let batch = batch?;
+        let ids = batch.column(0).as_primitive::<Int32Type>();
+        let labels = batch.column(1).as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            names.insert(ids.value(row), labels.value(row).to_string());
+        }
+    }
+    Ok(names.into_values().collect())
+}
+
 /// A qlora error as a pipeline error: bad models and configs are the user's to fix (exit 2).
-fn model_error(dir: &std::path::Path, e: QloraError) -> PipelineError {
+pub(crate) fn model_error(dir: &std::path::Path, e: QloraError) -> PipelineError {
     match e {
         QloraError::Model { path, message } => PipelineError::bad_input(path, message),
         QloraError::Shape { .. } | QloraError::Config(_) | QloraError::Quantise { .. } => {
@@ -306,6 +274,22 @@ fn log_batch(state: &TrainState) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(train_log_schema(), columns)?)
 }
 
+/// (step, loss) of the training steps and of the evaluations.
+pub fn loss_points(state: &TrainState) -> (Points, Points) {
+    (
+        state
+            .steps
+            .iter()
+            .map(|s| (s.step as f64, s.loss))
+            .collect(),
+        state
+            .evals
+            .iter()
+            .map(|e| (e.step as f64, e.loss))
+            .collect(),
+    )
+}
+
 /// Resident memory of this process, in MiB (Linux), for the progress line.
 fn rss_mib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -345,37 +329,17 @@ impl Stage for TrainStage {
 
     fn sources(&self) -> Vec<SourceDecl> {
         // The model's files: a different model (or changed weights) is another training run.
-        let mut sources = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(&self.model_dir) {
-            let mut names: Vec<String> = entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .filter(|n| n == "config.json" || n.ends_with(".safetensors"))
-                .collect();
-            names.sort();
-            for name in names {
-                sources.push(SourceDecl {
-                    written: format!("{}/{name}", self.config.model),
-                    path: self.model_dir.join(name),
-                });
-            }
-        }
-        sources
+        weight_sources(&self.model_dir, &self.config.model)
     }
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
         let cfg = &self.config;
-        let device = self.device()?;
-        let options = LoadOptions {
-            quantise: cfg.quantise,
-            dtype: if device.is_cuda() {
-                candle_core::DType::BF16
-            } else {
-                candle_core::DType::F32
-            },
-            device: device.clone(),
+        let options = cfg.device.load_options(cfg.quantise)?;
+        let device = options.device.clone();
+        let labels = match cfg.task {
+            Task::CausalLm => Vec::new(),
+            Task::TokenClassification => read_label_names(ctx)?,
         };
-        let labels = self.labels(ctx)?;
         let model = AutoModel::load(
             &self.model_dir,
             cfg.task,
@@ -438,12 +402,12 @@ impl Stage for TrainStage {
         let state_path = artifacts.join("train_state.json");
         std::fs::write(&state_path, state_json).map_err(|e| PipelineError::io(&state_path, e))?;
         ctx.write(TRAIN_LOG, log_batch(&state)?)?;
-        match plot::loss_curve(&state, &artifacts.join("loss.png")) {
+        let (train_points, eval_points) = loss_points(&state);
+        match crate::plot::loss_curve(&train_points, &eval_points, &artifacts.join("loss.png")) {
             Ok(true) => {}
             Ok(false) => ctx.warn("no TrueType font found: loss.png is drawn without labels"),
             Err(e) => ctx.warn(format!("loss curve not drawn: {e}")),
         }
-        self.score_test(ctx, &model, &shards, &labels, &device)?;
         ctx.count("steps", state.step);
         ctx.count("tokens", state.steps.iter().map(|s| s.tokens).sum());
         if let Some(best) = &state.best {
