@@ -1,0 +1,206 @@
+"""End-to-end prep at HealthCareMagic scale: medtune (cold, warm, append 1%) against the Python
+stack (bench/reference_pipeline.py), SQL through `medtune query` against DuckDB on the same
+Parquet files, and medtune's per-stage throughput from its manifests. Everything runs in this
+one invocation on this machine; wall seconds and peak RSS come from `/usr/bin/time -v`.
+
+usage: python bench/e2e.py MEDTUNE_BIN WORK_DIR [ROWS]   (bench/e2e.sh sets it all up)
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCE = REPO.parent / "shared" / "data" / "chatdoctor" / "chatdoctor5k.json"
+TOKENIZER = REPO / "models" / "all-MiniLM-L6-v2" / "tokenizer.json"
+STAGES = ["ingest", "dedup", "convert", "clean", "split", "tokenize", "shard"]
+
+
+def corpus(path: Path, rows: int, offset: int = 0) -> list:
+    """`rows` alpaca rows built from chatdoctor5k (three source rows joined per field, a unique
+    marker per row); every 100th row repeats the row before it exactly."""
+    source = json.loads(SOURCE.read_text())
+    n = len(source)
+    out = []
+    for r in range(offset, offset + rows):
+        if r % 100 == 99 and out:
+            out.append(dict(out[-1]))
+            continue
+        i, j, k = r % n, (r * 7919 + 3) % n, (r * 104729 + 11) % n
+        joined = lambda f: " ".join(source[x].get(f, "") for x in (i, j, k))
+        out.append({
+            "instruction": source[i]["instruction"],
+            "input": f"{joined('input')} (#{r})",
+            "output": joined("output"),
+        })
+    return out
+
+
+def write_array(path: Path, rows: list) -> None:
+    with path.open("w") as f:
+        f.write("[\n")
+        for i, row in enumerate(rows):
+            f.write((",\n" if i else "") + json.dumps(row, indent=2))
+        f.write("\n]\n")
+
+
+CONFIG = """
+[ingest]
+format = "alpaca"
+inputs = ["{input}"]
+
+[dedup]
+columns = ["instruction", "input"]
+
+[dedup.near]
+action = "group"
+
+[convert]
+
+[clean]
+
+[split]
+fractions = {{ train = 0.8, validation = 0.1, test = 0.1 }}
+seed = 42
+text_columns = ["instruction", "input"]
+
+[tokenize]
+tokenizer = "{tokenizer}"
+mode = "sft"
+template = "plain"
+max_length = 512
+overflow = "truncate"
+
+[shard]
+shard_mib = 64
+"""
+
+
+def timed(cmd: list, **kwargs) -> dict:
+    """Runs `cmd` under /usr/bin/time -v: wall seconds, peak RSS (MiB), stdout."""
+    proc = subprocess.run(["/usr/bin/time", "-v", *map(str, cmd)], capture_output=True, text=True, **kwargs)
+    if proc.returncode != 0:
+        sys.exit(f"{cmd[0]} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", proc.stderr).group(1)
+    seconds = 0.0
+    for part in wall.split(":"):
+        seconds = seconds * 60 + float(part)
+    return {"seconds": seconds, "rss_mib": rss / 1024, "stdout": proc.stdout}
+
+
+def manifests(workdir: Path) -> dict:
+    catalog = json.loads((workdir / "catalog.json").read_text())
+    out = {}
+    for stage, key in catalog["stages"].items():
+        out[stage] = json.loads((workdir / "cache" / stage / key / "manifest.json").read_text())
+    return out
+
+
+def dataset_files(workdir: Path, name: str) -> list:
+    catalog = json.loads((workdir / "catalog.json").read_text())
+    entry = catalog["datasets"][name]
+    manifest = json.loads((workdir / "cache" / entry["stage"] / entry["key"] / "manifest.json").read_text())
+    base = workdir / "cache" / entry["stage"] / entry["key"]
+    return [str(base / f["path"]) for f in manifest["datasets"][name]["files"]]
+
+
+QUERIES = [
+    ("baseline: SELECT 1 (process start, catalog)", "SELECT 1"),
+    ("rows and mean length per split", "SELECT split, count(*) AS n, avg(length) AS mean_length FROM tokenized GROUP BY split ORDER BY split"),
+    ("groups per split", "SELECT split, count(DISTINCT split_group) AS groups FROM split GROUP BY split ORDER BY split"),
+    ("join: long rows per split", "SELECT s.split, count(*) AS n FROM split s JOIN tokenized t ON s.id = t.id WHERE t.length > 256 GROUP BY s.split ORDER BY s.split"),
+]
+
+
+def main(medtune: Path, work: Path, rows: int) -> int:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    data = work / "healthcaremagic-like.json"
+    base_rows = corpus(data, rows)
+    write_array(data, base_rows)
+    print(f"corpus: {rows} rows, {data.stat().st_size / 2**20:.1f} MiB ({SOURCE.name} recombined, 1% exact duplicates)")
+    config = work / "bench.toml"
+    config.write_text(CONFIG.format(input=data, tokenizer=TOKENIZER))
+    workdir = work / "medtune"
+    run = [medtune, "--workdir", workdir, "run", "--config", config]
+
+    results = {}
+    results["medtune cold"] = timed(run)
+    cold_manifests = manifests(workdir)
+    results["medtune warm"] = timed(run)
+    appended = base_rows + corpus(data, rows // 100, offset=rows)
+    write_array(data, appended)
+    results["medtune append 1%"] = timed(run)
+    write_array(data, base_rows)
+    ref_out = work / "reference"
+    results["reference (datasets + tokenizers)"] = timed(
+        [sys.executable, REPO / "bench" / "reference_pipeline.py", data, TOKENIZER, ref_out]
+    )
+    reference = json.loads(results["reference (datasets + tokenizers)"]["stdout"].strip().splitlines()[-1])
+
+    cold = results["medtune cold"]
+    ref = results["reference (datasets + tokenizers)"]
+    print("\n| run | wall s | peak RSS MiB | wall / medtune cold | RSS / reference |")
+    print("|---|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['seconds']:.1f} | {r['rss_mib']:.0f} | {r['seconds'] / cold['seconds']:.3f} | {r['rss_mib'] / ref['rss_mib']:.2f} |")
+    print(f"\nmedtune cold / reference: wall {cold['seconds'] / ref['seconds']:.2f}x, peak RSS {cold['rss_mib'] / ref['rss_mib']:.2f}x")
+    print(f"reference: {json.dumps(reference)}")
+
+    # Per-stage throughput of the cold run.
+    print("\n| stage | rows in | seconds | rows/s | MB in | MB/s | tokens/s |")
+    print("|---|---|---|---|---|---|---|")
+    for stage in STAGES:
+        m = cold_manifests[stage]
+        seconds = max(m["seconds"], 1e-9)
+        # Bytes read: source files plus input datasets (Parquet, compressed).
+        mb = sum(Path(src["path"]).stat().st_size for src in m["sources"] if Path(src["path"]).exists())
+        for up in m["inputs"]:
+            mb += sum(d["bytes"] for m2 in cold_manifests.values() for name, d in m2["datasets"].items() if name == up)
+        mb /= 1e6
+        tokens = m["counters"].get("tokens")
+        tps = f"{tokens / seconds:,.0f}" if tokens else ""
+        rows_in = m["accounting"]["rows_in"]
+        print(f"| {stage} | {rows_in:,} | {seconds:.2f} | {rows_in / seconds:,.0f} | {mb:.1f} | {mb / seconds:.1f} | {tps} |")
+
+    # SQL: medtune query (a process per query) against DuckDB on the same Parquet files.
+    import duckdb
+
+    print("\n| query | medtune query s | DuckDB s (in process) | DuckDB process s | medtune / DuckDB process |")
+    print("|---|---|---|---|---|")
+    for title, sql in QUERIES:
+        medtune_times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            subprocess.run([medtune, "--workdir", workdir, "query", sql, "--format", "csv"], check=True, capture_output=True)
+            medtune_times.append(time.perf_counter() - t)
+        views = "; ".join(
+            f"CREATE VIEW {name} AS SELECT * FROM read_parquet({dataset_files(workdir, name)!r})"
+            for name in ("tokenized", "split")
+        )
+        in_process = []
+        for _ in range(3):
+            con = duckdb.connect()
+            con.execute(views)
+            t = time.perf_counter()
+            con.sql(sql).fetchall()
+            in_process.append(time.perf_counter() - t)
+            con.close()
+        script = f"import duckdb; c = duckdb.connect(); c.execute({views!r}); c.sql({sql!r}).fetchall()"
+        process = []
+        for _ in range(3):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", script], check=True)
+            process.append(time.perf_counter() - t)
+        m, d, p = min(medtune_times), min(in_process), min(process)
+        print(f"| {title} | {m:.3f} | {d:.3f} | {p:.3f} | {m / p:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 112_165))
