@@ -274,6 +274,10 @@ fn evaluate_config_mistakes_are_exit_2_with_the_reason() {
             "[evaluate]\nmodel = \"m\"\ntask = \"causal_lm\"\nbogus = 1\n",
             "bogus",
         ),
+        (
+            "[evaluate]\nmodel = \"m\"\ntask = \"causal_lm\"\nadapter = \"a\"\n",
+            "task `causal_lm` needs [tokenize] mode = \"sft\" shards",
+        ),
     ];
     for (section, reason) in cases {
         let path = work.path().join("bad.toml");
@@ -300,6 +304,24 @@ fn evaluate_config_mistakes_are_exit_2_with_the_reason() {
     .unwrap();
     let run = medtune(work.path(), &["eval", "--config", path.to_str().unwrap()]).expect(2);
     assert!(run.stderr.contains("no [shard] section"), "{}", run.stderr);
+    // An adapter directory that is not there: exit 2 naming the file it looked for.
+    let path = work.path().join("bad.toml");
+    let model = repo().join("models/all-MiniLM-L6-v2");
+    std::fs::write(
+        &path,
+        format!(
+            "{base}\n[evaluate]\nmodel = {model:?}\ntask = \"token_classification\"\n\
+             adapter = \"no-such-adapter\"\n",
+            model = model.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = medtune(work.path(), &["eval", "--config", path.to_str().unwrap()]).expect(2);
+    assert!(
+        run.stderr.contains("no-such-adapter/adapter_config.json"),
+        "{}",
+        run.stderr
+    );
     // A config without [evaluate].
     let path = work.path().join("plain.toml");
     std::fs::write(&path, &base).unwrap();

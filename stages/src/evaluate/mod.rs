@@ -41,7 +41,7 @@ use self::tables::{
 use crate::loader::{BatchLoader, Batching, LoaderOptions, Padding, ShardSet};
 use crate::shard::SHARDS;
 use crate::split::SPLIT;
-use crate::tokenize::{eos_id, load_tokenizer, TokenizeConfig, LABEL_MAP};
+use crate::tokenize::{eos_id, load_tokenizer, Mode, TokenizeConfig, LABEL_MAP};
 use crate::train::{
     model_error, read_label_names, weight_sources, DeviceChoice, TrainSection, ADAPTER_DIR,
     TRAIN_LOG,
@@ -263,17 +263,30 @@ impl EvaluateStage {
                  scored on the whole split",
             ));
         }
-        let tokenize: Option<TokenizeConfig> = if task == Task::CausalLm {
-            if !config.has_section("tokenize") {
-                return Err(config.error(
-                    "[evaluate] of a causal LM decodes generations with the [tokenize] tokenizer, \
-                     but the config has no [tokenize] section",
-                ));
-            }
-            Some(config.section("tokenize")?)
-        } else {
-            None
+        if !config.has_section("tokenize") {
+            return Err(config.error(
+                "[evaluate] scores the tokenized shards, but the config has no [tokenize] section",
+            ));
+        }
+        let tokenize: TokenizeConfig = config.section("tokenize")?;
+        let wanted = match task {
+            Task::TokenClassification => Mode::TokenClassification,
+            Task::CausalLm => Mode::Sft,
         };
+        if tokenize.mode != wanted {
+            return Err(config.error(format!(
+                "[evaluate]: task `{}` needs [tokenize] mode = \"{}\" shards",
+                serde_json::to_value(task)
+                    .expect("task serialises")
+                    .as_str()
+                    .unwrap_or(""),
+                serde_json::to_value(wanted)
+                    .expect("mode serialises")
+                    .as_str()
+                    .unwrap_or(""),
+            )));
+        }
+        let tokenize = (task == Task::CausalLm).then_some(tokenize);
         let settings = Settings {
             split: section
                 .split
