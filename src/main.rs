@@ -97,6 +97,30 @@ fn load(config: &Path) -> anyhow::Result<(PipelineConfig, Dag)> {
     Ok((config, dag))
 }
 
+/// Runs `stage` of `config` (and whatever it needs, through the cache) with progress bars, and
+/// prints the run summary. The config must have the stage's section.
+fn run_one_stage(
+    workdir: &Workdir,
+    config: &Path,
+    stage: &str,
+    force: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let (config, dag) = load(config)?;
+    if !config.has_section(stage) {
+        return Err(config.error(format!("no [{stage}] section")).into());
+    }
+    let observer = progress::Bars::default();
+    let runner = Runner::new(workdir.clone(), dag, config.settings().clone(), &observer);
+    let summaries = runner.run(&RunOptions {
+        stages: vec![stage.into()],
+        force,
+    })?;
+    drop(observer);
+    report::print_summary(&summaries, out)?;
+    Ok(())
+}
+
 fn execute(cli: Cli) -> anyhow::Result<()> {
     let workdir = Workdir::new(&cli.workdir);
     match cli.command {
@@ -121,19 +145,8 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Train { config, force } => {
-            let (config, dag) = load(&config)?;
-            if !config.has_section("train") {
-                return Err(config.error("no [train] section").into());
-            }
-            let observer = progress::Bars::default();
-            let runner = Runner::new(workdir.clone(), dag, config.settings().clone(), &observer);
-            let summaries = runner.run(&RunOptions {
-                stages: vec!["train".into()],
-                force,
-            })?;
-            drop(observer);
             let mut out = std::io::stdout().lock();
-            report::print_summary(&summaries, &mut out)?;
+            run_one_stage(&workdir, &config, "train", force, &mut out)?;
             let artifacts = workdir
                 .latest_artifacts("train")
                 .context("the train stage committed no adapter")?;
@@ -142,19 +155,8 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             report::print_best_eval(&artifacts.join("train_state.json"), &mut out)?;
         }
         Command::Eval { config, force } => {
-            let (config, dag) = load(&config)?;
-            if !config.has_section("evaluate") {
-                return Err(config.error("no [evaluate] section").into());
-            }
-            let observer = progress::Bars::default();
-            let runner = Runner::new(workdir.clone(), dag, config.settings().clone(), &observer);
-            let summaries = runner.run(&RunOptions {
-                stages: vec!["evaluate".into()],
-                force,
-            })?;
-            drop(observer);
             let mut out = std::io::stdout().lock();
-            report::print_summary(&summaries, &mut out)?;
+            run_one_stage(&workdir, &config, "evaluate", force, &mut out)?;
             report::print_evaluation(&workdir, &mut out)?;
         }
         Command::Status { config } => {
