@@ -81,6 +81,9 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Print to stderr how long registering the catalog and running the query took.
+        #[arg(long)]
+        timing: bool,
     },
 }
 
@@ -192,15 +195,26 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 writeln!(out, "wrote {}", path.display())?;
             }
         }
-        Command::Query { sql, format } => {
+        Command::Query {
+            sql,
+            format,
+            timing,
+        } => {
             let format = match format {
                 Format::Table => OutputFormat::Table,
                 Format::Csv => OutputFormat::Csv,
                 Format::Json => OutputFormat::Json,
             };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            query_blocking(&workdir, &sql, format, &mut out)?;
+            let spent = query_blocking(&workdir, &sql, format, &mut out)?;
             out.flush().context("writing the query result")?;
+            if timing {
+                eprintln!(
+                    "catalog {:.1} ms, query {:.1} ms",
+                    spent.catalog.as_secs_f64() * 1e3,
+                    spent.query.as_secs_f64() * 1e3
+                );
+            }
         }
     }
     Ok(())

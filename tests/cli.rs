@@ -259,6 +259,28 @@ fn queries_answer_in_three_formats_and_refuse_writes() {
     .expect(0)
     .stdout;
     assert_eq!(json.trim(), r#"[{"n":0}]"#);
+    // --timing: the same result on stdout, the split of the time on stderr.
+    let timed = medtune(
+        work.path(),
+        &[
+            "query",
+            "SELECT count(*) AS n FROM rejects",
+            "--format",
+            "json",
+            "--timing",
+        ],
+    )
+    .expect(0);
+    assert_eq!(timed.stdout.trim(), r#"[{"n":0}]"#);
+    let line = timed.stderr.trim();
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    assert!(
+        parts.len() == 6 && parts[0] == "catalog" && parts[3] == "query",
+        "{line}"
+    );
+    for ms in [parts[1], parts[4]] {
+        assert!(ms.parse::<f64>().unwrap() >= 0.0, "{line}");
+    }
     let csv = query_csv(
         work.path(),
         "SELECT source_file, line, reason FROM rejects LIMIT 5",
@@ -283,7 +305,7 @@ fn queries_answer_in_three_formats_and_refuse_writes() {
 #[test]
 fn every_subcommand_has_help() {
     let work = tempfile::tempdir().unwrap();
-    for sub in ["run", "status", "query"] {
+    for sub in ["run", "status", "query", "profile", "train", "eval"] {
         let help = medtune(work.path(), &[sub, "--help"]).expect(0);
         assert!(help.stdout.contains("--workdir"), "{sub}: {}", help.stdout);
     }

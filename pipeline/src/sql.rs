@@ -79,6 +79,15 @@ async fn register_union(ctx: &SessionContext, name: &str, folders: &[String]) ->
     Ok(())
 }
 
+/// Where a query's time went.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueryTiming {
+    /// Registering the catalog's datasets as tables.
+    pub catalog: std::time::Duration,
+    /// Planning, running and writing the result.
+    pub query: std::time::Duration,
+}
+
 /// Runs `sql` against the workdir's catalog and writes the result to `out`.
 ///
 /// Statements that would create, change or write anything (DDL, DML, `COPY`, `SET`) are refused.
@@ -87,8 +96,11 @@ pub async fn query(
     sql: &str,
     format: OutputFormat,
     out: &mut dyn Write,
-) -> Result<()> {
+) -> Result<QueryTiming> {
+    let clock = std::time::Instant::now();
     let ctx = session(workdir).await?;
+    let catalog = clock.elapsed();
+    let clock = std::time::Instant::now();
     let read_only = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
@@ -148,7 +160,10 @@ pub async fn query(
             writeln!(out).map_err(io_err)?;
         }
     }
-    Ok(())
+    Ok(QueryTiming {
+        catalog,
+        query: clock.elapsed(),
+    })
 }
 
 /// Blocking wrapper of [`query`] on its own multi-threaded runtime.
@@ -157,7 +172,7 @@ pub fn query_blocking(
     sql: &str,
     format: OutputFormat,
     out: &mut dyn Write,
-) -> Result<()> {
+) -> Result<QueryTiming> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
