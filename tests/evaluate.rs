@@ -32,37 +32,18 @@ fn report_path(stdout: &str) -> PathBuf {
     PathBuf::from(line.unwrap_or_else(|| panic!("no report path in\n{stdout}")))
 }
 
-fn csv_rows(text: &str) -> Vec<Vec<String>> {
-    let mut reader = csv_reader(text);
-    reader.remove(0);
-    reader
+/// Rows of a query as JSON objects (`medtune query --format json`).
+fn query_rows(workdir: &Path, sql: &str) -> Vec<serde_json::Value> {
+    let run = medtune(workdir, &["query", sql, "--format", "json"]).expect(0);
+    serde_json::from_str(&run.stdout).unwrap()
 }
 
-/// A minimal CSV reader for query output (quoted fields with doubled quotes, newlines inside).
-fn csv_reader(text: &str) -> Vec<Vec<String>> {
-    let (mut rows, mut row, mut field) = (Vec::new(), Vec::new(), String::new());
-    let mut chars = text.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                chars.next();
-                field.push('"');
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => row.push(std::mem::take(&mut field)),
-            ('\n', false) => {
-                row.push(std::mem::take(&mut field));
-                rows.push(std::mem::take(&mut row));
-            }
-            (c, _) => field.push(c),
-        }
-    }
-    if !field.is_empty() || !row.is_empty() {
-        row.push(field);
-        rows.push(row);
-    }
-    rows
+fn text(row: &serde_json::Value, key: &str) -> String {
+    row[key].as_str().unwrap().to_string()
+}
+
+fn number(row: &serde_json::Value, key: &str) -> f64 {
+    row[key].as_f64().unwrap()
 }
 
 #[test]
@@ -91,54 +72,53 @@ fn a_tiny_llama_runs_the_extraction_evaluation_and_batching_changes_no_generatio
         work.path(),
         "SELECT id, model, generated_tokens, stop, generation FROM predictions ORDER BY id, model",
     );
-    for row in csv_rows(&generations) {
-        let tokens: usize = row[2].parse().unwrap();
-        match row[3].as_str() {
-            "eos" | "context" => assert!(tokens <= 12, "{row:?}"),
-            "length" => assert_eq!(tokens, 12, "{row:?}"),
+    let rows = query_rows(
+        work.path(),
+        "SELECT generated_tokens AS tokens, stop FROM predictions",
+    );
+    for row in rows {
+        let tokens = number(&row, "tokens");
+        match text(&row, "stop").as_str() {
+            "eos" | "context" => assert!(tokens <= 12.0, "{row}"),
+            "length" => assert_eq!(tokens, 12.0, "{row}"),
             other => panic!("stop reason {other}"),
         }
     }
 
     // The report's extraction scores are the pooled per-row counts.
-    let pooled = query_csv(
+    let pooled = query_rows(
         work.path(),
-        "SELECT model, task, sum(correct), sum(predicted), sum(gold) FROM predictions \
-         WHERE correct IS NOT NULL GROUP BY model, task ORDER BY model, task",
+        "SELECT model, task, sum(correct) AS correct, sum(predicted) AS predicted, \
+         sum(gold) AS gold FROM predictions WHERE correct IS NOT NULL \
+         GROUP BY model, task ORDER BY model, task",
     );
-    let metrics = query_csv(
+    let metric: BTreeMap<(String, String, String), f64> = query_rows(
         work.path(),
         "SELECT model, \"group\", metric, value FROM metrics WHERE family = 'extraction'",
-    );
-    let metric: BTreeMap<(String, String, String), f64> = csv_rows(&metrics)
-        .into_iter()
-        .map(|r| {
-            (
-                (r[0].clone(), r[1].clone(), r[2].clone()),
-                r[3].parse().unwrap(),
-            )
-        })
-        .collect();
-    let pooled = csv_rows(&pooled);
+    )
+    .iter()
+    .map(|r| {
+        let key = (text(r, "model"), text(r, "group"), text(r, "metric"));
+        (key, number(r, "value"))
+    })
+    .collect();
     assert_eq!(pooled.len(), 6, "{pooled:?}");
     for row in pooled {
-        let n: Vec<f64> = row[2..].iter().map(|v| v.parse().unwrap()).collect();
-        let key = |m: &str| (row[0].clone(), row[1].clone(), m.to_string());
-        assert!(n[2] > 0.0, "every task has gold items: {row:?}");
+        let n = ["correct", "predicted", "gold"].map(|k| number(&row, k));
+        let key = |m: &str| (text(&row, "model"), text(&row, "task"), m.to_string());
+        assert!(n[2] > 0.0, "every task has gold items: {row}");
         let precision = if n[1] == 0.0 { 0.0 } else { n[0] / n[1] };
         assert!((metric[&key("precision")] - precision).abs() < 1e-12);
         assert!((metric[&key("recall")] - n[0] / n[2]).abs() < 1e-12);
         assert_eq!(metric[&key("support")], n[2]);
     }
-    let lm = query_csv(
+    let ppl: Vec<f64> = query_rows(
         work.path(),
-        "SELECT model, value FROM metrics WHERE family = 'lm' AND metric = 'perplexity' \
-         ORDER BY model",
-    );
-    let ppl: Vec<f64> = csv_rows(&lm)
-        .iter()
-        .map(|r| r[1].parse().unwrap())
-        .collect();
+        "SELECT value FROM metrics WHERE family = 'lm' AND metric = 'perplexity' ORDER BY model",
+    )
+    .iter()
+    .map(|r| number(r, "value"))
+    .collect();
     // A random model over a 30k vocabulary: perplexity in the thousands, finite; the adapter
     // (three steps) moves it, so the two variants really ran differently.
     assert!(ppl.iter().all(|p| p.is_finite() && *p > 10.0), "{ppl:?}");
@@ -209,15 +189,14 @@ fn minilm_entity_scores_on_the_bc5cdr_test_split_equal_seqeval_for_both_variants
         sequences,
         format!("model,count(*)\nadapter,{n}\nbase,{n}\n")
     );
-    let f1 = query_csv(
+    let f1: Vec<f64> = query_rows(
         work.path(),
-        "SELECT model, value FROM metrics WHERE family = 'entity_default' \
+        "SELECT value FROM metrics WHERE family = 'entity_default' \
          AND \"group\" = 'micro avg' AND metric = 'f1' ORDER BY model",
-    );
-    let f1: Vec<f64> = csv_rows(&f1)
-        .iter()
-        .map(|r| r[1].parse().unwrap())
-        .collect();
+    )
+    .iter()
+    .map(|r| number(r, "value"))
+    .collect();
     // 25 steps already tag entities; the same head without the adapters does worse.
     assert!(f1[0] > 0.2, "adapter F1 {}", f1[0]);
     assert!(f1[0] > f1[1], "adapter {} vs base {}", f1[0], f1[1]);

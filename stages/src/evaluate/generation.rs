@@ -14,13 +14,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, Float64Builder, RecordBatch, StringBuilder, UInt32Builder,
-};
+use arrow::array::{ArrayRef, AsArray, Float64Builder, RecordBatch, StringBuilder, UInt32Builder};
 use candle_core::Device;
 use medtune_pipeline::{PipelineError, Result, StageContext, WorkUnit};
 use medtune_qlora::auto::AutoModel;
-use medtune_qlora::generate::{GenerateOptions, Generation};
+use medtune_qlora::generate::{GenerateOptions, Generation, StopReason};
 use medtune_qlora::train::TrainModel;
 use medtune_schemas::col;
 use tokenizers::Tokenizer;
@@ -164,6 +162,7 @@ pub(super) fn evaluate_generation(
         rows: rows.len() as u64,
         ..Outcome::default()
     };
+    let gold = article_gold(&rows, references);
     let mut per_variant: Vec<Vec<Scored>> = Vec::new();
     let mut bars = Vec::new();
     let mut tasks_seen: Vec<String> = Vec::new();
@@ -278,13 +277,13 @@ pub(super) fn evaluate_generation(
                      that listed them)",
                     variant.name
                 ),
-                counts: entity_type_confusion(&rows, &scored, references),
+                counts: entity_type_confusion(&rows, &scored, references, &gold),
             });
         }
         let generated: usize = scored.iter().map(|s| s.generation.tokens.len()).sum();
         let at_eos = scored
             .iter()
-            .filter(|s| s.generation.stop == medtune_qlora::generate::StopReason::Eos)
+            .filter(|s| s.generation.stop == StopReason::Eos)
             .count();
         sink.push("throughput", "all", "rows", rows.len() as f64);
         sink.push("throughput", "all", "seconds", seconds);
@@ -361,39 +360,47 @@ fn pick_samples(rows: &[PromptRow], n: usize) -> Vec<usize> {
     picked
 }
 
+/// The row's task when it is an entity task.
+fn entity_task(row: &PromptRow) -> Option<&str> {
+    row.task
+        .as_deref()
+        .filter(|t| crate::convert::ENTITY_TASKS.contains(t))
+}
+
+/// Gold entities per (article, entity task), from the references of the rows scored.
+type ArticleGold<'a> = HashMap<(&'a str, &'a str), BTreeSet<String>>;
+
+fn article_gold<'a>(
+    rows: &'a [PromptRow],
+    references: &'a HashMap<String, Reference>,
+) -> ArticleGold<'a> {
+    let mut gold: ArticleGold<'a> = HashMap::new();
+    for row in rows {
+        if let Some(task) = entity_task(row) {
+            let reference = &references[&row.id];
+            gold.entry((reference.group.as_str(), task))
+                .or_default()
+                .extend(parse_list(&reference.completion, task).items);
+        }
+    }
+    gold
+}
+
 /// For the entity tasks: each predicted entity against the gold lists of both entity tasks
 /// of the same article → (task that listed it, `chemical` / `disease` / `both` / `neither`).
 fn entity_type_confusion(
     rows: &[PromptRow],
     scored: &[Scored],
     references: &HashMap<String, Reference>,
+    gold: &ArticleGold<'_>,
 ) -> BTreeMap<(String, String), u64> {
-    // Gold entities per (article, task), from every reference of the split.
-    let mut gold: HashMap<(&str, &str), BTreeSet<String>> = HashMap::new();
-    for row in rows {
-        let Some(task) = row
-            .task
-            .as_deref()
-            .filter(|t| crate::convert::ENTITY_TASKS.contains(t))
-        else {
-            continue;
-        };
-        let reference = &references[&row.id];
-        gold.entry((reference.group.as_str(), task))
-            .or_default()
-            .extend(parse_list(&reference.completion, task).items);
-    }
+    let empty = BTreeSet::new();
     let mut matrix = BTreeMap::new();
     for (row, s) in rows.iter().zip(scored) {
-        let Some(task) = row
-            .task
-            .as_deref()
-            .filter(|t| crate::convert::ENTITY_TASKS.contains(t))
-        else {
+        let Some(task) = entity_task(row) else {
             continue;
         };
         let group = references[&row.id].group.as_str();
-        let empty = BTreeSet::new();
         let chemicals = gold.get(&(group, "chemicals")).unwrap_or(&empty);
         let diseases = gold.get(&(group, "diseases")).unwrap_or(&empty);
         for entity in parse_list(&s.text, task).items {
@@ -464,7 +471,8 @@ fn predictions_batch(
         Arc::new(rouge.finish()),
         Arc::new(bleu.finish()),
     ];
-    let batch = RecordBatch::try_new(generation_predictions_schema(), columns)?;
-    debug_assert_eq!(batch.column(0).len(), rows.len());
-    Ok(batch)
+    Ok(RecordBatch::try_new(
+        generation_predictions_schema(),
+        columns,
+    )?)
 }

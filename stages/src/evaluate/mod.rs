@@ -31,6 +31,7 @@ use medtune_pipeline::{
 };
 use medtune_qlora::auto::{AutoModel, Task};
 use medtune_qlora::generate::GenerateOptions;
+use medtune_qlora::weights::read_config;
 use medtune_qlora::Pass;
 use serde::{Deserialize, Serialize};
 
@@ -573,20 +574,29 @@ impl Stage for EvaluateStage {
     }
 }
 
-/// The `eos_token_id` (a number or a list) of a model's `config.json`, if it has one.
+/// The `eos_token_id` of a model's `config.json`: a number, a list, or absent.
+#[derive(Deserialize)]
+struct EosConfig {
+    #[serde(default)]
+    eos_token_id: Option<EosIds>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EosIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+/// The end-of-sequence ids a model's `config.json` names (none when it names none; the model
+/// loaded from the same file, so a broken one has failed already).
 fn config_eos_ids(dir: &std::path::Path) -> Vec<u32> {
-    let Ok(text) = std::fs::read(dir.join("config.json")) else {
-        return Vec::new();
-    };
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&text) else {
-        return Vec::new();
-    };
-    match &value["eos_token_id"] {
-        serde_json::Value::Number(n) => n.as_u64().map(|n| n as u32).into_iter().collect(),
-        serde_json::Value::Array(items) => items
-            .iter()
-            .filter_map(|v| v.as_u64().map(|n| n as u32))
-            .collect(),
-        _ => Vec::new(),
+    match read_config::<EosConfig>(dir)
+        .ok()
+        .and_then(|c| c.eos_token_id)
+    {
+        Some(EosIds::One(id)) => vec![id],
+        Some(EosIds::Many(ids)) => ids,
+        None => Vec::new(),
     }
 }

@@ -164,7 +164,7 @@ pub(super) fn evaluate_tags(
     let mut lines = String::new();
     let mut bars: Vec<(String, Vec<f64>)> = Vec::new();
     let mut types: Vec<String> = Vec::new();
-    for variant in variants {
+    for (i, variant) in variants.iter().enumerate() {
         ctx.report_message(&format!("tagging with the {} model", variant.name));
         let clock = Instant::now();
         let tagged = predict_tags(model, loader, labels, device, variant.pass)
@@ -212,7 +212,7 @@ pub(super) fn evaluate_tags(
             ),
             counts: type_confusion(&tagged.sequences),
         });
-        if outcome.rows == 0 {
+        if i == 0 {
             let later = tagged.sequences.iter().filter(|s| s.window > 0).count() as u64;
             if later > 0 {
                 ctx.count("later_windows", later);

@@ -275,7 +275,7 @@ fn log_batch(state: &TrainState) -> Result<RecordBatch> {
 }
 
 /// (step, loss) of the training steps and of the evaluations.
-pub fn loss_points(state: &TrainState) -> (Points, Points) {
+fn loss_points(state: &TrainState) -> (Points, Points) {
     (
         state
             .steps
