@@ -32,12 +32,6 @@ fn report_path(stdout: &str) -> PathBuf {
     PathBuf::from(line.unwrap_or_else(|| panic!("no report path in\n{stdout}")))
 }
 
-/// Rows of a query as JSON objects (`medtune query --format json`).
-fn query_rows(workdir: &Path, sql: &str) -> Vec<serde_json::Value> {
-    let run = medtune(workdir, &["query", sql, "--format", "json"]).expect(0);
-    serde_json::from_str(&run.stdout).unwrap()
-}
-
 fn text(row: &serde_json::Value, key: &str) -> String {
     row[key].as_str().unwrap().to_string()
 }

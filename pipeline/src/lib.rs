@@ -25,5 +25,8 @@ pub use error::{ErrorClass, PipelineError, Result};
 pub use manifest::{ColumnStats, Manifest, PartFile};
 pub use progress::{ProgressObserver, Quiet, WorkUnit};
 pub use runner::{Freshness, RunOptions, Runner, StageStatus, StageSummary};
-pub use stage::{OutputDecl, OutputRole, SourceDecl, Stage, StageContext};
+pub use stage::{
+    Continuation, InputChange, OutputDecl, OutputRole, PreviousOutput, SourceDecl, Stage,
+    StageContext,
+};
 pub use workdir::Workdir;

@@ -168,6 +168,10 @@ pub struct Manifest {
     /// Files the stage wrote besides datasets (a trained adapter, say), under `artifacts/`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<PartFile>,
+    /// The key of the output this one extends: its parts lead this one's and only rows
+    /// appended to the inputs since were processed (absent for a full run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<String>,
     /// Row accounting.
     pub accounting: Accounting,
     /// Stage-specific counts (repairs, truncations, ...).

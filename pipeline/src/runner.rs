@@ -13,7 +13,7 @@ use crate::manifest::{
 };
 use crate::progress::ProgressObserver;
 use crate::reader::CommittedDataset;
-use crate::stage::{OutputRole, Stage, StageContext};
+use crate::stage::{InputChange, OutputRole, PreviousOutput, Stage, StageContext};
 use crate::workdir::{Lookup, Workdir};
 use crate::writer::{DatasetWriter, OutputSink};
 
@@ -151,7 +151,14 @@ impl<'a> Runner<'a> {
             let cache_hit = cached.is_some();
             let manifest = match cached {
                 Some(m) => m,
-                None => self.execute(stage, parts, inputs)?,
+                None => {
+                    let previous = if forced.contains(&i) {
+                        None
+                    } else {
+                        self.previous_output(stage, &parts, &inputs)
+                    };
+                    self.execute(stage, parts, inputs, previous)?
+                }
             };
             self.workdir.publish(&manifest)?;
             let dir = self.workdir.entry_dir(stage.name(), &manifest.key);
@@ -324,11 +331,49 @@ impl<'a> Runner<'a> {
         })
     }
 
+    /// The stage's latest output, when it was made by the same stage version and config and
+    /// still verifies, with how each input changed since.
+    fn previous_output(
+        &self,
+        stage: &dyn Stage,
+        now: &KeyParts,
+        inputs: &BTreeMap<String, CommittedDataset>,
+    ) -> Option<PreviousOutput> {
+        let manifest = self.workdir.latest_manifest(stage.name())?;
+        if manifest.version != stage.version()
+            || manifest.config != now.config
+            || manifest.key == now.key
+            || manifest.inputs.keys().ne(inputs.keys())
+        {
+            return None;
+        }
+        let entry_dir = self.workdir.entry_dir(stage.name(), &manifest.key);
+        if let Err(why) = manifest.verify(&entry_dir) {
+            self.progress.warning(
+                stage.name(),
+                &format!("previous output failed verification ({why}); not extending it"),
+            );
+            return None;
+        }
+        let changes = inputs
+            .iter()
+            .map(|(name, dataset)| (name.clone(), input_change(&manifest.inputs[name], dataset)))
+            .collect();
+        let sources_unchanged = manifest.sources == now.sources;
+        Some(PreviousOutput {
+            manifest,
+            entry_dir,
+            inputs: changes,
+            sources_unchanged,
+        })
+    }
+
     fn execute(
         &self,
         stage: &dyn Stage,
         parts: KeyParts,
         inputs: BTreeMap<String, CommittedDataset>,
+        previous: Option<PreviousOutput>,
     ) -> Result<Manifest> {
         let started_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -351,6 +396,7 @@ impl<'a> Runner<'a> {
             inputs,
             sinks,
             self.progress,
+            previous,
         );
         self.progress.stage_started(stage.name());
         let result = stage.run(&mut ctx);
@@ -420,6 +466,7 @@ impl<'a> Runner<'a> {
             sources: parts.sources,
             datasets,
             artifacts,
+            extends: outcome.extends,
             accounting,
             counters: outcome.counters,
             warnings: outcome.warnings,
@@ -430,6 +477,32 @@ impl<'a> Runner<'a> {
         // Committed: resumable state of the run is no longer needed.
         let _ = std::fs::remove_dir_all(&scratch);
         Ok(manifest)
+    }
+}
+
+/// How `dataset` relates to an input whose content hash was `before`: the same, the same
+/// parts followed by new ones, or something else.
+fn input_change(before: &str, dataset: &CommittedDataset) -> InputChange {
+    let files = &dataset.manifest.files;
+    if dataset.manifest.content_hash == before {
+        return InputChange::Same;
+    }
+    let prefix_hash = |n: usize| {
+        hash_parts(
+            files[..n]
+                .iter()
+                .map(|f| (f.path.as_str(), f.blake3.as_bytes())),
+        )
+    };
+    match (1..files.len()).rev().find(|&n| prefix_hash(n) == before) {
+        Some(n) => {
+            let mut delta = dataset.clone();
+            delta.manifest.files = files[n..].to_vec();
+            delta.manifest.rows = delta.manifest.files.iter().map(|f| f.rows).sum();
+            delta.manifest.bytes = delta.manifest.files.iter().map(|f| f.bytes).sum();
+            InputChange::Appended(delta)
+        }
+        None => InputChange::Replaced,
     }
 }
 

@@ -12,6 +12,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
 use crate::error::{PipelineError, Result};
+use crate::manifest::Manifest;
 use crate::progress::{ProgressObserver, WorkUnit};
 use crate::reader::CommittedDataset;
 use crate::writer::OutputSink;
@@ -92,6 +93,65 @@ pub trait Stage: Send + Sync {
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()>;
 }
 
+/// How an input dataset differs from the one a stage's previous output was made from.
+#[derive(Debug, Clone)]
+pub enum InputChange {
+    /// The same parts.
+    Same,
+    /// The previous parts, then these new ones (a dataset holding only the new parts).
+    Appended(CommittedDataset),
+    /// Anything else.
+    Replaced,
+}
+
+/// The latest committed output of a stage, made with the same stage version and config as the
+/// run at hand, offered so that a stage whose inputs only grew can extend it instead of
+/// starting over (see [`StageContext::continue_previous`]).
+#[derive(Debug, Clone)]
+pub struct PreviousOutput {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its cache entry folder.
+    pub entry_dir: PathBuf,
+    /// How each input changed since.
+    pub inputs: BTreeMap<String, InputChange>,
+    /// Whether every source file has the content it had then.
+    pub sources_unchanged: bool,
+}
+
+impl PreviousOutput {
+    /// One of its output datasets.
+    pub fn dataset(&self, name: &str) -> Option<CommittedDataset> {
+        self.manifest.datasets.get(name).map(|d| CommittedDataset {
+            name: name.to_string(),
+            entry_dir: self.entry_dir.clone(),
+            manifest: d.clone(),
+        })
+    }
+
+    /// Its artifacts folder.
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.entry_dir.join(crate::manifest::ARTIFACTS_DIR)
+    }
+
+    /// The value of one of its counters (0 when it has none).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.manifest.counters.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// What a stage asks of [`StageContext::continue_previous`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Continuation<'s> {
+    /// Outputs the stage writes whole again (the rest start with their previous parts).
+    pub rewrite: &'s [&'s str],
+    /// Inputs the stage reads whole whatever changed in them (the rest must only have grown,
+    /// and reads of them return the new parts alone).
+    pub whole: &'s [&'s str],
+    /// Whether the stage has itself checked that its source files only grew.
+    pub sources_checked: bool,
+}
+
 /// What a stage sees while it runs.
 pub struct StageContext<'a> {
     stage: String,
@@ -105,6 +165,8 @@ pub struct StageContext<'a> {
     counters: BTreeMap<String, u64>,
     warnings: Vec<String>,
     progress: &'a dyn ProgressObserver,
+    previous: Option<PreviousOutput>,
+    extends: Option<String>,
 }
 
 /// What a stage leaves behind once it has run: its sinks and its accounting.
@@ -114,6 +176,7 @@ pub(crate) struct StageOutcome {
     pub dropped: BTreeMap<String, u64>,
     pub counters: BTreeMap<String, u64>,
     pub warnings: Vec<String>,
+    pub extends: Option<String>,
 }
 
 impl<'a> StageContext<'a> {
@@ -124,6 +187,7 @@ impl<'a> StageContext<'a> {
         inputs: BTreeMap<String, CommittedDataset>,
         outputs: BTreeMap<String, OutputSink>,
         progress: &'a dyn ProgressObserver,
+        previous: Option<PreviousOutput>,
     ) -> Self {
         StageContext {
             stage: stage.to_string(),
@@ -137,6 +201,8 @@ impl<'a> StageContext<'a> {
             counters: BTreeMap::new(),
             warnings: Vec::new(),
             progress,
+            previous,
+            extends: None,
         }
     }
 
@@ -147,7 +213,71 @@ impl<'a> StageContext<'a> {
             dropped: self.dropped,
             counters: self.counters,
             warnings: self.warnings,
+            extends: self.extends,
         }
+    }
+
+    /// The stage's previous output, when there is one with the same stage version and config
+    /// (and the run was not forced).
+    pub fn previous(&self) -> Option<&PreviousOutput> {
+        self.previous.as_ref()
+    }
+
+    /// Extends the previous output instead of starting over, when `how` allows it: every
+    /// output not in `how.rewrite` starts with the previous output's parts (hard links), the
+    /// previous row accounting and counters are carried over (counters summed with what the
+    /// stage adds; [`Self::set_count`] overrides), and reads of inputs not in `how.whole`
+    /// return only their appended parts. Returns `false`, changing nothing, when there is no
+    /// previous output or an input did more than grow; the stage then does a full run.
+    pub fn continue_previous(&mut self, how: Continuation<'_>) -> Result<bool> {
+        let Some(previous) = &self.previous else {
+            return Ok(false);
+        };
+        if !(previous.sources_unchanged || how.sources_checked) {
+            return Ok(false);
+        }
+        let mut deltas = BTreeMap::new();
+        for (name, change) in &previous.inputs {
+            if how.whole.contains(&name.as_str()) {
+                continue;
+            }
+            let delta = match change {
+                InputChange::Same => {
+                    let mut empty = self.input(name)?.clone();
+                    empty.manifest.files.clear();
+                    empty.manifest.rows = 0;
+                    empty.manifest.bytes = 0;
+                    empty
+                }
+                InputChange::Appended(delta) => delta.clone(),
+                InputChange::Replaced => return Ok(false),
+            };
+            deltas.insert(name.clone(), delta);
+        }
+        for (name, sink) in &mut self.outputs {
+            if how.rewrite.contains(&name.as_str()) {
+                continue;
+            }
+            if let Some(dataset) = previous.manifest.datasets.get(name) {
+                sink.adopt(dataset.files.clone(), previous.entry_dir.clone())?;
+            }
+        }
+        let accounting = &previous.manifest.accounting;
+        self.rows_in += accounting.rows_in;
+        for (reason, n) in &accounting.dropped {
+            *self.dropped.entry(reason.clone()).or_default() += n;
+        }
+        for (counter, n) in &previous.manifest.counters {
+            *self.counters.entry(counter.clone()).or_default() += n;
+        }
+        self.inputs.extend(deltas);
+        self.extends = Some(previous.manifest.key.clone());
+        Ok(true)
+    }
+
+    /// Whether this run extends the previous output (see [`Self::continue_previous`]).
+    pub fn is_continuation(&self) -> bool {
+        self.extends.is_some()
     }
 
     /// The folder for files the stage commits besides datasets (created on first use). They are
@@ -230,6 +360,11 @@ impl<'a> StageContext<'a> {
     /// Adds to a stage-specific counter recorded in the manifest.
     pub fn count(&mut self, counter: &str, n: u64) {
         *self.counters.entry(counter.to_string()).or_default() += n;
+    }
+
+    /// Sets a stage-specific counter, replacing any value (a carried-over one included).
+    pub fn set_count(&mut self, counter: &str, n: u64) {
+        self.counters.insert(counter.to_string(), n);
     }
 
     /// Records a warning (shown to the user and kept in the manifest).

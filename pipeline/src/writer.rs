@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::BufWriter;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread::JoinHandle;
 
@@ -122,6 +122,30 @@ impl DatasetWriter {
         Ok(())
     }
 
+    /// Starts the dataset with parts committed before, in the folder `from` (an earlier cache
+    /// entry): each is hard-linked (copied where links are not possible) and keeps its
+    /// manifest record; parts written afterwards are numbered after them.
+    pub fn adopt(&mut self, parts: Vec<PartFile>, from: &Path) -> Result<()> {
+        if self.current.is_some() || !self.parts.is_empty() {
+            return Err(PipelineError::Internal(format!(
+                "dataset `{}`: earlier parts can only lead the dataset",
+                self.name
+            )));
+        }
+        for part in parts {
+            let source = from.join(&part.path);
+            let target = self.entry_dir.join(&part.path);
+            if let Some(dir) = target.parent() {
+                fs::create_dir_all(dir).at(dir)?;
+            }
+            if fs::hard_link(&source, &target).is_err() {
+                fs::copy(&source, &target).at(&source)?;
+            }
+            self.parts.push(part);
+        }
+        Ok(())
+    }
+
     /// Closes the current part, unless it is still empty, and labels the parts that follow.
     pub fn start_part(&mut self, label: &str) -> Result<()> {
         if self.current.as_ref().is_some_and(|p| p.rows > 0) {
@@ -215,6 +239,7 @@ impl DatasetWriter {
 enum SinkMessage {
     Batch(RecordBatch),
     StartPart(String),
+    Adopt(Vec<PartFile>, PathBuf),
 }
 
 /// A [`DatasetWriter`] running on its own thread; the stage side sends batches to it.
@@ -238,6 +263,7 @@ impl OutputSink {
                     match message {
                         SinkMessage::Batch(batch) => writer.write(&batch)?,
                         SinkMessage::StartPart(label) => writer.start_part(&label)?,
+                        SinkMessage::Adopt(parts, from) => writer.adopt(parts, &from)?,
                     }
                 }
                 writer.finish()
@@ -271,6 +297,14 @@ impl OutputSink {
     /// [`DatasetWriter::start_part`]).
     pub fn start_part(&mut self, label: &str) -> Result<()> {
         self.send(SinkMessage::StartPart(label.to_string()))
+    }
+
+    /// Starts the dataset with earlier parts (see [`DatasetWriter::adopt`]).
+    pub fn adopt(&mut self, parts: Vec<PartFile>, from: PathBuf) -> Result<()> {
+        let rows: u64 = parts.iter().map(|p| p.rows).sum();
+        self.send(SinkMessage::Adopt(parts, from))?;
+        self.rows += rows;
+        Ok(())
     }
 
     fn send(&mut self, message: SinkMessage) -> Result<()> {

@@ -4,7 +4,9 @@
 //! tag, only when `bio_require_entities` is set).
 
 use arrow::array::Array;
-use medtune_pipeline::{OutputDecl, PipelineConfig, Result, Stage, StageContext, WorkUnit};
+use medtune_pipeline::{
+    Continuation, OutputDecl, PipelineConfig, Result, Stage, StageContext, WorkUnit,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::convert::{ENTITY_TASKS, RELATION_TASK};
@@ -123,6 +125,8 @@ impl Stage for CleanStage {
     }
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
+        // Row by row: an input that only grew extends the previous output with its new rows.
+        ctx.continue_previous(Continuation::default())?;
         ctx.set_work_total(ctx.input(&self.input)?.manifest.rows, WorkUnit::Rows);
         let mut done = 0;
         for batch in ctx.read(&self.input)? {

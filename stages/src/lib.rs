@@ -15,6 +15,7 @@ pub mod profile;
 pub mod rejects;
 pub mod shard;
 pub mod split;
+pub mod state;
 pub mod text;
 pub mod tokenize;
 pub mod train;

@@ -73,6 +73,12 @@ pub fn query_csv(workdir: &Path, sql: &str) -> String {
         .stdout
 }
 
+/// Rows of a query as JSON objects (`medtune query --format json`).
+pub fn query_rows(workdir: &Path, sql: &str) -> Vec<serde_json::Value> {
+    let run = medtune(workdir, &["query", sql, "--format", "json"]).expect(0);
+    serde_json::from_str(&run.stdout).unwrap()
+}
+
 /// Writes a config with an `[ingest]` section reading `inputs` (absolute paths) as `format`,
 /// plus any extra TOML, and returns its path.
 pub fn write_config(dir: &Path, format: &str, inputs: &[PathBuf], extra: &str) -> PathBuf {

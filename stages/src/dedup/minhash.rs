@@ -8,6 +8,9 @@
 //! share a band with probability `1 - (1 - s^rows)^bands`.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use rayon::prelude::*;
 
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
@@ -84,12 +87,33 @@ pub fn similarity(a: &[u32], b: &[u32]) -> f64 {
     equal as f64 / a.len() as f64
 }
 
+/// The hasher of the band buckets: band keys are xxh3 digests already, so they are used as
+/// they are instead of being hashed a second time.
+#[derive(Default)]
+pub struct BandKeyHasher(u64);
+
+impl Hasher for BandKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+}
+
 /// Signatures inserted so far, bucketed per band.
 #[derive(Debug)]
 pub struct LshIndex {
     bands: usize,
     rows: usize,
-    buckets: Vec<HashMap<u64, Vec<u32>>>,
+    buckets: Vec<HashMap<u64, Vec<u32>, BuildHasherDefault<BandKeyHasher>>>,
     signatures: Vec<u32>,
 }
 
@@ -99,15 +123,26 @@ impl LshIndex {
         LshIndex {
             bands,
             rows,
-            buckets: (0..bands).map(|_| HashMap::new()).collect(),
+            buckets: (0..bands).map(|_| HashMap::default()).collect(),
             signatures: Vec::new(),
         }
     }
 
     fn band_key(&self, signature: &[u32], band: usize) -> u64 {
         let slots = &signature[band * self.rows..(band + 1) * self.rows];
-        let bytes: Vec<u8> = slots.iter().flat_map(|v| v.to_le_bytes()).collect();
-        xxh3_64_with_seed(&bytes, band as u64)
+        // The slots' little-endian bytes, on the stack for bands of up to 16 slots.
+        let mut stack = [0u8; 64];
+        let mut heap = Vec::new();
+        let bytes: &mut [u8] = if slots.len() * 4 <= stack.len() {
+            &mut stack[..slots.len() * 4]
+        } else {
+            heap.resize(slots.len() * 4, 0);
+            &mut heap
+        };
+        for (out, v) in bytes.chunks_exact_mut(4).zip(slots) {
+            out.copy_from_slice(&v.to_le_bytes());
+        }
+        xxh3_64_with_seed(bytes, band as u64)
     }
 
     /// The signature of an inserted entry.
@@ -126,6 +161,34 @@ impl LshIndex {
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// Inserts many signatures (`signatures` holds them one after another), filling the
+    /// bands in parallel: what loading a saved index does.
+    pub fn insert_many(&mut self, signatures: &[u32]) {
+        let width = self.bands * self.rows;
+        assert_eq!(signatures.len() % width, 0, "signature length");
+        let first = (self.signatures.len() / width) as u32;
+        let this = &*self;
+        let keys: Vec<Vec<u64>> = (0..self.bands)
+            .into_par_iter()
+            .map(|band| {
+                signatures
+                    .chunks_exact(width)
+                    .map(|s| this.band_key(s, band))
+                    .collect()
+            })
+            .collect();
+        self.buckets
+            .par_iter_mut()
+            .zip(keys)
+            .for_each(|(bucket, keys)| {
+                bucket.reserve(keys.len());
+                for (i, key) in keys.into_iter().enumerate() {
+                    bucket.entry(key).or_default().push(first + i as u32);
+                }
+            });
+        self.signatures.extend_from_slice(signatures);
     }
 
     /// Inserts a signature; returns its entry number.

@@ -6,18 +6,20 @@
 //! MinHash signature per kept row; the rows themselves stream through.
 
 pub mod minhash;
+mod resume;
 
 use std::collections::HashMap;
 
 use arrow::array::{ArrayRef, Float64Builder, StringBuilder};
 use arrow::record_batch::RecordBatch;
 use medtune_pipeline::{
-    OutputDecl, OutputRole, PipelineConfig, Result, Stage, StageContext, WorkUnit,
+    Continuation, OutputDecl, OutputRole, PipelineConfig, Result, Stage, StageContext, WorkUnit,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use self::minhash::{similarity, LshIndex, MinHasher};
+use self::resume::Seen;
 use crate::examples::{check_text_columns, ExampleRows};
 use crate::normalize::{key_hash, Normalization};
 use crate::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
@@ -145,6 +147,10 @@ struct NearState {
     groups: Vec<String>,
     parent: Vec<u32>,
     matched: Vec<Option<(u32, f64)>>,
+    /// The earlier entries each entry was joined with.
+    edges: Vec<Vec<u32>>,
+    /// Entries that came from the saved state of an earlier output.
+    loaded: usize,
 }
 
 impl NearState {
@@ -183,6 +189,8 @@ impl NearState {
         self.groups.push(group.to_string());
         self.parent.push(entry);
         self.matched.push(matches.first().copied());
+        self.edges
+            .push(matches.iter().map(|&(other, _)| other).collect());
         for &(other, _) in matches {
             self.union(entry, other);
         }
@@ -264,20 +272,24 @@ impl Stage for DedupStage {
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
         let cfg = &self.config;
+        let near_cfg = cfg.near.enabled.then_some(&cfg.near);
+        // Rows appended since the previous output are checked against its saved state; the
+        // near-duplicate clusters are written whole again (a new row can join two).
+        let mut resumed = None;
+        if let Some(previous) = ctx.previous() {
+            resumed = resume::load(&previous.artifacts_dir(), near_cfg)?;
+        }
+        if resumed.is_some()
+            && !ctx.continue_previous(Continuation {
+                rewrite: &[NEAR_DUPLICATES],
+                ..Continuation::default()
+            })?
+        {
+            resumed = None;
+        }
+        let (mut first_seen, mut near) =
+            resumed.unwrap_or_else(|| (Seen::default(), near_cfg.map(NearState::new)));
         ctx.set_work_total(ctx.input(&self.input)?.manifest.rows, WorkUnit::Rows);
-        let mut first_seen: HashMap<u128, String> = HashMap::new();
-        let mut near = cfg.near.enabled.then(|| NearState {
-            hasher: MinHasher::new(
-                cfg.near.bands * cfg.near.rows,
-                cfg.near.ngram,
-                cfg.near.seed,
-            ),
-            index: LshIndex::new(cfg.near.bands, cfg.near.rows),
-            ids: Vec::new(),
-            groups: Vec::new(),
-            parent: Vec::new(),
-            matched: Vec::new(),
-        });
         let key_name = cfg.columns.join("+");
         let mut rows_done = 0u64;
         for batch in ctx.read(&self.input)? {
@@ -307,14 +319,14 @@ impl Stage for DedupStage {
                     // Nothing to compare: an empty key is no one's duplicate (clean drops it).
                     ctx.count("empty_key_rows", 1);
                     None
-                } else if let Some(first) = first_seen.get(&probe.hash) {
+                } else if let Some(first) = first_seen.get(probe.hash) {
                     Some(reject(
                         "duplicate",
                         format!("same normalised {key_name} as {first}"),
                         first,
                     ))
                 } else {
-                    first_seen.insert(probe.hash, id.to_string());
+                    first_seen.insert(probe.hash, id);
                     match (near.as_mut(), &probe.signature) {
                         (Some(state), Some(sig)) => {
                             let matches = state.matches(sig, cfg.near.threshold);
@@ -362,10 +374,10 @@ impl Stage for DedupStage {
         }
         if let Some(state) = near.as_mut() {
             let (batch, clusters, members) = state.clusters()?;
-            ctx.count("near_duplicate_clusters", clusters);
-            ctx.count("near_duplicate_rows", members);
+            ctx.set_count("near_duplicate_clusters", clusters);
+            ctx.set_count("near_duplicate_rows", members);
             ctx.write(NEAR_DUPLICATES, batch)?;
         }
-        Ok(())
+        resume::save(ctx.artifacts_dir()?, &first_seen, near.as_ref())
     }
 }

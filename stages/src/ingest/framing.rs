@@ -89,6 +89,23 @@ impl<R: BufRead> JsonRecords<R> {
         }
     }
 
+    /// Frames `reader` positioned inside a stream read before: after the `,` that follows an
+    /// array element (or at the closing `]`) when `array`, else at the start of a line.
+    /// `line` is the line the reader is on.
+    pub fn resume(reader: R, line: u64, array: bool, max_record_bytes: usize) -> Self {
+        JsonRecords {
+            reader,
+            state: if array {
+                State::BeforeElement
+            } else {
+                State::Lines
+            },
+            line,
+            max_record_bytes,
+            array,
+        }
+    }
+
     /// Whether the input turned out to be a JSON array (known after the first record).
     pub fn is_array(&self) -> bool {
         self.array

@@ -10,14 +10,15 @@ mod conll;
 mod framing;
 mod json_formats;
 pub mod record;
+mod resume;
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use medtune_pipeline::{
-    OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl, Stage, StageContext,
-    WorkUnit,
+    Continuation, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl, Stage,
+    StageContext, WorkUnit,
 };
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +27,8 @@ use self::bio::BioConfig;
 use self::conll::ConllSentences;
 use self::framing::JsonRecords;
 use self::json_formats::Origin;
-use self::record::{ReadItem, Reject};
+use self::record::{ReadItem, Reject, RejectReason};
+use self::resume::Resume;
 use crate::rejects::{RejectBatch, RejectRow};
 use crate::text::bounded_raw;
 
@@ -167,6 +169,8 @@ struct FileRun<'a> {
     first_reject: Option<Reject>,
     examples: ExampleBatch,
     rejects: RejectBatch,
+    /// Whether the file was read to its end without a truncation or trailing data.
+    clean_end: bool,
 }
 
 impl Stage for IngestStage {
@@ -194,15 +198,31 @@ impl Stage for IngestStage {
     }
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
+        // Files that only grew since the previous output are read from where it stopped.
+        let resumes: Vec<Option<Resume>> = match self.resumes(ctx)? {
+            Some(resumes)
+                if ctx.continue_previous(Continuation {
+                    sources_checked: true,
+                    ..Continuation::default()
+                })? =>
+            {
+                resumes.into_iter().map(Some).collect()
+            }
+            _ => self.sources.iter().map(|_| None).collect(),
+        };
         let total: u64 = self
             .sources
             .iter()
-            .filter_map(|s| std::fs::metadata(&s.path).ok())
-            .map(|m| m.len())
+            .zip(&resumes)
+            .filter_map(|(s, r)| {
+                let len = std::fs::metadata(&s.path).ok()?.len();
+                Some(len.saturating_sub(r.as_ref().map_or(0, |r| r.start)))
+            })
             .sum();
         ctx.set_work_total(total, WorkUnit::Bytes);
         let mut done_before = 0;
-        for source in &self.sources {
+        let mut points = Vec::new();
+        for (source, resume) in self.sources.iter().zip(resumes) {
             let name = file_name(&source.path);
             let mut run = FileRun {
                 info: FileInfo {
@@ -215,11 +235,16 @@ impl Stage for IngestStage {
                 first_reject: None,
                 examples: ExampleBatch::default(),
                 rejects: RejectBatch::default(),
+                clean_end: true,
             };
-            let input = self.open(&source.path)?;
+            let input = match &resume {
+                Some(r) => open_at(&source.path, r.start)?,
+                None => self.open(&source.path)?,
+            };
             let read = |reader: &Input| done_before + reader.get_ref().bytes;
             let cfg = &self.config;
             let bio = &cfg.bio;
+            let mut array = false;
             match cfg.format {
                 InputFormat::Conll => {
                     let mut iter = ConllSentences::new(input, &name, bio, cfg.max_sentence_words);
@@ -229,7 +254,12 @@ impl Stage for IngestStage {
                     }
                 }
                 format => {
-                    let mut iter = JsonRecords::new(input, cfg.max_record_bytes);
+                    let mut iter = match &resume {
+                        Some(r) => {
+                            JsonRecords::resume(input, r.line, r.array, cfg.max_record_bytes)
+                        }
+                        None => JsonRecords::new(input, cfg.max_record_bytes),
+                    };
                     while let Some(framed) = iter.next() {
                         let framed = framed.map_err(|e| PipelineError::io(&source.path, e))?;
                         let item = framed.and_then(|rec| {
@@ -250,13 +280,15 @@ impl Stage for IngestStage {
                         });
                         self.take(ctx, &mut run, item, read(iter.get_ref()))?;
                     }
+                    array = iter.is_array();
                 }
             }
             self.flush(ctx, &mut run, true)?;
             done_before += std::fs::metadata(&source.path)
                 .map(|m| m.len())
                 .unwrap_or(0);
-            if run.kept == 0 {
+            let kept_before = resume.as_ref().map_or(0, |r| r.kept);
+            if run.kept + kept_before == 0 {
                 if let Some(first) = run.first_reject {
                     return Err(PipelineError::bad_input(
                         &source.path,
@@ -272,8 +304,61 @@ impl Stage for IngestStage {
                     ));
                 }
             }
+            if run.clean_end && self.config.format != InputFormat::Conll {
+                points.extend(resume::point_after(
+                    &source.path,
+                    &source.written,
+                    array,
+                    run.kept + kept_before,
+                    resume.map(|r| r.prefix),
+                )?);
+            }
         }
-        Ok(())
+        resume::save(ctx.artifacts_dir()?, &points)
+    }
+}
+
+/// Opens an input at byte `start` (where an earlier ingest of it stopped).
+fn open_at(path: &Path, start: u64) -> Result<Input> {
+    let mut file = File::open(path).map_err(|e| PipelineError::io(path, e))?;
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| PipelineError::io(path, e))?;
+    Ok(BufReader::with_capacity(
+        1 << 20,
+        Counting {
+            inner: file,
+            bytes: 0,
+        },
+    ))
+}
+
+impl IngestStage {
+    /// Where to carry on reading every input, when the previous output left resume points
+    /// and every input only grew past its point.
+    fn resumes(&self, ctx: &StageContext<'_>) -> Result<Option<Vec<Resume>>> {
+        if self.config.format == InputFormat::Conll {
+            return Ok(None);
+        }
+        let Some(points) = ctx
+            .previous()
+            .and_then(|p| resume::load(&p.artifacts_dir()))
+        else {
+            return Ok(None);
+        };
+        if points.len() != self.sources.len() {
+            return Ok(None);
+        }
+        let mut resumes = Vec::with_capacity(points.len());
+        for (source, point) in self.sources.iter().zip(&points) {
+            if point.source != source.written {
+                return Ok(None);
+            }
+            match resume::check(&source.path, point)? {
+                Some(r) => resumes.push(r),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(resumes))
     }
 }
 
@@ -322,6 +407,12 @@ impl IngestStage {
                 }
             }
             Err(reject) => {
+                if matches!(
+                    reject.reason,
+                    RejectReason::Truncated | RejectReason::TrailingData
+                ) {
+                    run.clean_end = false;
+                }
                 ctx.count_dropped(reject.reason.code(), 1);
                 let id = format!("{}:{}", run.info.file_name, reject.line);
                 run.rejects.push(RejectRow {

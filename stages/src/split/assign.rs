@@ -31,7 +31,22 @@ impl Group {
 
 /// Assigns each group a split index (into [`SPLIT_NAMES`]); `fractions` sum to 1.
 pub fn assign(groups: &[Group], strata: usize, fractions: [f64; 3], seed: u64) -> Vec<u8> {
-    let mut totals = vec![0u64; strata];
+    assign_onto(vec![vec![0; strata]; 3], groups, fractions, seed)
+}
+
+/// Assigns `groups` to splits that already hold `placed[split][stratum]` rows which stay where
+/// they are (rows appended to an input that was split before): the targets are the fractions
+/// of all rows, placed and new, and only the new groups move.
+pub fn assign_onto(
+    placed: Vec<Vec<u64>>,
+    groups: &[Group],
+    fractions: [f64; 3],
+    seed: u64,
+) -> Vec<u8> {
+    let strata = placed[0].len();
+    let mut totals: Vec<u64> = (0..strata)
+        .map(|k| placed.iter().map(|split| split[k]).sum())
+        .collect();
     for g in groups {
         for &(k, n) in &g.strata {
             totals[k] += n;
@@ -41,7 +56,7 @@ pub fn assign(groups: &[Group], strata: usize, fractions: [f64; 3], seed: u64) -
         .iter()
         .map(|f| totals.iter().map(|&t| f * t as f64).collect())
         .collect();
-    let mut assigned = vec![vec![0u64; strata]; 3];
+    let mut assigned = placed;
     let mut order: Vec<(u64, u64, usize)> = groups
         .iter()
         .enumerate()

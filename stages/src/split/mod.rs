@@ -9,6 +9,7 @@
 
 pub mod assign;
 pub mod leakage;
+mod resume;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,13 +17,15 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, AsArray, StringArray};
 use arrow::record_batch::RecordBatch;
 use medtune_pipeline::{
-    OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, Stage, StageContext, WorkUnit,
+    Continuation, InputChange, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result,
+    Stage, StageContext, WorkUnit,
 };
 use medtune_schemas::col;
 use serde::{Deserialize, Serialize};
 
 use self::assign::{assign, Group, SPLIT_NAMES};
 use self::leakage::{find_leaks, RowKeys};
+use self::resume::{AppendPlan, NewRows, PlacedRow};
 use crate::examples::{check_text_columns, ExampleRows, TEXT_COLUMNS};
 use crate::normalize::{key_hash, Normalization};
 
@@ -226,25 +229,32 @@ impl Stage for SplitStage {
     }
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
-        let total = ctx.input(&self.input)?.manifest.rows;
-        ctx.set_work_total(2 * total, WorkUnit::Rows);
         let clusters = self.clusters(ctx)?;
+        match self.append_plan(ctx, &clusters)? {
+            Some(plan) => self.run_append(ctx, plan),
+            None => self.run_full(ctx, &clusters),
+        }
+    }
+}
 
-        // Pass 1: the keys of every row.
-        let mut keys: Vec<RowKeys> = Vec::with_capacity(total as usize);
-        let mut strata: Vec<u32> = Vec::with_capacity(total as usize);
-        let mut stratum_index: HashMap<String, u32> = HashMap::new();
-        for batch in ctx.read(&self.input)? {
+impl SplitStage {
+    /// The keys and strata of every row of `batches`, with `clusters` filled in.
+    fn read_keys(
+        &self,
+        batches: impl Iterator<Item = Result<RecordBatch>>,
+        clusters: &HashMap<String, String>,
+        ctx: &StageContext<'_>,
+    ) -> Result<NewRows> {
+        let mut keys = Vec::new();
+        let mut strata = Vec::new();
+        for batch in batches {
             let batch = batch?;
             let rows = ExampleRows::new(&batch)?;
             for row in 0..rows.len() {
                 let text =
                     rows.normalized_text(&self.config.text_columns, row, &self.config.normalize)?;
                 let id = rows.id.value(row).to_string();
-                let stratum = self.stratum(&rows, row)?;
-                let next = stratum_index.len() as u32;
-                let k = *stratum_index.entry(stratum).or_insert(next);
-                strata.push(k);
+                strata.push(self.stratum(&rows, row)?);
                 keys.push(RowKeys {
                     cluster: clusters.get(&id).cloned(),
                     id,
@@ -254,6 +264,88 @@ impl Stage for SplitStage {
             }
             ctx.report_progress(keys.len() as u64);
         }
+        Ok(NewRows { keys, strata })
+    }
+
+    fn fractions(&self) -> [f64; 3] {
+        let f = self.config.fractions;
+        [f.train, f.validation, f.test]
+    }
+
+    /// How to place the rows appended since the previous output, when its inputs only grew
+    /// and its state is there; `None` (with a warning when the rule cannot place them) means
+    /// a full split.
+    fn append_plan(
+        &self,
+        ctx: &mut StageContext<'_>,
+        clusters: &HashMap<String, String>,
+    ) -> Result<Option<AppendPlan>> {
+        let Some(previous) = ctx.previous() else {
+            return Ok(None);
+        };
+        let delta = match previous.inputs.get(&self.input) {
+            Some(InputChange::Appended(delta)) => delta.clone(),
+            _ => return Ok(None),
+        };
+        let Some(old) = resume::load(&previous.artifacts_dir())? else {
+            return Ok(None);
+        };
+        ctx.set_work_total(2 * delta.manifest.rows, WorkUnit::Rows);
+        let new = self.read_keys(delta.batches(ctx.batch_rows()), clusters, ctx)?;
+        match resume::plan(old, new, clusters, self.fractions(), self.config.seed) {
+            Ok(plan) => Ok(Some(plan)),
+            Err(why) => {
+                ctx.warn(format!(
+                    "{why}: no placement of the appended rows keeps every earlier row in its \
+                     split, so all rows are split afresh"
+                ));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Extends the previous output with the appended rows placed by `plan`.
+    fn run_append(&self, ctx: &mut StageContext<'_>, plan: AppendPlan) -> Result<()> {
+        let whole: Vec<&str> = self.near_duplicates.iter().map(String::as_str).collect();
+        if !ctx.continue_previous(Continuation {
+            whole: &whole,
+            ..Continuation::default()
+        })? {
+            return Err(PipelineError::Internal(
+                "split planned an append its previous output does not allow".into(),
+            ));
+        }
+        let new_rows = &plan.rows[plan.old_rows..];
+        let row_split: Vec<u8> = new_rows.iter().map(|r| r.split).collect();
+        let group_names: Vec<&str> = new_rows.iter().map(|r| r.group_name.as_str()).collect();
+        self.write_rows(ctx, &row_split, &group_names, new_rows.len() as u64)?;
+        self.count_rows(
+            ctx,
+            plan.groups,
+            plan.strata,
+            plan.rows.iter().map(|r| r.split),
+        );
+        resume::save(ctx.artifacts_dir()?, &plan.rows)
+    }
+
+    /// Splits every row.
+    fn run_full(
+        &self,
+        ctx: &mut StageContext<'_>,
+        clusters: &HashMap<String, String>,
+    ) -> Result<()> {
+        let total = ctx.input(&self.input)?.manifest.rows;
+        ctx.set_work_total(2 * total, WorkUnit::Rows);
+        // Pass 1: the keys of every row.
+        let NewRows { keys, strata } = self.read_keys(ctx.read(&self.input)?, clusters, ctx)?;
+        let mut stratum_index: HashMap<&str, usize> = HashMap::new();
+        let row_stratum: Vec<usize> = strata
+            .iter()
+            .map(|s| {
+                let next = stratum_index.len();
+                *stratum_index.entry(s).or_insert(next)
+            })
+            .collect();
 
         // Join rows sharing a group key, a text or a near-duplicate cluster.
         let mut components = Components((0..keys.len() as u32).collect());
@@ -285,18 +377,17 @@ impl Stage for SplitStage {
                 });
                 groups.len() - 1
             });
-            let k = strata[i as usize] as usize;
+            let k = row_stratum[i as usize];
             match groups[g].strata.iter_mut().find(|(s, _)| *s == k) {
                 Some((_, n)) => *n += 1,
                 None => groups[g].strata.push((k, 1)),
             }
             row_group.push(g);
         }
-        let f = self.config.fractions;
         let group_split = assign(
             &groups,
             stratum_index.len(),
-            [f.train, f.validation, f.test],
+            self.fractions(),
             self.config.seed,
         );
         let row_split: Vec<u8> = row_group.iter().map(|&g| group_split[g]).collect();
@@ -315,27 +406,76 @@ impl Stage for SplitStage {
                 ),
             });
         }
-        ctx.count("groups", group_names.len() as u64);
-        ctx.count("strata", stratum_index.len() as u64);
-        for (s, name) in SPLIT_NAMES.iter().enumerate() {
-            let n = row_split.iter().filter(|&&x| x as usize == s).count() as u64;
-            ctx.count(&format!("rows_{name}"), n);
-        }
-        drop(keys);
+        self.count_rows(
+            ctx,
+            group_names.len() as u64,
+            stratum_index.len() as u64,
+            row_split.iter().copied(),
+        );
+        drop(stratum_index);
+        let placed: Vec<PlacedRow> = keys
+            .into_iter()
+            .zip(strata)
+            .enumerate()
+            .map(|(i, (keys, stratum))| PlacedRow {
+                keys,
+                stratum,
+                group_name: group_names[row_group[i]].clone(),
+                split: row_split[i],
+            })
+            .collect();
+        resume::save(ctx.artifacts_dir()?, &placed)?;
+        drop(placed);
 
         // Pass 2: stream the rows out with their split.
+        let row_group_names: Vec<&str> =
+            row_group.iter().map(|&g| group_names[g].as_str()).collect();
+        self.write_rows(ctx, &row_split, &row_group_names, total)
+    }
+
+    /// Records the group, stratum and per-split row counts.
+    fn count_rows(
+        &self,
+        ctx: &mut StageContext<'_>,
+        groups: u64,
+        strata: u64,
+        splits: impl Iterator<Item = u8>,
+    ) {
+        let mut per_split = [0u64; 3];
+        for s in splits {
+            per_split[s as usize] += 1;
+        }
+        ctx.set_count("groups", groups);
+        ctx.set_count("strata", strata);
+        for (name, n) in SPLIT_NAMES.iter().zip(per_split) {
+            ctx.set_count(&format!("rows_{name}"), n);
+        }
+    }
+
+    /// Streams the input rows out with their group and split (`offset`: the progress already
+    /// reported by the first pass).
+    fn write_rows(
+        &self,
+        ctx: &mut StageContext<'_>,
+        row_split: &[u8],
+        row_group: &[&str],
+        offset: u64,
+    ) -> Result<()> {
         let mut done = 0usize;
         for batch in ctx.read(&self.input)? {
             let batch = batch?;
             let n = batch.num_rows();
+            if done + n > row_split.len() {
+                return Err(PipelineError::Internal(format!(
+                    "split's second pass read more than the {} rows of its first",
+                    row_split.len()
+                )));
+            }
             let split: StringArray = row_split[done..done + n]
                 .iter()
                 .map(|&s| Some(SPLIT_NAMES[s as usize]))
                 .collect();
-            let group: StringArray = row_group[done..done + n]
-                .iter()
-                .map(|&g| Some(group_names[g].as_str()))
-                .collect();
+            let group: StringArray = row_group[done..done + n].iter().map(|&g| Some(g)).collect();
             let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
             columns.push(Arc::new(group));
             columns.push(Arc::new(split));
@@ -345,7 +485,7 @@ impl Stage for SplitStage {
                 RecordBatch::try_new(medtune_schemas::split_examples(), columns)?,
             )?;
             done += n;
-            ctx.report_progress(total + done as u64);
+            ctx.report_progress(offset + done as u64);
         }
         if done != row_split.len() {
             return Err(PipelineError::Internal(format!(

@@ -25,8 +25,8 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use medtune_pipeline::{
-    OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl, Stage, StageContext,
-    WorkUnit,
+    Continuation, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl, Stage,
+    StageContext, WorkUnit,
 };
 use medtune_schemas::col;
 use rayon::prelude::*;
@@ -220,6 +220,23 @@ impl TokenizeStage {
     }
 }
 
+/// Whether the previous output, if any, numbered the labels as `map` does.
+fn same_labels_as_before(ctx: &StageContext<'_>, map: &LabelMap) -> Result<bool> {
+    let Some(previous) = ctx.previous().and_then(|p| p.dataset(LABEL_MAP)) else {
+        return Ok(false);
+    };
+    let mut labels = Vec::new();
+    for batch in previous.batches(ctx.batch_rows()) {
+        let batch = batch?;
+        let names = batch
+            .column_by_name("label")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| PipelineError::Internal("label map without `label`".into()))?;
+        labels.extend(names.iter().map(|n| n.unwrap_or_default().to_string()));
+    }
+    Ok(labels == map.labels())
+}
+
 /// The `tokenized` schema.
 pub fn tokenized_schema() -> SchemaRef {
     let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
@@ -326,12 +343,23 @@ impl Stage for TokenizeStage {
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
         let cfg = &self.config;
         let tokenizer = self.load_tokenizer()?;
-        let total = ctx.input(&self.input)?.manifest.rows;
-        ctx.set_work_total(total, WorkUnit::Rows);
         let labels = match cfg.mode {
             Mode::TokenClassification => Some(self.label_map(ctx)?),
             Mode::Sft => None,
         };
+        // Row by row: an input that only grew extends the previous output with its new rows,
+        // provided the label ids stay what they were.
+        if labels
+            .as_ref()
+            .map_or(Ok(true), |map| same_labels_as_before(ctx, map))?
+        {
+            ctx.continue_previous(Continuation {
+                rewrite: &[LABEL_MAP],
+                ..Continuation::default()
+            })?;
+        }
+        let total = ctx.input(&self.input)?.manifest.rows;
+        ctx.set_work_total(total, WorkUnit::Rows);
         let eos = match cfg.mode {
             Mode::Sft => Some(self.eos_id(&tokenizer)?),
             Mode::TokenClassification => None,
@@ -419,7 +447,7 @@ impl Stage for TokenizeStage {
             for (label_id, label) in map.labels().iter().enumerate() {
                 id.append_value(label_id as i32);
                 name.append_value(label);
-                ctx.count(&format!("label_id {label}"), label_id as u64);
+                ctx.set_count(&format!("label_id {label}"), label_id as u64);
             }
             let columns: Vec<ArrayRef> = vec![Arc::new(id.finish()), Arc::new(name.finish())];
             ctx.write(

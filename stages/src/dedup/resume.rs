@@ -1,0 +1,221 @@
+//! Dedup's state between runs: the normalised-text hashes seen (with the id of the row that
+//! first had each) and the near-duplicate index (every indexed row's MinHash signature, group
+//! key, best earlier match and the earlier entries it was joined with). A run over appended
+//! rows loads it and checks only the new rows against it, so earlier decisions stand and the
+//! first occurrence still wins.
+//!
+//! The state is append-only: each run adds one chunk (`seen-N.parquet`, `near-N.parquet`,
+//! `near-N.sig` with the raw little-endian signatures) to the chunks of the output it extends,
+//! which are hard-linked, not rewritten.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, Float64Array, ListArray, ListBuilder, StringArray, UInt32Array, UInt32Builder,
+    UInt64Array,
+};
+use arrow::record_batch::RecordBatch;
+use medtune_pipeline::{PipelineError, Result};
+
+use super::{NearDuplicateConfig, NearState};
+use crate::state::{column, link_or_copy, read_table, write_table};
+
+/// Folder of the state inside the stage's artifacts.
+const DIR: &str = "dedup_state";
+
+/// Hashes of the normalised texts seen so far, each with the id of its first row.
+#[derive(Default)]
+pub(crate) struct Seen {
+    first: HashMap<u128, String>,
+    /// Hashes added since the state was loaded, in order.
+    added: Vec<u128>,
+    /// Chunk files of the state this one extends.
+    chunks: Vec<PathBuf>,
+}
+
+impl Seen {
+    /// The id of the first row with this hash.
+    pub(crate) fn get(&self, hash: u128) -> Option<&String> {
+        self.first.get(&hash)
+    }
+
+    /// Records the first row with this hash.
+    pub(crate) fn insert(&mut self, hash: u128, id: &str) {
+        self.first.insert(hash, id.to_string());
+        self.added.push(hash);
+    }
+}
+
+/// Writes the state's new chunk into `artifacts`, after links to the chunks it extends.
+pub(crate) fn save(artifacts: &Path, seen: &Seen, near: Option<&NearState>) -> Result<()> {
+    let dir = artifacts.join(DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| PipelineError::io(&dir, e))?;
+    for chunk in &seen.chunks {
+        let name = chunk.file_name().expect("chunk files have names");
+        link_or_copy(chunk, &dir.join(name))?;
+    }
+    let n = seen.chunks.iter().filter(|c| is_seen_chunk(c)).count();
+    let hi: UInt64Array = seen.added.iter().map(|h| (h >> 64) as u64).collect();
+    let lo: UInt64Array = seen.added.iter().map(|&h| h as u64).collect();
+    let id: StringArray = seen.added.iter().map(|h| Some(&seen.first[h])).collect();
+    let batch = RecordBatch::try_from_iter([
+        ("hash_hi", Arc::new(hi) as ArrayRef),
+        ("hash_lo", Arc::new(lo) as ArrayRef),
+        ("id", Arc::new(id) as ArrayRef),
+    ])?;
+    write_table(&dir, &format!("seen-{n:05}"), &batch)?;
+    if let Some(near) = near {
+        write_table(&dir, &format!("near-{n:05}"), &near_chunk(near)?)?;
+        let width = near.hasher.permutations();
+        let signatures: Vec<u8> = (near.loaded..near.ids.len())
+            .flat_map(|e| near.index.signature(e as u32).iter())
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        debug_assert_eq!(signatures.len(), (near.ids.len() - near.loaded) * width * 4);
+        let path = dir.join(format!("near-{n:05}.sig"));
+        std::fs::write(&path, signatures).map_err(|e| PipelineError::io(&path, e))?;
+    }
+    Ok(())
+}
+
+fn is_seen_chunk(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("seen-") && n.ends_with(".parquet"))
+}
+
+/// The entries added since the state was loaded: id, group key, best match, joins.
+fn near_chunk(near: &NearState) -> Result<RecordBatch> {
+    let new = near.loaded..near.ids.len();
+    let ids: StringArray = near.ids[new.clone()].iter().map(Some).collect();
+    let groups: StringArray = near.groups[new.clone()].iter().map(Some).collect();
+    let matched: UInt32Array = near.matched[new.clone()]
+        .iter()
+        .map(|m| m.map(|(e, _)| e))
+        .collect();
+    let similarity: Float64Array = near.matched[new.clone()]
+        .iter()
+        .map(|m| m.map(|(_, s)| s))
+        .collect();
+    let mut edges = ListBuilder::new(UInt32Builder::new());
+    for joined in &near.edges[new] {
+        edges.values().append_slice(joined);
+        edges.append(true);
+    }
+    Ok(RecordBatch::try_from_iter([
+        ("id", Arc::new(ids) as ArrayRef),
+        ("group_key", Arc::new(groups) as ArrayRef),
+        ("matched", Arc::new(matched) as ArrayRef),
+        ("similarity", Arc::new(similarity) as ArrayRef),
+        ("joined", Arc::new(edges.finish()) as ArrayRef),
+    ])?)
+}
+
+/// Loads the state saved in `artifacts`; `None` when it is not there (an output made before
+/// dedup kept state) or was made without near-duplicate detection while `near` asks for it.
+pub(crate) fn load(
+    artifacts: &Path,
+    near: Option<&NearDuplicateConfig>,
+) -> Result<Option<(Seen, Option<NearState>)>> {
+    let dir = artifacts.join(DIR);
+    let Ok(listing) = std::fs::read_dir(&dir) else {
+        return Ok(None);
+    };
+    let mut chunks: Vec<PathBuf> = listing.flatten().map(|e| e.path()).collect();
+    chunks.sort();
+    let count = chunks.iter().filter(|c| is_seen_chunk(c)).count();
+    let mut seen = Seen::default();
+    for n in 0..count {
+        let name = format!("seen-{n:05}");
+        let Some(batches) = read_table(&dir, &name)? else {
+            return Ok(None);
+        };
+        for batch in &batches {
+            let hi = column::<UInt64Array>(batch, &name, "hash_hi")?;
+            let lo = column::<UInt64Array>(batch, &name, "hash_lo")?;
+            let id = column::<StringArray>(batch, &name, "id")?;
+            for row in 0..batch.num_rows() {
+                let hash = (u128::from(hi.value(row)) << 64) | u128::from(lo.value(row));
+                seen.first.insert(hash, id.value(row).to_string());
+            }
+        }
+    }
+    let state = match near {
+        None => None,
+        Some(cfg) => match load_near(&dir, count, cfg)? {
+            Some(state) => Some(state),
+            None => return Ok(None),
+        },
+    };
+    seen.chunks = chunks;
+    Ok(Some((seen, state)))
+}
+
+fn load_near(dir: &Path, chunks: usize, cfg: &NearDuplicateConfig) -> Result<Option<NearState>> {
+    let mut state = NearState::new(cfg);
+    let width = state.hasher.permutations();
+    for n in 0..chunks {
+        let name = format!("near-{n:05}");
+        let Some(batches) = read_table(dir, &name)? else {
+            return Ok(None);
+        };
+        let path = dir.join(format!("{name}.sig"));
+        let bytes = std::fs::read(&path).map_err(|e| PipelineError::io(&path, e))?;
+        let values: Vec<u32> = bytes
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if values.len() != rows * width {
+            return Ok(None);
+        }
+        let first = state.ids.len() as u32;
+        state.index.insert_many(&values);
+        let mut entry = first;
+        for batch in &batches {
+            let ids = column::<StringArray>(batch, &name, "id")?;
+            let groups = column::<StringArray>(batch, &name, "group_key")?;
+            let matched = column::<UInt32Array>(batch, &name, "matched")?;
+            let similarity = column::<Float64Array>(batch, &name, "similarity")?;
+            let joined = column::<ListArray>(batch, &name, "joined")?;
+            for row in 0..batch.num_rows() {
+                let edges = joined.value(row);
+                let edges = edges
+                    .as_any()
+                    .downcast_ref::<UInt32Array>()
+                    .ok_or_else(|| PipelineError::Internal(format!("{name}: bad `joined`")))?;
+                state.ids.push(ids.value(row).to_string());
+                state.groups.push(groups.value(row).to_string());
+                state.parent.push(entry);
+                state.matched.push(
+                    (!matched.is_null(row)).then(|| (matched.value(row), similarity.value(row))),
+                );
+                state.edges.push(edges.values().to_vec());
+                for &other in edges.values() {
+                    state.union(entry, other);
+                }
+                entry += 1;
+            }
+        }
+    }
+    state.loaded = state.ids.len();
+    Ok(Some(state))
+}
+
+impl NearState {
+    /// An empty index for `cfg`.
+    pub(crate) fn new(cfg: &NearDuplicateConfig) -> Self {
+        NearState {
+            hasher: super::MinHasher::new(cfg.bands * cfg.rows, cfg.ngram, cfg.seed),
+            index: super::LshIndex::new(cfg.bands, cfg.rows),
+            ids: Vec::new(),
+            groups: Vec::new(),
+            parent: Vec::new(),
+            matched: Vec::new(),
+            edges: Vec::new(),
+            loaded: 0,
+        }
+    }
+}
