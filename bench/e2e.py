@@ -5,6 +5,8 @@ one invocation on this machine; wall seconds and peak RSS come from `/usr/bin/ti
 
 usage: python bench/e2e.py MEDTUNE_BIN WORK_DIR [ROWS]   (bench/e2e.sh sets it all up)
 """
+import csv
+import io
 import json
 import os
 import re
@@ -109,6 +111,15 @@ def dataset_files(workdir: Path, name: str) -> list:
     return [str(base / f["path"]) for f in manifest["datasets"][name]["files"]]
 
 
+def splits(medtune: Path, workdir: Path) -> dict:
+    """`id -> (split, split_group)` of every row of the `split` dataset."""
+    out = subprocess.run(
+        [medtune, "--workdir", workdir, "query", "SELECT id, split, split_group FROM split", "--format", "csv"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return {r["id"]: (r["split"], r["split_group"]) for r in csv.DictReader(io.StringIO(out))}
+
+
 QUERIES = [
     ("baseline: SELECT 1 (process start, catalog)", "SELECT 1"),
     ("rows and mean length per split", "SELECT split, count(*) AS n, avg(length) AS mean_length FROM tokenized GROUP BY split ORDER BY split"),
@@ -132,10 +143,13 @@ def main(medtune: Path, work: Path, rows: int) -> int:
     results = {}
     results["medtune cold"] = timed(run)
     cold_manifests = manifests(workdir)
+    cold_splits = splits(medtune, workdir)
     results["medtune warm"] = timed(run)
     appended = base_rows + corpus(data, rows // 100, offset=rows)
     write_array(data, appended)
     results["medtune append 1%"] = timed(run)
+    append_manifests = manifests(workdir)
+    append_splits = splits(medtune, workdir)
     write_array(data, base_rows)
     ref_out = work / "reference"
     results["reference (datasets + tokenizers)"] = timed(
@@ -167,6 +181,20 @@ def main(medtune: Path, work: Path, rows: int) -> int:
         tps = f"{tokens / seconds:,.0f}" if tokens else ""
         rows_in = m["accounting"]["rows_in"]
         print(f"| {stage} | {rows_in:,} | {seconds:.2f} | {rows_in / seconds:,.0f} | {mb:.1f} | {mb / seconds:.1f} | {tps} |")
+
+    # The append run: what each stage processed, and whether old rows kept their splits.
+    print("\n| stage (append 1%) | extended its previous output | rows processed | rows in total | seconds |")
+    print("|---|---|---|---|---|")
+    for stage in STAGES:
+        m, c = append_manifests[stage], cold_manifests[stage]
+        total = m["accounting"]["rows_in"]
+        extended = m.get("extends") == c["key"]
+        new = total - c["accounting"]["rows_in"] if extended else total
+        print(f"| {stage} | {'yes' if extended else 'no'} | {new:,} | {total:,} | {m['seconds']:.2f} |")
+    moved = sum(1 for i, placed in cold_splits.items() if append_splits.get(i) != placed)
+    new_ids = [i for i in append_splits if i not in cold_splits]
+    per_split = {s: sum(1 for i in new_ids if append_splits[i][0] == s) for s in ("train", "validation", "test")}
+    print(f"\nappend: {len(cold_splits):,} old rows, {moved} moved split or group; {len(new_ids):,} new rows placed {per_split}")
 
     # SQL: medtune query (a process per query) against DuckDB on the same Parquet files.
     import duckdb

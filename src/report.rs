@@ -15,7 +15,8 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
-/// Prints rows in / kept / dropped by reason / seconds / cache per stage, and the row balance.
+/// Prints rows in / kept / dropped by reason / seconds / cache per stage (`hit`, `ran`, or
+/// `appended`: ran over appended rows only, extending its previous output), and the row balance.
 pub fn print_summary(summaries: &[StageSummary], out: &mut dyn Write) -> std::io::Result<()> {
     let mut t = table(&[
         "stage",
@@ -31,7 +32,12 @@ pub fn print_summary(summaries: &[StageSummary], out: &mut dyn Write) -> std::io
         let reasons: Vec<String> = a.dropped.iter().map(|(r, n)| format!("{r}: {n}")).collect();
         t.add_row(vec![
             s.stage.clone(),
-            if s.cache_hit { "hit" } else { "ran" }.to_string(),
+            match (s.cache_hit, s.extended) {
+                (true, _) => "hit",
+                (false, true) => "appended",
+                (false, false) => "ran",
+            }
+            .to_string(),
             a.rows_in.to_string(),
             if a.keeps_rows {
                 a.kept.to_string()

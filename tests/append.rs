@@ -111,15 +111,40 @@ fn ids(workdir: &Path, sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// Real rows, a folder, the input file's path there and a config reading it.
+struct Setup {
+    source: Vec<serde_json::Value>,
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    config: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let source = serde_json::from_slice(
+            &std::fs::read(shared_data("chatdoctor/chatdoctor5k.json")).unwrap(),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("healthcaremagic.json");
+        let config = config(dir.path(), &data);
+        Setup {
+            source,
+            dir,
+            data,
+            config,
+        }
+    }
+}
+
 #[test]
 fn appended_rows_extend_every_stage_and_old_rows_keep_their_splits() {
-    let source: Vec<serde_json::Value> = serde_json::from_slice(
-        &std::fs::read(shared_data("chatdoctor/chatdoctor5k.json")).unwrap(),
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("healthcaremagic.json");
-    let config = config(dir.path(), &data);
+    let Setup {
+        source,
+        dir,
+        data,
+        config,
+    } = Setup::new();
     let config = config.to_str().unwrap();
     let (workdir, cold) = (dir.path().join("work"), dir.path().join("cold"));
 
@@ -143,6 +168,7 @@ fn appended_rows_extend_every_stage_and_old_rows_keep_their_splits() {
     write_array(&data, &rows);
     let run = medtune(&workdir, &["run", "--config", config]).expect(0);
 
+    assert!(run.stdout.contains("appended"), "{}", run.stdout);
     let after = manifests(&workdir);
     for stage in STAGES {
         assert!(
@@ -225,13 +251,12 @@ fn appended_rows_extend_every_stage_and_old_rows_keep_their_splits() {
 
 #[test]
 fn an_edited_record_means_a_full_run() {
-    let source: Vec<serde_json::Value> = serde_json::from_slice(
-        &std::fs::read(shared_data("chatdoctor/chatdoctor5k.json")).unwrap(),
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("healthcaremagic.json");
-    let config = config(dir.path(), &data);
+    let Setup {
+        source,
+        dir,
+        data,
+        config,
+    } = Setup::new();
     let config = config.to_str().unwrap();
     let workdir = dir.path().join("work");
     let mut rows: Vec<serde_json::Value> = source[..300].to_vec();

@@ -3,7 +3,8 @@
 //! Stages ([`Stage`]) declare what they read and write; a [`Dag`] orders them; a [`Runner`]
 //! executes them through a content-addressed cache in a [`Workdir`], committing every output
 //! atomically with a [`Manifest`] of checksums and row accounting; [`sql`] queries every
-//! committed dataset by name.
+//! committed dataset by name. A stage whose inputs only grew may extend its previous output
+//! instead of starting over ([`StageContext::continue_previous`]).
 
 pub mod config;
 pub mod dag;

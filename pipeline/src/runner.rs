@@ -33,6 +33,9 @@ pub struct StageSummary {
     pub stage: String,
     /// Whether the output came from the cache.
     pub cache_hit: bool,
+    /// Whether the stage ran only over rows appended to its inputs, extending its previous
+    /// output.
+    pub extended: bool,
     /// Rows in, kept, dropped by reason.
     pub accounting: Accounting,
     /// Rows of every output dataset.
@@ -175,6 +178,7 @@ impl<'a> Runner<'a> {
             summaries.push(StageSummary {
                 stage: stage.name().to_string(),
                 cache_hit,
+                extended: !cache_hit && manifest.extends.is_some(),
                 accounting: manifest.accounting.clone(),
                 output_rows: manifest
                     .datasets

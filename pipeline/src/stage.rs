@@ -230,6 +230,12 @@ impl<'a> StageContext<'a> {
     /// return only their appended parts. Returns `false`, changing nothing, when there is no
     /// previous output or an input did more than grow; the stage then does a full run.
     pub fn continue_previous(&mut self, how: Continuation<'_>) -> Result<bool> {
+        if self.extends.is_some() {
+            return Err(PipelineError::Internal(format!(
+                "stage `{}` continued its previous output twice",
+                self.stage
+            )));
+        }
         let Some(previous) = &self.previous else {
             return Ok(false);
         };

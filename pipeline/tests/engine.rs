@@ -8,8 +8,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use medtune_pipeline::sql::{query_blocking, OutputFormat};
 use medtune_pipeline::{
-    Dag, Freshness, OutputDecl, OutputRole, PipelineError, ProgressObserver, Result, RunOptions,
-    Runner, Settings, SourceDecl, Stage, StageContext, StageSummary, Workdir,
+    Continuation, Dag, Freshness, OutputDecl, OutputRole, PipelineError, ProgressObserver, Result,
+    RunOptions, Runner, Settings, SourceDecl, Stage, StageContext, StageSummary, Workdir,
 };
 
 fn schema(col: &str) -> SchemaRef {
@@ -504,4 +504,154 @@ fn queries_are_read_only() {
         assert!(err.to_string().contains("read-only"), "{sql}: {err}");
     }
     assert!(!Path::new("/tmp/medtune-should-not-exist.csv").exists());
+}
+
+/// Reads one integer per line; when `appendable`, a file that only grew is read on from where
+/// the previous output stopped.
+struct GrowingNumbers {
+    file: PathBuf,
+}
+
+impl Stage for GrowingNumbers {
+    fn name(&self) -> &str {
+        "numbers"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn outputs(&self) -> Vec<OutputDecl> {
+        vec![OutputDecl::new("numbers", schema("n"), OutputRole::Kept)]
+    }
+    fn config(&self) -> serde_json::Value {
+        serde_json::json!({"file": "numbers.txt"})
+    }
+    fn sources(&self) -> Vec<SourceDecl> {
+        vec![SourceDecl {
+            written: "numbers.txt".into(),
+            path: self.file.clone(),
+        }]
+    }
+    fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
+        let text = std::fs::read_to_string(&self.file).unwrap();
+        let read_before = ctx.previous().map_or(0, |p| p.counter("bytes")) as usize;
+        let grew = read_before > 0 && text.len() > read_before;
+        let start = if grew
+            && ctx.continue_previous(Continuation {
+                sources_checked: true,
+                ..Continuation::default()
+            })? {
+            read_before
+        } else {
+            0
+        };
+        let mut kept = Vec::new();
+        for line in text[start..].lines() {
+            ctx.count_in(1);
+            match line.trim().parse() {
+                Ok(n) => kept.push(n),
+                Err(_) => ctx.count_dropped("not_a_number", 1),
+            }
+        }
+        ctx.set_count("bytes", text.len() as u64);
+        ctx.write("numbers", batch("n", kept))
+    }
+}
+
+/// Multiplies every number by `factor`, row by row, extending its previous output.
+struct ScaleRows {
+    factor: i64,
+}
+
+impl Stage for ScaleRows {
+    fn name(&self) -> &str {
+        "scale"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn inputs(&self) -> Vec<String> {
+        vec!["numbers".into()]
+    }
+    fn outputs(&self) -> Vec<OutputDecl> {
+        vec![OutputDecl::new("scaled", schema("n"), OutputRole::Kept)]
+    }
+    fn config(&self) -> serde_json::Value {
+        serde_json::json!({"factor": self.factor})
+    }
+    fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
+        ctx.continue_previous(Continuation::default())?;
+        let input = values(ctx, "numbers");
+        ctx.count_in(input.len() as u64);
+        ctx.count("rows_scaled", input.len() as u64);
+        ctx.write(
+            "scaled",
+            batch("n", input.iter().map(|n| n * self.factor).collect()),
+        )
+    }
+}
+
+fn growing_dag(f: &Fixture, factor: i64) -> Dag {
+    Dag::new(vec![
+        Box::new(GrowingNumbers { file: f.file() }),
+        Box::new(ScaleRows { factor }),
+        Box::new(Total),
+    ])
+    .unwrap()
+}
+
+fn extended(summaries: &[StageSummary]) -> Vec<(&str, bool, bool)> {
+    summaries
+        .iter()
+        .map(|s| (s.stage.as_str(), s.cache_hit, s.extended))
+        .collect()
+}
+
+#[test]
+fn stages_extend_their_previous_output_when_inputs_only_grew() {
+    let f = Fixture::new();
+    let run = |factor, options| {
+        f.run_with(growing_dag(&f, factor), options, &Warnings::default())
+            .unwrap()
+    };
+    run(10, all());
+    std::fs::write(f.file(), "1\n2\nthree\n4\n5\nsix\n").unwrap();
+    let grown = run(10, all());
+    assert_eq!(
+        extended(&grown),
+        vec![
+            ("numbers", false, true),
+            ("scale", false, true),
+            ("total", false, false),
+        ]
+    );
+    // Accounting and counters cover old and new rows; the old part leads the new one.
+    let numbers = &grown[0].accounting;
+    assert_eq!((numbers.rows_in, numbers.kept), (6, 4));
+    assert_eq!(numbers.dropped["not_a_number"], 2);
+    assert_eq!(grown[1].counters["rows_scaled"], 4);
+    assert_eq!(f.total(), "total\n120\n");
+    let scaled = f.workdir().latest_manifest("scale").unwrap();
+    let parts: Vec<u64> = scaled.datasets["scaled"]
+        .files
+        .iter()
+        .map(|p| p.rows)
+        .collect();
+    assert_eq!(parts, vec![3, 1]);
+
+    // The extended entries are ordinary cache entries: a rerun hits them.
+    assert!(run(10, all()).iter().all(|s| s.cache_hit));
+    // Another config, or --force, runs in full.
+    std::fs::write(f.file(), "1\n2\nthree\n4\n5\nsix\n7\n").unwrap();
+    let other = run(100, all());
+    assert_eq!(extended(&other)[1], ("scale", false, false));
+    assert_eq!(f.total(), "total\n1900\n");
+    let forced = run(
+        100,
+        RunOptions {
+            stages: vec![],
+            force: true,
+        },
+    );
+    assert!(forced.iter().all(|s| !s.cache_hit && !s.extended));
+    assert_eq!(f.total(), "total\n1900\n");
 }

@@ -256,3 +256,93 @@ pub(crate) fn plan(
         strata,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(id: &str, group: &str, text: u128) -> RowKeys {
+        RowKeys {
+            id: id.into(),
+            group: group.into(),
+            text_hash: text,
+            cluster: None,
+        }
+    }
+
+    fn placed(id: &str, group: &str, text: u128, split: u8) -> PlacedRow {
+        PlacedRow {
+            keys: keys(id, group, text),
+            stratum: "all".into(),
+            group_name: group.into(),
+            split,
+        }
+    }
+
+    /// 80 old rows in train, 10 in validation, 10 in test, one group each.
+    fn old_rows() -> Vec<PlacedRow> {
+        (0..100)
+            .map(|i| {
+                let split = match i {
+                    0..80 => 0,
+                    80..90 => 1,
+                    _ => 2,
+                };
+                placed(&format!("r{i}"), &format!("g{i}"), i as u128, split)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn new_rows_join_the_split_of_the_old_rows_they_share_keys_with() {
+        let mut new = NewRows {
+            keys: vec![
+                keys("n0", "g85", 1000),   // same group as a validation row
+                keys("n1", "new-a", 95),   // same text as a test row
+                keys("n2", "new-b", 2000), // same cluster as a train row
+            ],
+            strata: vec!["all".into(); 3],
+        };
+        new.keys[2].cluster = Some("c".into());
+        let clusters = HashMap::from([("r3".to_string(), "c".to_string())]);
+        let plan = plan(old_rows(), new, &clusters, [0.8, 0.1, 0.1], 1).unwrap();
+        let placed: Vec<(u8, &str)> = plan.rows[100..]
+            .iter()
+            .map(|r| (r.split, r.group_name.as_str()))
+            .collect();
+        assert_eq!(placed, vec![(1, "g85"), (2, "g95"), (0, "g3")]);
+        assert_eq!(plan.groups, 100);
+        assert!(plan.rows[..100]
+            .iter()
+            .zip(old_rows())
+            .all(|(now, before)| now.split == before.split));
+    }
+
+    #[test]
+    fn new_groups_fill_the_splits_towards_their_fractions() {
+        let new = NewRows {
+            keys: (0..50)
+                .map(|i| keys(&format!("n{i}"), &format!("new{i}"), 1000 + i as u128))
+                .collect(),
+            strata: vec!["all".into(); 50],
+        };
+        let plan = plan(old_rows(), new, &HashMap::new(), [0.8, 0.1, 0.1], 1).unwrap();
+        let mut per_split = [0; 3];
+        for r in &plan.rows {
+            per_split[r.split as usize] += 1;
+        }
+        assert_eq!(per_split, [120, 15, 15]);
+    }
+
+    #[test]
+    fn a_new_row_bridging_two_splits_cannot_be_placed() {
+        let new = NewRows {
+            keys: vec![keys("n0", "g0", 95)], // group of a train row, text of a test row
+            strata: vec!["all".into()],
+        };
+        let why = plan(old_rows(), new, &HashMap::new(), [0.8, 0.1, 0.1], 1)
+            .err()
+            .unwrap();
+        assert!(why.contains("n0") && why.contains("2 splits"), "{why}");
+    }
+}
