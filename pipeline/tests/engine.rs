@@ -43,6 +43,8 @@ struct Numbers {
     file: PathBuf,
     /// When set, forgets to account for dropped rows (to test the invariant).
     lose_rows: bool,
+    /// When set, a file that only grew is read on from where the previous output stopped.
+    appendable: bool,
 }
 
 impl Stage for Numbers {
@@ -66,8 +68,19 @@ impl Stage for Numbers {
     }
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
         let text = std::fs::read_to_string(&self.file).unwrap();
+        let read_before = ctx.previous().map_or(0, |p| p.counter("bytes")) as usize;
+        let grew = self.appendable && read_before > 0 && text.len() > read_before;
+        let start = if grew
+            && ctx.continue_previous(Continuation {
+                sources_checked: true,
+                ..Continuation::default()
+            })? {
+            read_before
+        } else {
+            0
+        };
         let mut kept = Vec::new();
-        for line in text.lines() {
+        for line in text[start..].lines() {
             ctx.count_in(1);
             match line.trim().parse() {
                 Ok(n) => kept.push(n),
@@ -75,14 +88,17 @@ impl Stage for Numbers {
                 Err(_) => ctx.count_dropped("not_a_number", 1),
             }
         }
+        ctx.set_count("bytes", text.len() as u64);
         ctx.write("numbers", batch("n", kept))
     }
 }
 
-/// Multiplies every number by `factor`; fails after writing when `fail` is set.
+/// Multiplies every number by `factor`; fails after writing when `fail` is set; extends its
+/// previous output when `appendable` and its input only grew.
 struct Scale {
     factor: i64,
     fail: bool,
+    appendable: bool,
 }
 
 impl Stage for Scale {
@@ -102,8 +118,12 @@ impl Stage for Scale {
         serde_json::json!({"factor": self.factor})
     }
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
+        if self.appendable {
+            ctx.continue_previous(Continuation::default())?;
+        }
         let input = values(ctx, "numbers");
         ctx.count_in(input.len() as u64);
+        ctx.count("rows_scaled", input.len() as u64);
         ctx.write(
             "scaled",
             batch("n", input.iter().map(|n| n * self.factor).collect()),
@@ -174,10 +194,12 @@ impl Fixture {
             Box::new(Scale {
                 factor,
                 fail: false,
+                appendable: false,
             }),
             Box::new(Numbers {
                 file: self.file(),
                 lose_rows: false,
+                appendable: false,
             }),
         ])
         .unwrap()
@@ -397,10 +419,12 @@ fn a_failing_stage_commits_nothing() {
         Box::new(Numbers {
             file: f.file(),
             lose_rows: false,
+            appendable: false,
         }),
         Box::new(Scale {
             factor: 2,
             fail: true,
+            appendable: false,
         }),
     ])
     .unwrap();
@@ -437,6 +461,7 @@ fn rows_that_are_neither_kept_nor_dropped_fail_the_stage() {
     let dag = Dag::new(vec![Box::new(Numbers {
         file: f.file(),
         lose_rows: true,
+        appendable: false,
     })])
     .unwrap();
     let err = f.run_with(dag, all(), &Warnings::default()).unwrap_err();
@@ -473,14 +498,17 @@ fn graphs_with_unknown_inputs_or_duplicate_outputs_are_rejected() {
         Box::new(Scale {
             factor: 1,
             fail: false,
+            appendable: false,
         }),
         Box::new(Scale {
             factor: 2,
             fail: false,
+            appendable: false,
         }),
         Box::new(Numbers {
             file: f.file(),
             lose_rows: false,
+            appendable: false,
         }),
     ])
     .err()
@@ -506,94 +534,18 @@ fn queries_are_read_only() {
     assert!(!Path::new("/tmp/medtune-should-not-exist.csv").exists());
 }
 
-/// Reads one integer per line; when `appendable`, a file that only grew is read on from where
-/// the previous output stopped.
-struct GrowingNumbers {
-    file: PathBuf,
-}
-
-impl Stage for GrowingNumbers {
-    fn name(&self) -> &str {
-        "numbers"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn outputs(&self) -> Vec<OutputDecl> {
-        vec![OutputDecl::new("numbers", schema("n"), OutputRole::Kept)]
-    }
-    fn config(&self) -> serde_json::Value {
-        serde_json::json!({"file": "numbers.txt"})
-    }
-    fn sources(&self) -> Vec<SourceDecl> {
-        vec![SourceDecl {
-            written: "numbers.txt".into(),
-            path: self.file.clone(),
-        }]
-    }
-    fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
-        let text = std::fs::read_to_string(&self.file).unwrap();
-        let read_before = ctx.previous().map_or(0, |p| p.counter("bytes")) as usize;
-        let grew = read_before > 0 && text.len() > read_before;
-        let start = if grew
-            && ctx.continue_previous(Continuation {
-                sources_checked: true,
-                ..Continuation::default()
-            })? {
-            read_before
-        } else {
-            0
-        };
-        let mut kept = Vec::new();
-        for line in text[start..].lines() {
-            ctx.count_in(1);
-            match line.trim().parse() {
-                Ok(n) => kept.push(n),
-                Err(_) => ctx.count_dropped("not_a_number", 1),
-            }
-        }
-        ctx.set_count("bytes", text.len() as u64);
-        ctx.write("numbers", batch("n", kept))
-    }
-}
-
-/// Multiplies every number by `factor`, row by row, extending its previous output.
-struct ScaleRows {
-    factor: i64,
-}
-
-impl Stage for ScaleRows {
-    fn name(&self) -> &str {
-        "scale"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn inputs(&self) -> Vec<String> {
-        vec!["numbers".into()]
-    }
-    fn outputs(&self) -> Vec<OutputDecl> {
-        vec![OutputDecl::new("scaled", schema("n"), OutputRole::Kept)]
-    }
-    fn config(&self) -> serde_json::Value {
-        serde_json::json!({"factor": self.factor})
-    }
-    fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
-        ctx.continue_previous(Continuation::default())?;
-        let input = values(ctx, "numbers");
-        ctx.count_in(input.len() as u64);
-        ctx.count("rows_scaled", input.len() as u64);
-        ctx.write(
-            "scaled",
-            batch("n", input.iter().map(|n| n * self.factor).collect()),
-        )
-    }
-}
-
 fn growing_dag(f: &Fixture, factor: i64) -> Dag {
     Dag::new(vec![
-        Box::new(GrowingNumbers { file: f.file() }),
-        Box::new(ScaleRows { factor }),
+        Box::new(Numbers {
+            file: f.file(),
+            lose_rows: false,
+            appendable: true,
+        }),
+        Box::new(Scale {
+            factor,
+            fail: false,
+            appendable: true,
+        }),
         Box::new(Total),
     ])
     .unwrap()
