@@ -1,4 +1,4 @@
-//! Durable filesystem helpers: atomic file writes and directory fsync.
+//! Durable filesystem helpers: atomic file writes, directory fsync, sharing committed files.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -22,6 +22,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     fs::rename(&tmp, path).at(path)?;
     sync_dir(dir)
+}
+
+/// Hard-links `from` to `to`, copying where a link is not possible (another filesystem): how
+/// committed files, immutable once written, are shared with a later cache entry.
+pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if fs::hard_link(from, to).is_err() {
+        fs::copy(from, to).at(from)?;
+    }
+    Ok(())
 }
 
 /// Flushes a folder's entries (new names, renames) to disk.

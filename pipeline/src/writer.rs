@@ -138,9 +138,7 @@ impl DatasetWriter {
             if let Some(dir) = target.parent() {
                 fs::create_dir_all(dir).at(dir)?;
             }
-            if fs::hard_link(&source, &target).is_err() {
-                fs::copy(&source, &target).at(&source)?;
-            }
+            crate::fsutil::link_or_copy(&source, &target)?;
             self.parts.push(part);
         }
         Ok(())

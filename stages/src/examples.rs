@@ -36,6 +36,22 @@ pub struct ExampleRows<'a> {
     pub group_key: &'a StringArray,
 }
 
+/// The column `name` of `batch` as array type `T`, or an error naming `what` the batch is.
+pub(crate) fn typed_column<'b, T: 'static>(
+    batch: &'b RecordBatch,
+    what: &str,
+    name: &str,
+) -> Result<&'b T> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| {
+            PipelineError::Internal(format!(
+                "{what} lacks a column `{name}` of the expected type"
+            ))
+        })
+}
+
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array> {
     batch
         .column_by_name(name)

@@ -22,6 +22,7 @@ use medtune_pipeline::{
 use medtune_schemas::col;
 use serde::{Deserialize, Serialize};
 
+use crate::examples::typed_column;
 use crate::tokenize::tokenized_schema;
 
 /// Name of the output dataset.
@@ -128,18 +129,11 @@ struct SequenceColumns<'a> {
 
 impl<'a> SequenceColumns<'a> {
     fn new(batch: &'a RecordBatch) -> Result<Self> {
-        fn column<'b, T: 'static>(batch: &'b RecordBatch, name: &str) -> Result<&'b T> {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_any().downcast_ref::<T>())
-                .ok_or_else(|| {
-                    PipelineError::Internal(format!("tokenized batch without column `{name}`"))
-                })
-        }
+        const WHAT: &str = "tokenized batch";
         Ok(SequenceColumns {
-            id: column(batch, col::ID)?,
-            task: column(batch, col::TASK)?,
-            length: column(batch, LENGTH)?,
+            id: typed_column(batch, WHAT, col::ID)?,
+            task: typed_column(batch, WHAT, col::TASK)?,
+            length: typed_column(batch, WHAT, LENGTH)?,
         })
     }
 

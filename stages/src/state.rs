@@ -46,22 +46,3 @@ pub fn read_table(dir: &Path, name: &str) -> Result<Option<Vec<RecordBatch>>> {
         .map_err(|e| PipelineError::Internal(format!("{}: {e}", path.display())))?;
     Ok(Some(batches))
 }
-
-/// A typed column of a state table, or an error naming the table and column.
-pub fn column<'b, T: 'static>(batch: &'b RecordBatch, table: &str, name: &str) -> Result<&'b T> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| {
-            PipelineError::Internal(format!("state table `{table}` lacks column `{name}`"))
-        })
-}
-
-/// Hard-links `from` to `to` (copies where links are not possible): state chunks of an earlier
-/// output that a later one extends.
-pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
-    if std::fs::hard_link(from, to).is_err() {
-        std::fs::copy(from, to).map_err(|e| PipelineError::io(from, e))?;
-    }
-    Ok(())
-}

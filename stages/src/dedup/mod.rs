@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use self::minhash::{similarity, LshIndex, MinHasher};
-use self::resume::Seen;
+use self::resume::DedupState;
 use crate::examples::{check_text_columns, ExampleRows};
 use crate::normalize::{key_hash, Normalization};
 use crate::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
@@ -287,8 +287,8 @@ impl Stage for DedupStage {
         {
             resumed = None;
         }
-        let (mut first_seen, mut near) =
-            resumed.unwrap_or_else(|| (Seen::default(), near_cfg.map(NearState::new)));
+        let mut dedup = resumed.unwrap_or_else(|| DedupState::new(near_cfg));
+        let (first_seen, near) = (&mut dedup.seen, &mut dedup.near);
         ctx.set_work_total(ctx.input(&self.input)?.manifest.rows, WorkUnit::Rows);
         let key_name = cfg.columns.join("+");
         let mut rows_done = 0u64;
@@ -378,6 +378,6 @@ impl Stage for DedupStage {
             ctx.set_count("near_duplicate_rows", members);
             ctx.write(NEAR_DUPLICATES, batch)?;
         }
-        resume::save(ctx.artifacts_dir()?, &first_seen, near.as_ref())
+        dedup.save(ctx.artifacts_dir()?)
     }
 }

@@ -19,8 +19,11 @@ use arrow::array::{
 use arrow::record_batch::RecordBatch;
 use medtune_pipeline::{PipelineError, Result};
 
+use medtune_pipeline::fsutil::link_or_copy;
+
 use super::{NearDuplicateConfig, NearState};
-use crate::state::{column, link_or_copy, read_table, write_table};
+use crate::examples::typed_column as column;
+use crate::state::{read_table, write_table};
 
 /// Folder of the state inside the stage's artifacts.
 const DIR: &str = "dedup_state";
@@ -31,8 +34,6 @@ pub(crate) struct Seen {
     first: HashMap<u128, String>,
     /// Hashes added since the state was loaded, in order.
     added: Vec<u128>,
-    /// Chunk files of the state this one extends.
-    chunks: Vec<PathBuf>,
 }
 
 impl Seen {
@@ -48,15 +49,40 @@ impl Seen {
     }
 }
 
-/// Writes the state's new chunk into `artifacts`, after links to the chunks it extends.
-pub(crate) fn save(artifacts: &Path, seen: &Seen, near: Option<&NearState>) -> Result<()> {
-    let dir = artifacts.join(DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| PipelineError::io(&dir, e))?;
-    for chunk in &seen.chunks {
-        let name = chunk.file_name().expect("chunk files have names");
-        link_or_copy(chunk, &dir.join(name))?;
+/// What dedup carries from one run to the next.
+pub(crate) struct DedupState {
+    /// Normalised-text hashes seen.
+    pub seen: Seen,
+    /// The near-duplicate index, when near-duplicates are looked for.
+    pub near: Option<NearState>,
+    /// Chunk files of the saved state this one extends.
+    earlier: Vec<PathBuf>,
+}
+
+impl DedupState {
+    /// An empty state (near-duplicate detection with `near`, when given).
+    pub(crate) fn new(near: Option<&NearDuplicateConfig>) -> Self {
+        DedupState {
+            seen: Seen::default(),
+            near: near.map(NearState::new),
+            earlier: Vec::new(),
+        }
     }
-    let n = seen.chunks.iter().filter(|c| is_seen_chunk(c)).count();
+
+    /// Writes the state's new chunk into `artifacts`, after links to the chunks it extends.
+    pub(crate) fn save(&self, artifacts: &Path) -> Result<()> {
+        let dir = artifacts.join(DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| PipelineError::io(&dir, e))?;
+        for chunk in &self.earlier {
+            let name = chunk.file_name().expect("chunk files have names");
+            link_or_copy(chunk, &dir.join(name))?;
+        }
+        let n = self.earlier.iter().filter(|c| is_seen_chunk(c)).count();
+        save_chunk(&dir, n, &self.seen, self.near.as_ref())
+    }
+}
+
+fn save_chunk(dir: &Path, n: usize, seen: &Seen, near: Option<&NearState>) -> Result<()> {
     let hi: UInt64Array = seen.added.iter().map(|h| (h >> 64) as u64).collect();
     let lo: UInt64Array = seen.added.iter().map(|&h| h as u64).collect();
     let id: StringArray = seen.added.iter().map(|h| Some(&seen.first[h])).collect();
@@ -65,9 +91,9 @@ pub(crate) fn save(artifacts: &Path, seen: &Seen, near: Option<&NearState>) -> R
         ("hash_lo", Arc::new(lo) as ArrayRef),
         ("id", Arc::new(id) as ArrayRef),
     ])?;
-    write_table(&dir, &format!("seen-{n:05}"), &batch)?;
+    write_table(dir, &format!("seen-{n:05}"), &batch)?;
     if let Some(near) = near {
-        write_table(&dir, &format!("near-{n:05}"), &near_chunk(near)?)?;
+        write_table(dir, &format!("near-{n:05}"), &near_chunk(near)?)?;
         let width = near.hasher.permutations();
         let signatures: Vec<u8> = (near.loaded..near.ids.len())
             .flat_map(|e| near.index.signature(e as u32).iter())
@@ -118,7 +144,7 @@ fn near_chunk(near: &NearState) -> Result<RecordBatch> {
 pub(crate) fn load(
     artifacts: &Path,
     near: Option<&NearDuplicateConfig>,
-) -> Result<Option<(Seen, Option<NearState>)>> {
+) -> Result<Option<DedupState>> {
     let dir = artifacts.join(DIR);
     let Ok(listing) = std::fs::read_dir(&dir) else {
         return Ok(None);
@@ -149,8 +175,11 @@ pub(crate) fn load(
             None => return Ok(None),
         },
     };
-    seen.chunks = chunks;
-    Ok(Some((seen, state)))
+    Ok(Some(DedupState {
+        seen,
+        near: state,
+        earlier: chunks,
+    }))
 }
 
 fn load_near(dir: &Path, chunks: usize, cfg: &NearDuplicateConfig) -> Result<Option<NearState>> {

@@ -210,19 +210,20 @@ impl Stage for IngestStage {
             }
             _ => self.sources.iter().map(|_| None).collect(),
         };
-        let total: u64 = self
+        // Bytes to read per file, for progress.
+        let to_read: Vec<u64> = self
             .sources
             .iter()
             .zip(&resumes)
-            .filter_map(|(s, r)| {
-                let len = std::fs::metadata(&s.path).ok()?.len();
-                Some(len.saturating_sub(r.as_ref().map_or(0, |r| r.start)))
+            .map(|(s, r)| {
+                let len = std::fs::metadata(&s.path).map_or(0, |m| m.len());
+                len.saturating_sub(r.as_ref().map_or(0, |r| r.start))
             })
-            .sum();
-        ctx.set_work_total(total, WorkUnit::Bytes);
+            .collect();
+        ctx.set_work_total(to_read.iter().sum(), WorkUnit::Bytes);
         let mut done_before = 0;
         let mut points = Vec::new();
-        for (source, resume) in self.sources.iter().zip(resumes) {
+        for ((source, resume), bytes) in self.sources.iter().zip(resumes).zip(to_read) {
             let name = file_name(&source.path);
             let mut run = FileRun {
                 info: FileInfo {
@@ -284,9 +285,7 @@ impl Stage for IngestStage {
                 }
             }
             self.flush(ctx, &mut run, true)?;
-            done_before += std::fs::metadata(&source.path)
-                .map(|m| m.len())
-                .unwrap_or(0);
+            done_before += bytes;
             let kept_before = resume.as_ref().map_or(0, |r| r.kept);
             if run.kept + kept_before == 0 {
                 if let Some(first) = run.first_reject {
@@ -380,14 +379,7 @@ impl IngestStage {
         }
         head.truncate(filled);
         sniff(self.config.format, &head).map_err(|m| PipelineError::bad_input(path, m))?;
-        let file = File::open(path).map_err(|e| PipelineError::io(path, e))?;
-        Ok(BufReader::with_capacity(
-            1 << 20,
-            Counting {
-                inner: file,
-                bytes: 0,
-            },
-        ))
+        open_at(path, 0)
     }
 
     fn take(

@@ -44,9 +44,15 @@ impl std::fmt::Display for Leak {
     }
 }
 
+impl AsRef<RowKeys> for RowKeys {
+    fn as_ref(&self) -> &RowKeys {
+        self
+    }
+}
+
 /// Every leak, by kind: for each shared key, each row whose split differs from the split of
 /// the key's first row.
-pub fn find_leaks(rows: &[RowKeys], split: &[u8]) -> Vec<Leak> {
+pub fn find_leaks<R: AsRef<RowKeys>>(rows: &[R], split: &[u8]) -> Vec<Leak> {
     let mut leaks = Vec::new();
     check(rows, split, "text", |r| Some(r.text_hash), &mut leaks);
     check(rows, split, "group", |r| Some(r.group.as_str()), &mut leaks);
@@ -60,8 +66,8 @@ pub fn find_leaks(rows: &[RowKeys], split: &[u8]) -> Vec<Leak> {
     leaks
 }
 
-fn check<'a, K: Hash + Eq>(
-    rows: &'a [RowKeys],
+fn check<'a, R: AsRef<RowKeys>, K: Hash + Eq>(
+    rows: &'a [R],
     split: &[u8],
     kind: &'static str,
     key: impl Fn(&'a RowKeys) -> Option<K>,
@@ -69,12 +75,13 @@ fn check<'a, K: Hash + Eq>(
 ) {
     let mut first: HashMap<K, usize> = HashMap::new();
     for (i, row) in rows.iter().enumerate() {
+        let row = row.as_ref();
         let Some(k) = key(row) else { continue };
         let f = *first.entry(k).or_insert(i);
         if split[f] != split[i] {
             leaks.push(Leak {
                 kind,
-                first: (rows[f].id.clone(), SPLIT_NAMES[split[f] as usize]),
+                first: (rows[f].as_ref().id.clone(), SPLIT_NAMES[split[f] as usize]),
                 other: (row.id.clone(), SPLIT_NAMES[split[i] as usize]),
             });
         }

@@ -22,7 +22,8 @@ use medtune_pipeline::Result;
 use super::assign::{assign_onto, Group};
 use super::leakage::{find_leaks, RowKeys};
 use super::Components;
-use crate::state::{column, read_table, write_table};
+use crate::examples::typed_column as column;
+use crate::state::{read_table, write_table};
 
 const TABLE: &str = "split_rows";
 
@@ -94,6 +95,12 @@ pub(crate) fn load(dir: &Path) -> Result<Option<Vec<PlacedRow>>> {
         }
     }
     Ok(Some(rows))
+}
+
+impl AsRef<RowKeys> for PlacedRow {
+    fn as_ref(&self) -> &RowKeys {
+        &self.keys
+    }
 }
 
 /// New rows to place: their keys (clusters filled in) and strata.
@@ -244,9 +251,8 @@ pub(crate) fn plan(
             split,
         });
     }
-    let keys: Vec<RowKeys> = rows.iter().map(|r| r.keys.clone()).collect();
     let splits: Vec<u8> = rows.iter().map(|r| r.split).collect();
-    if let Some(leak) = find_leaks(&keys, &splits).first() {
+    if let Some(leak) = find_leaks(&rows, &splits).first() {
         return Err(format!("placing the appended rows would leak: {leak}"));
     }
     Ok(AppendPlan {
