@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::convert::{ENTITY_TASKS, RELATION_TASK};
 use crate::examples::ExampleRows;
 use crate::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
-use crate::text::bounded_raw;
+use medtune_formats::text::bounded_raw;
 
 /// Name of the kept-rows dataset.
 pub const CLEANED: &str = "cleaned";
@@ -169,7 +169,7 @@ impl Stage for CleanStage {
 mod tests {
     use super::*;
     use crate::ingest::batch::{ExampleBatch, FileInfo};
-    use crate::ingest::record::Example;
+    use medtune_formats::record::Example;
 
     fn verdicts(examples: &[Example], cfg: &CleanConfig) -> Vec<Option<&'static str>> {
         let mut batch = ExampleBatch::default();

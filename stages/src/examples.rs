@@ -6,7 +6,7 @@ use arrow::record_batch::RecordBatch;
 use medtune_pipeline::{PipelineError, Result};
 use medtune_schemas::col;
 
-use crate::normalize::Normalization;
+use medtune_formats::normalize::Normalization;
 
 /// The columns of an `examples` batch (or a batch that extends it, like `split`).
 pub struct ExampleRows<'a> {

@@ -9,14 +9,12 @@ pub mod examples;
 pub mod ingest;
 pub mod loader;
 pub mod metrics;
-pub mod normalize;
 pub mod plot;
 pub mod profile;
 pub mod rejects;
 pub mod shard;
 pub mod split;
 pub mod state;
-pub mod text;
 pub mod tokenize;
 pub mod train;
 

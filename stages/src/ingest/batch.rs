@@ -6,7 +6,7 @@ use arrow::array::{ArrayRef, ListBuilder, StringBuilder, UInt64Builder};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
-use super::record::Example;
+use medtune_formats::record::Example;
 
 /// Where the rows of a batch come from.
 pub struct FileInfo<'a> {

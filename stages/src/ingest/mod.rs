@@ -5,11 +5,6 @@
 //! `output`), BIO JSON, each as a JSON array or as JSON lines; and CoNLL TSV.
 
 pub(crate) mod batch;
-pub mod bio;
-mod conll;
-mod framing;
-mod json_formats;
-pub mod record;
 mod resume;
 
 use std::fs::File;
@@ -22,18 +17,19 @@ use medtune_pipeline::{
 };
 use serde::{Deserialize, Serialize};
 
+use medtune_formats::bio::BioConfig;
+use medtune_formats::conll::ConllSentences;
+use medtune_formats::framing::JsonRecords;
+use medtune_formats::json_records::{self as json_formats, Origin};
+use medtune_formats::record::{ReadItem, Reject, RejectReason};
+use medtune_formats::text::bounded_raw;
+
 use self::batch::{ExampleBatch, FileInfo};
-use self::bio::BioConfig;
-use self::conll::ConllSentences;
-use self::framing::JsonRecords;
-use self::json_formats::Origin;
-use self::record::{ReadItem, Reject, RejectReason};
 use self::resume::Resume;
 use crate::rejects::{RejectBatch, RejectRow};
-use crate::text::bounded_raw;
 
-pub use self::framing::{JsonRecords as JsonRecordReader, RawRecord};
-pub use self::json_formats::{chemprot_body, chemprot_task};
+pub use medtune_formats::framing::{JsonRecords as JsonRecordReader, RawRecord};
+pub use medtune_formats::json_records::{chemprot_body, chemprot_task};
 
 /// Name of the kept-rows dataset.
 pub const INGESTED: &str = "ingested";

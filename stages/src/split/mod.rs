@@ -27,7 +27,7 @@ use self::assign::{assign, Group, SPLIT_NAMES};
 use self::leakage::{find_leaks, RowKeys};
 use self::resume::{AppendPlan, NewRows, PlacedRow};
 use crate::examples::{check_text_columns, ExampleRows, TEXT_COLUMNS};
-use crate::normalize::{key_hash, Normalization};
+use medtune_formats::normalize::{key_hash, Normalization};
 
 /// Name of the output dataset.
 pub const SPLIT: &str = "split";

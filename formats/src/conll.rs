@@ -4,9 +4,9 @@
 
 use std::io::{self, BufRead};
 
-use super::bio::{check_tags, BioConfig};
-use super::framing::read_bounded_line;
-use super::record::{Example, ReadItem, Reject, RejectReason};
+use crate::bio::{check_tags, BioConfig};
+use crate::framing::read_bounded_line;
+use crate::record::{Example, ReadItem, Reject, RejectReason};
 
 /// Longest line kept; longer lines are malformed for this format.
 const MAX_LINE_BYTES: usize = 64 * 1024;

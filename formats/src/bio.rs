@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::record::RejectReason;
+use crate::record::RejectReason;
 
 /// What to do with an `I-X` tag that follows `O` or a tag of another type.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

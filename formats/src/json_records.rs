@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::error::Category;
 
-use super::bio::{check_tags, BioConfig};
-use super::record::{Example, Parsed, Reject, RejectReason};
+use crate::bio::{check_tags, BioConfig};
+use crate::record::{Example, Parsed, Reject, RejectReason};
 use crate::text::{fold_lower, short_hash};
 
 /// Where a record came from, for group keys that fall back to its position.

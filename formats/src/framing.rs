@@ -4,7 +4,7 @@
 
 use std::io::{self, BufRead};
 
-use super::record::{Reject, RejectReason};
+use crate::record::{Reject, RejectReason};
 
 /// One framed record: its starting line and raw bytes.
 #[derive(Debug, PartialEq)]
