@@ -35,7 +35,9 @@ pub fn read_bounded_line<R: BufRead>(
             None => (buf, None),
         };
         let room = max.saturating_sub(out.len());
-        if chunk.len() > room {
+        // A final `\r` is part of the line end (dropped below), not of the line's size.
+        let excess = &chunk[room.min(chunk.len())..];
+        if !excess.is_empty() && excess != b"\r" {
             oversized = true;
         }
         out.extend_from_slice(&chunk[..chunk.len().min(room)]);
@@ -186,14 +188,20 @@ impl<R: BufRead> JsonRecords<R> {
             }
             let take = end.map_or(buf.len(), |(i, _)| i);
             let room = self.max_record_bytes.saturating_sub(out.len());
-            if take > room {
+            // Whitespace before the `,` or `]` is trimmed off, so it does not count.
+            if buf[room.min(take)..take]
+                .iter()
+                .any(|b| !b.is_ascii_whitespace())
+            {
                 oversized = true;
             }
             out.extend_from_slice(&buf[..take.min(room)]);
             match end {
                 Some((i, b)) => {
                     self.reader.consume(i + 1);
-                    while out.last().is_some_and(u8::is_ascii_whitespace) {
+                    // Not when cut at the bound: the cut may end inside the element, so the
+                    // trim could eat all of it (`[\x0c\r\r…x]`) and make it look absent.
+                    while !oversized && out.last().is_some_and(u8::is_ascii_whitespace) {
                         out.pop();
                     }
                     return Ok((out, oversized, Some(b)));

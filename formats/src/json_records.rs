@@ -83,7 +83,8 @@ pub fn chemprot_task(prompt: &str) -> Option<&'static str> {
 pub fn chemprot_body(prompt: &str) -> &str {
     let trimmed = prompt.trim();
     match (trimmed.find("\n\n"), trimmed.rfind("\n\n")) {
-        (Some(first), Some(last)) if first < last => trimmed[first + 2..last].trim(),
+        // `first + 2 <= last`: in "\n\n\n" the two finds overlap.
+        (Some(first), Some(last)) if first + 2 <= last => trimmed[first + 2..last].trim(),
         _ => trimmed,
     }
 }
