@@ -24,6 +24,8 @@ pub fn read_bounded_line<R: BufRead>(
     let mut out = Vec::new();
     let mut oversized = false;
     let mut any = false;
+    // The cut dropped a `\r`: the line end's, unless more of the line follows.
+    let mut cut_cr = false;
     loop {
         let buf = reader.fill_buf()?;
         if buf.is_empty() {
@@ -35,10 +37,11 @@ pub fn read_bounded_line<R: BufRead>(
             None => (buf, None),
         };
         let room = max.saturating_sub(out.len());
-        // A final `\r` is part of the line end (dropped below), not of the line's size.
+        // A final `\r` is part of the line end, not of the line's size.
         let excess = &chunk[room.min(chunk.len())..];
-        if !excess.is_empty() && excess != b"\r" {
-            oversized = true;
+        if !excess.is_empty() {
+            oversized |= cut_cr || excess != b"\r";
+            cut_cr = true;
         }
         out.extend_from_slice(&chunk[..chunk.len().min(room)]);
         let used = found.map_or(buf.len(), |i| i + 1);
@@ -50,7 +53,7 @@ pub fn read_bounded_line<R: BufRead>(
     if !any {
         return Ok(None);
     }
-    if out.last() == Some(&b'\r') {
+    if !cut_cr && out.last() == Some(&b'\r') {
         out.pop();
     }
     Ok(Some((out, oversized)))
