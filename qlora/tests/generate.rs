@@ -8,7 +8,7 @@ use medtune_qlora::llama::LlamaDecoder;
 use medtune_qlora::{LoraConfig, Pass};
 
 mod common;
-use common::tiny_decoder;
+use common::{seeded_randn, tiny_decoder};
 
 fn decoder(dir: &std::path::Path, quantise: bool) -> LlamaDecoder {
     tiny_decoder(dir, serde_json::json!({"model_type": "llama"}), false);
@@ -32,7 +32,7 @@ fn decoder(dir: &std::path::Path, quantise: bool) -> LlamaDecoder {
         let Some(adapter) = linear.adapter() else {
             continue;
         };
-        let b = Tensor::randn(0f32, 0.5, adapter.b.shape(), &Device::Cpu).unwrap();
+        let b = seeded_randn(4, linear.path(), adapter.b.shape(), 0.5);
         adapter.b.set(&b).unwrap();
     }
     model

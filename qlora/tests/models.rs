@@ -11,7 +11,7 @@ use medtune_qlora::llama::LlamaDecoder;
 use medtune_qlora::{LoraConfig, Pass, QloraError};
 
 mod common;
-use common::{max_abs_diff, tiny_decoder};
+use common::{max_abs_diff, seeded_randn, tiny_decoder};
 
 fn minilm() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2");
@@ -305,9 +305,8 @@ fn the_kv_cache_and_left_padding_give_the_same_logits() {
 #[test]
 fn merging_an_adapter_gives_the_adapted_outputs() {
     use medtune_qlora::LoraLinear;
-    let dev = Device::Cpu;
-    let w = Tensor::randn(0f32, 0.1, (48, 64), &dev).unwrap();
-    let bias = Tensor::randn(0f32, 0.1, 48, &dev).unwrap();
+    let w = seeded_randn(2, "merge weight", (48, 64), 0.1);
+    let bias = seeded_randn(2, "merge bias", 48, 0.1);
     let mut layer = LoraLinear::new("layers.0.q_proj", w, Some(bias), true).unwrap();
     let lora = LoraConfig {
         r: 4,
@@ -321,10 +320,10 @@ fn merging_an_adapter_gives_the_adapted_outputs() {
     let adapter = layer.adapter().unwrap().clone();
     adapter
         .b
-        .set(&Tensor::randn(0f32, 0.1, (48, 4), &dev).unwrap())
+        .set(&seeded_randn(2, "merge lora_B", (48, 4), 0.1))
         .unwrap();
     assert_eq!(adapter.scale, 8.0 / 2.0, "rsLoRA: alpha / sqrt(r)");
-    let x = Tensor::randn(0f32, 1.0, (2, 5, 64), &dev).unwrap();
+    let x = seeded_randn(2, "merge input", (2, 5, 64), 1.0);
     let adapted = layer.forward(&x, Pass::EVAL).unwrap();
     let base = layer
         .forward(

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use medtune_qlora::nf4::{dynamic_code, Nf4Weight, NF4_CODE};
 
+mod common;
+use common::seeded_randn;
+
 /// The reference: bitsandbytes' default (pure torch) backend, step by step, in f32.
 mod reference {
     /// `create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8)`.
@@ -149,7 +152,7 @@ fn random_weights_quantise_identically_to_the_reference() {
         .into_iter()
         .enumerate()
     {
-        let w = Tensor::randn(0f32, 0.05, shape, &device).unwrap();
+        let w = seeded_randn(1, &format!("nf4 {shape:?}"), shape, 0.05);
         let w = if i == 1 {
             // A block of zeros and a huge outlier.
             let mut v: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();

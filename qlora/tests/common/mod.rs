@@ -4,9 +4,39 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Shape, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
-/// A tiny random Llama-architecture model: config.json + model.safetensors in `dir`.
+/// Seed of the tiny models' weights.
+pub const TINY_SEED: u64 = 20_241_123;
+
+/// A tensor of normal draws (mean 0, standard deviation `std`) from a seeded generator: the
+/// stream is chosen by `seed` and `what`, so the same call gives the same values on every run
+/// and does not depend on which other tensors were drawn before it. (candle's `Tensor::randn`
+/// cannot be seeded on the CPU, so a test drawing with it has a different outcome each run.)
+pub fn seeded_randn(seed: u64, what: &str, shape: impl Into<Shape>, std: f64) -> Tensor {
+    let shape = shape.into();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    // FNV-1a of the name picks one of ChaCha's 2^64 independent streams.
+    let stream = what.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    rng.set_stream(stream);
+    let values: Vec<f32> = (0..shape.elem_count())
+        .map(|_| {
+            // Box-Muller: u1 in (0, 1], so the logarithm is finite.
+            let u1 = 1.0 - rng.random::<f64>();
+            let u2: f64 = rng.random();
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            (z * std) as f32
+        })
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+/// A tiny random Llama-architecture model: config.json + model.safetensors in `dir`. The
+/// weights are seeded ([`TINY_SEED`], one stream per tensor name): the same model on every run.
 pub fn tiny_decoder(dir: &Path, extra: serde_json::Value, tie: bool) -> serde_json::Value {
     let (vocab, h, inter, layers, heads, kv, d) = (97, 64, 96, 2, 4, 2, 16);
     let mut config = serde_json::json!({
@@ -18,10 +48,9 @@ pub fn tiny_decoder(dir: &Path, extra: serde_json::Value, tie: bool) -> serde_js
     for (k, v) in extra.as_object().unwrap() {
         config[k] = v.clone();
     }
-    let dev = Device::Cpu;
     let mut t: HashMap<String, Tensor> = HashMap::new();
     let mut put = |name: String, shape: &[usize], scale: f64| {
-        let w = (Tensor::randn(0f32, 1.0, shape, &dev).unwrap() * scale).unwrap();
+        let w = seeded_randn(TINY_SEED, &name, shape, scale);
         t.insert(name, w);
     };
     put("model.embed_tokens.weight".into(), &[vocab, h], 0.5);
