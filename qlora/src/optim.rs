@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{QloraError, Result};
@@ -43,6 +43,9 @@ struct Slot {
     var: Var,
     m: Tensor,
     v: Tensor,
+    /// Updates this parameter has had (its bias-correction count). Like PyTorch's per-parameter
+    /// `state["step"]`, it does not advance on a step that has no gradient for the parameter.
+    steps: u64,
 }
 
 /// AdamW over named variables.
@@ -64,6 +67,7 @@ impl AdamW {
                     m: zeros.clone(),
                     v: zeros,
                     var,
+                    steps: 0,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -74,22 +78,24 @@ impl AdamW {
         })
     }
 
-    /// Updates taken so far.
+    /// Calls of [`AdamW::step`] so far.
     pub fn steps(&self) -> u64 {
         self.steps
     }
 
     /// One update with learning rate `lr` from `grads` (one per variable, by name; a variable
-    /// without a gradient is left alone).
+    /// without a gradient is left alone: no decay, and its moments and bias correction do not
+    /// advance, as in PyTorch).
     pub fn step(&mut self, grads: &HashMap<String, Tensor>, lr: f64) -> Result<()> {
         self.steps += 1;
         let c = self.config;
-        let t = self.steps as i32;
-        let (bias1, bias2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
         for slot in &mut self.slots {
             let Some(g) = grads.get(&slot.name) else {
                 continue;
             };
+            slot.steps += 1;
+            let t = i32::try_from(slot.steps).unwrap_or(i32::MAX);
+            let (bias1, bias2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
             let g = g.to_dtype(DType::F32)?;
             slot.m = ((&slot.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             slot.v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
@@ -103,17 +109,23 @@ impl AdamW {
         Ok(())
     }
 
-    /// The moments as named tensors (`<name>.exp_avg`, `<name>.exp_avg_sq`), for a checkpoint.
+    /// The moments and per-parameter update counts as named tensors (`<name>.exp_avg`,
+    /// `<name>.exp_avg_sq`, `<name>.step`), for a checkpoint.
     pub fn state_tensors(&self) -> HashMap<String, Tensor> {
         let mut out = HashMap::new();
         for slot in &self.slots {
             out.insert(format!("{}.exp_avg", slot.name), slot.m.clone());
             out.insert(format!("{}.exp_avg_sq", slot.name), slot.v.clone());
+            let steps =
+                Tensor::new(&[slot.steps as i64], &Device::Cpu).expect("a one-element CPU tensor");
+            out.insert(format!("{}.step", slot.name), steps);
         }
         out
     }
 
-    /// Restores moments and the step count saved by [`AdamW::state_tensors`].
+    /// Restores moments and step counts saved by [`AdamW::state_tensors`]; `steps` is the
+    /// number of [`AdamW::step`] calls, and each parameter's own count where the state has
+    /// none (checkpoints written before the counts were saved).
     pub fn restore(
         &mut self,
         state: &HashMap<String, Tensor>,
@@ -132,6 +144,15 @@ impl AdamW {
             let device = slot.var.device();
             slot.m = m.to_device(device)?;
             slot.v = v.to_device(device)?;
+            slot.steps = match state.get(&format!("{}.step", slot.name)) {
+                Some(t) => t
+                    .to_dtype(DType::I64)?
+                    .flatten_all()?
+                    .to_vec1::<i64>()?
+                    .first()
+                    .map_or(0, |&n| n.max(0) as u64),
+                None => steps,
+            };
         }
         self.steps = steps;
         Ok(())
