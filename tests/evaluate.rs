@@ -1,7 +1,7 @@
 //! `medtune eval` end to end: a tiny random Llama's extraction evaluation on the real ChemProt
 //! test rows (batched generation = one row at a time; the report's numbers = the per-row
 //! predictions), and MiniLM's BC5CDR token classification (the entity scores = seqeval's on
-//! the written predictions).
+//! the written predictions; that comparison needs MEDTUNE_PYTHON, see `common::python`).
 
 mod common;
 
@@ -166,6 +166,9 @@ fn bc5cdr_eval_config(dir: &Path) -> PathBuf {
 
 #[test]
 fn minilm_entity_scores_on_the_bc5cdr_test_split_equal_seqeval_for_both_variants() {
+    // seqeval checks the scores at the end: MEDTUNE_PYTHON must be set (`scripts/test.sh` sets
+    // it), checked before the training run.
+    let python = python();
     let work = tempfile::tempdir().unwrap();
     let config = bc5cdr_eval_config(work.path());
     let run = medtune(work.path(), &["eval", "--config", config.to_str().unwrap()]).expect(0);
@@ -207,14 +210,6 @@ fn minilm_entity_scores_on_the_bc5cdr_test_split_equal_seqeval_for_both_variants
     }
 
     // seqeval on the written predictions: the same numbers.
-    let Ok(python) = std::env::var("MEDTUNE_PYTHON") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "MEDTUNE_PYTHON is not set in CI"
-        );
-        eprintln!("seqeval comparison skipped: set MEDTUNE_PYTHON to a Python with seqeval");
-        return;
-    };
     let out = std::process::Command::new(python)
         .arg(repo().join("bench/seqeval_compare.py"))
         .arg(report_path.parent().unwrap())

@@ -1,7 +1,7 @@
 //! The Parquet outputs open unchanged in pyarrow, polars, duckdb and HF `datasets`.
 //!
-//! Needs a Python with those packages: `.ci/run` creates one and sets MEDTUNE_PYTHON. Outside
-//! CI the test is skipped (with a note) when MEDTUNE_PYTHON is unset; in CI it fails instead.
+//! Needs a Python with those packages in MEDTUNE_PYTHON (`scripts/test.sh` makes one with
+//! `scripts/python-env.sh` and sets it); the test fails when it is unset.
 
 mod common;
 
@@ -9,14 +9,7 @@ use common::*;
 
 #[test]
 fn outputs_open_in_pyarrow_polars_duckdb_and_datasets() {
-    let Ok(python) = std::env::var("MEDTUNE_PYTHON") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "MEDTUNE_PYTHON is not set in CI; .ci/run sets it up"
-        );
-        eprintln!("skipped: set MEDTUNE_PYTHON to a Python with pyarrow, polars, duckdb, datasets");
-        return;
-    };
+    let python = python();
     let work = tempfile::tempdir().unwrap();
     for config in ["configs/bc5cdr.toml", "configs/healthcaremagic.toml"] {
         let config = repo().join(config);

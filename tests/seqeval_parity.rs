@@ -2,8 +2,8 @@
 //! thousand generated tag sequences full of the awkward cases (stray I- tags, type changes inside
 //! a chunk, entities at sentence end, adjacent B- tags, sentences without entities).
 //!
-//! Needs a Python with seqeval (`.ci/run` makes one and sets MEDTUNE_PYTHON); skipped outside CI
-//! when it is unset, a failure in CI.
+//! Needs a Python with seqeval in MEDTUNE_PYTHON (`scripts/test.sh` makes one with
+//! `scripts/python-env.sh` and sets it); the test fails when it is unset.
 
 mod common;
 
@@ -97,14 +97,7 @@ fn compare(ours: &Report, theirs: &serde_json::Value, mode: &str) {
 
 #[test]
 fn entity_scores_equal_seqeval_in_both_modes() {
-    let Ok(python) = std::env::var("MEDTUNE_PYTHON") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "MEDTUNE_PYTHON is not set in CI"
-        );
-        eprintln!("skipped: set MEDTUNE_PYTHON to a Python with seqeval");
-        return;
-    };
+    let python = common::python();
     let (truth, predicted) = cases();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cases.json");

@@ -192,3 +192,17 @@ pub fn tiny_llama(dir: &Path, vocab: usize) {
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
 }
+
+/// The Python the parity tests run (`MEDTUNE_PYTHON`, which `scripts/test.sh` sets to the venv
+/// `scripts/python-env.sh` makes). Panics when it is unset: a parity test never passes by
+/// skipping its comparison.
+pub fn python() -> PathBuf {
+    match std::env::var_os("MEDTUNE_PYTHON") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => panic!(
+            "MEDTUNE_PYTHON is not set: run scripts/test.sh (it makes the venv with \
+             scripts/python-env.sh), or export MEDTUNE_PYTHON=\"$(scripts/python-env.sh)\" \
+             before cargo test"
+        ),
+    }
+}
