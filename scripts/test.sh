@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 if [ -z "${MEDTUNE_PYTHON:-}" ]; then
   if ! py="$(scripts/python-env.sh)"; then
     echo "error: scripts/python-env.sh could not make the Python environment the parity tests" \
-      "need (pyarrow, polars, duckdb, datasets, seqeval); see the" \
+      "need (pyarrow, polars, duckdb, datasets, seqeval, rouge-score, sacrebleu); see the" \
       "messages above, or set MEDTUNE_PYTHON to a Python that has them" >&2
     exit 1
   fi
