@@ -185,7 +185,7 @@ fn appended_rows_extend_every_stage_and_old_rows_keep_their_splits() {
         assert_eq!(now.get(id), Some(placed), "row {id} moved");
     }
     let id_of = |i: usize| {
-        // Row ids are `file:line`: find the old row by its text.
+        // Find the old row by its text (not by its id, `file:record`).
         let text = old[i]["input"].as_str().unwrap().replace('\'', "''");
         ids(
             &workdir,

@@ -133,10 +133,11 @@ fn chemprot_chain_dedups_converts_cleans_and_splits_by_article() {
     );
     assert_eq!(dropped.len(), duplicates);
     for (id, of) in &dropped {
-        let line = |id: &str| id.rsplit(':').next().unwrap().parse::<usize>().unwrap() - 1;
+        // Ids are `file:record`: the record's 1-based number in the file.
+        let index = |id: &str| id.rsplit(':').next().unwrap().parse::<usize>().unwrap() - 1;
         assert_eq!(
-            first[&fold(&rows[line(id)].0)],
-            line(of),
+            first[&fold(&rows[index(id)].0)],
+            index(of),
             "{id} duplicates {of}"
         );
     }

@@ -16,6 +16,9 @@ pub struct Origin<'a> {
     pub file_name: &'a str,
     /// Line where the record starts.
     pub line: u64,
+    /// The record's 1-based number in its file (array element or JSON line), as used in row
+    /// ids: unlike the line, it does not depend on the file's layout.
+    pub ordinal: u64,
 }
 
 fn reject(line: u64, reason: RejectReason, detail: impl Into<String>, raw: &[u8]) -> Reject {
@@ -172,7 +175,8 @@ struct BioRow {
 
 /// Parses a BIO JSON record: `{"text", "labels": [{"word", "entity"}]}`, or parallel
 /// `words`/`tokens` and `tags`/`ner_tags` lists. An `id` (or `doc_id`) field becomes the group
-/// key; without one, each record is its own group.
+/// key; without one, each record is its own group (`sentence:<file>:<ordinal>`, not its line:
+/// a minified file is one line).
 pub fn bio_json(bytes: &[u8], origin: &Origin, bio: &BioConfig) -> Result<(Example, u64), Reject> {
     let row: BioRow = parse(bytes, origin.line)?;
     let (words, mut tags) = match (row.labels, row.words, row.tags) {
@@ -192,7 +196,7 @@ pub fn bio_json(bytes: &[u8], origin: &Origin, bio: &BioConfig) -> Result<(Examp
     let group_key = match row.id {
         Some(GroupId::Text(id)) => format!("doc:{id}"),
         Some(GroupId::Number(id)) => format!("doc:{id}"),
-        None => format!("sentence:{}:{}", origin.file_name, origin.line),
+        None => format!("sentence:{}:{}", origin.file_name, origin.ordinal),
     };
     let example = Example {
         line: origin.line,
@@ -213,6 +217,7 @@ mod tests {
     const ORIGIN: Origin = Origin {
         file_name: "f.jsonl",
         line: 7,
+        ordinal: 3,
     };
 
     #[test]
@@ -278,7 +283,8 @@ mod tests {
         let (ex, repairs) = bio_json(row, &ORIGIN, &bio).unwrap();
         assert_eq!(repairs, 0);
         assert_eq!(ex.words.unwrap(), vec!["Aspirin", "helps"]);
-        assert_eq!(ex.group_key, "sentence:f.jsonl:7");
+        // Without an id, the record's ordinal (not its line: a minified file is one line).
+        assert_eq!(ex.group_key, "sentence:f.jsonl:3");
         let row = br#"{"id": 12, "tokens": ["a", "b"], "ner_tags": ["O"]}"#;
         let r = bio_json(row, &ORIGIN, &bio).unwrap_err();
         assert_eq!(r.reason, RejectReason::WordTagMismatch);

@@ -178,8 +178,8 @@ mod tests {
             file_name: "t.jsonl",
             source_kind: "prompt_completion",
         };
-        for e in examples {
-            batch.push(&file, e);
+        for (i, e) in examples.iter().enumerate() {
+            batch.push(&file, i as u64 + 1, e);
         }
         let batch = batch.finish().unwrap();
         let rows = ExampleRows::new(&batch).unwrap();

@@ -17,7 +17,8 @@ pub struct RejectRow<'a> {
     pub source_file: &'a str,
     /// 1-based line where the record starts in that file.
     pub line: u64,
-    /// The row's id (`file:line`; for ingest rejects, the id the row would have had).
+    /// The row's id (`file:record`, the record's 1-based ordinal in its file; for ingest
+    /// rejects, the id the row would have had).
     pub id: &'a str,
     /// Stable machine-readable reason code.
     pub reason: &'a str,

@@ -49,11 +49,16 @@ fn append_list(builder: &mut ListBuilder<StringBuilder>, items: Option<&[String]
     }
 }
 
+/// The id of the `ordinal`-th record (1-based) of the file named `file_name`:
+/// `file_name:ordinal`. Unlike a line number it is unique whatever the file's layout.
+pub fn row_id(file_name: &str, ordinal: u64) -> String {
+    format!("{file_name}:{ordinal}")
+}
+
 impl ExampleBatch {
-    /// Appends one example.
-    pub fn push(&mut self, file: &FileInfo, ex: &Example) {
-        self.id
-            .append_value(format!("{}:{}", file.file_name, ex.line));
+    /// Appends one example, the `ordinal`-th record of its file.
+    pub fn push(&mut self, file: &FileInfo, ordinal: u64, ex: &Example) {
+        self.id.append_value(row_id(file.file_name, ordinal));
         self.source_file.append_value(file.source_file);
         self.line.append_value(ex.line);
         self.source_kind.append_value(file.source_kind);

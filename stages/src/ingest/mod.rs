@@ -124,7 +124,7 @@ impl IngestStage {
             let name = file_name(&source.path);
             if !names.insert(name.clone()) {
                 return Err(config.error(format!(
-                    "[ingest]: two inputs are named `{name}`; row ids (`file:line`) would collide"
+                    "[ingest]: two inputs are named `{name}`; row ids (`file:record`) would collide"
                 )));
             }
         }
@@ -163,6 +163,9 @@ struct FileRun<'a> {
     kept: u64,
     rejected: u64,
     first_reject: Option<Reject>,
+    /// Records (kept or rejected) read from the file, those of earlier runs included: the
+    /// ordinal of the last one, which its row id carries.
+    records: u64,
     examples: ExampleBatch,
     rejects: RejectBatch,
     /// Whether the file was read to its end without a truncation or trailing data.
@@ -175,7 +178,8 @@ impl Stage for IngestStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: row ids are `file:record ordinal`, not `file:line`.
+        2
     }
 
     fn outputs(&self) -> Vec<OutputDecl> {
@@ -230,6 +234,7 @@ impl Stage for IngestStage {
                 kept: 0,
                 rejected: 0,
                 first_reject: None,
+                records: resume.as_ref().map_or(0, |r| r.records),
                 examples: ExampleBatch::default(),
                 rejects: RejectBatch::default(),
                 clean_end: true,
@@ -259,10 +264,12 @@ impl Stage for IngestStage {
                     };
                     while let Some(framed) = iter.next() {
                         let framed = framed.map_err(|e| PipelineError::io(&source.path, e))?;
+                        let ordinal = run.records + 1;
                         let item = framed.and_then(|rec| {
                             let origin = Origin {
                                 file_name: &name,
                                 line: rec.line,
+                                ordinal,
                             };
                             match format {
                                 InputFormat::PromptCompletion => {
@@ -305,6 +312,7 @@ impl Stage for IngestStage {
                     &source.written,
                     array,
                     run.kept + kept_before,
+                    run.records,
                     resume.map(|r| r.prefix),
                 )?);
             }
@@ -386,9 +394,13 @@ impl IngestStage {
         bytes_read: u64,
     ) -> Result<()> {
         ctx.count_in(1);
+        // Row ids number the file's records (array elements, JSON lines, CoNLL sentences),
+        // so they are unique and do not depend on line breaks: a minified array is one line.
+        run.records += 1;
+        let ordinal = run.records;
         match item {
             Ok((example, repairs)) => {
-                run.examples.push(&run.info, &example);
+                run.examples.push(&run.info, ordinal, &example);
                 run.kept += 1;
                 if repairs > 0 {
                     ctx.count("bio_tags_repaired", repairs);
@@ -402,7 +414,7 @@ impl IngestStage {
                     run.clean_end = false;
                 }
                 ctx.count_dropped(reject.reason.code(), 1);
-                let id = format!("{}:{}", run.info.file_name, reject.line);
+                let id = batch::row_id(run.info.file_name, ordinal);
                 run.rejects.push(RejectRow {
                     stage: self.name(),
                     source_file: run.info.source_file,

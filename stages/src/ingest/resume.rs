@@ -2,7 +2,8 @@
 //!
 //! After ingesting a JSON file that parsed to its end cleanly, the stage records a resume
 //! point: the offset where its records end (just past the last element of an array; the end
-//! of a JSON lines file), the BLAKE3 of the bytes before it and the line there. On the next run, a file
+//! of a JSON lines file), the BLAKE3 of the bytes before it, the line there and the number of
+//! records read (so row ids, record ordinals, carry on). On the next run, a file
 //! whose bytes up to that offset are unchanged and whose records carry on after it (`,` and
 //! more elements before the `]`; more lines) is read from the offset on, and its new records
 //! are appended to the previous output. Any other change means a full ingest.
@@ -34,6 +35,8 @@ pub(crate) struct ResumePoint {
     pub array: bool,
     /// Records kept from the file so far.
     pub kept: u64,
+    /// Records read from the file so far, kept or rejected: the next one's ordinal is one more.
+    pub records: u64,
 }
 
 /// Where to carry on reading a file that only grew.
@@ -46,6 +49,8 @@ pub(crate) struct Resume {
     pub array: bool,
     /// Records kept from the file before.
     pub kept: u64,
+    /// Records read from the file before, kept or rejected.
+    pub records: u64,
     /// The hash of the bytes before the previous resume point, and that point's offset and
     /// line, from which the next resume point is hashed on.
     pub prefix: (blake3::Hasher, u64, u64),
@@ -126,6 +131,7 @@ pub(crate) fn check(path: &Path, point: &ResumePoint) -> Result<Option<Resume>> 
         line: carry_on.1,
         array: point.array,
         kept: point.kept,
+        records: point.records,
         prefix: (hasher, point.offset, point.line),
     }))
 }
@@ -137,6 +143,7 @@ pub(crate) fn point_after(
     source: &str,
     array: bool,
     kept: u64,
+    records: u64,
     from: Option<(blake3::Hasher, u64, u64)>,
 ) -> Result<Option<ResumePoint>> {
     let io = |e| PipelineError::io(path, e);
@@ -165,6 +172,7 @@ pub(crate) fn point_after(
         line: line + newlines,
         array,
         kept,
+        records,
     }))
 }
 
@@ -191,7 +199,7 @@ mod tests {
     fn point(dir: &Path, text: &str, array: bool) -> (PathBuf, ResumePoint) {
         let path = dir.join("input.json");
         std::fs::write(&path, text).unwrap();
-        let point = point_after(&path, "input.json", array, 2, None)
+        let point = point_after(&path, "input.json", array, 2, 2, None)
             .unwrap()
             .unwrap();
         (path, point)
@@ -205,12 +213,15 @@ mod tests {
         assert_eq!(p.line, 3);
         std::fs::write(&path, "[\n{\"a\": 1},\n{\"a\": 2},\n{\"a\": 3}\n]\n").unwrap();
         let resume = check(&path, &p).unwrap().unwrap();
-        assert_eq!((resume.start, resume.line, resume.kept), (21, 3, 2));
+        assert_eq!(
+            (resume.start, resume.line, resume.kept, resume.records),
+            (21, 3, 2, 2)
+        );
         // Hashing on from the old point gives the point a full read would.
-        let next = point_after(&path, "input.json", true, 3, Some(resume.prefix))
+        let next = point_after(&path, "input.json", true, 3, 3, Some(resume.prefix))
             .unwrap()
             .unwrap();
-        let full = point_after(&path, "input.json", true, 3, None)
+        let full = point_after(&path, "input.json", true, 3, 3, None)
             .unwrap()
             .unwrap();
         assert_eq!(next, full);
