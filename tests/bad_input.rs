@@ -181,6 +181,90 @@ fn an_entity_type_outside_the_configured_list_is_rejected() {
     );
 }
 
+#[test]
+fn a_trailing_comma_is_rejected_at_its_line_and_the_elements_kept() {
+    assert_rejects(
+        "alpaca",
+        "trailing_comma.json",
+        "",
+        4,
+        &[(16, "malformed_json")],
+    );
+    let (_, detail) = query_one(
+        "alpaca",
+        "trailing_comma.json",
+        "SELECT detail FROM rejects",
+    );
+    assert_eq!(detail, "detail\ntrailing comma before `]`\n");
+}
+
+#[test]
+fn a_repeated_key_is_rejected_as_duplicate_key_naming_it() {
+    assert_rejects(
+        "alpaca",
+        "duplicate_key.jsonl",
+        "",
+        3,
+        &[(2, "duplicate_key")],
+    );
+    let (_, detail) = query_one(
+        "alpaca",
+        "duplicate_key.jsonl",
+        "SELECT detail FROM rejects",
+    );
+    assert!(detail.contains("duplicate key `input`"), "{detail}");
+}
+
+#[test]
+fn a_byte_order_mark_is_not_part_of_the_first_word() {
+    assert_rejects("conll", "bom.tsv", "", 3, &[]);
+    let (_, words) = query_one(
+        "conll",
+        "bom.tsv",
+        "SELECT prompt FROM ingested WHERE line = 1",
+    );
+    assert_eq!(words, "prompt\nAspirin caused\n");
+    // JSON lines and arrays with a BOM read the same as without.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read(fixture("duplicate_key.jsonl")).unwrap();
+    let first = text.split(|&b| b == b'\n').next().unwrap();
+    for (name, body) in [
+        ("bom.jsonl", first.to_vec()),
+        ("bom.json", [b"[", first, b"]"].concat()),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, [b"\xEF\xBB\xBF".as_slice(), &body].concat()).unwrap();
+        let config = write_config(dir.path(), "alpaca", std::slice::from_ref(&path), "");
+        let run = medtune(dir.path(), &["run", "--config", config.to_str().unwrap()]).expect(0);
+        assert!(
+            run.stdout.contains("1 rows in = 1 kept + 0 dropped"),
+            "{name}: {}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn a_conll_line_with_three_columns_rejects_its_sentence() {
+    assert_rejects(
+        "conll",
+        "three_columns.tsv",
+        "",
+        3,
+        &[(4, "malformed_line")],
+    );
+    let (_, detail) = query_one("conll", "three_columns.tsv", "SELECT detail FROM rejects");
+    assert!(detail.contains("found 3 columns"), "{detail}");
+}
+
+/// Ingests one fixture and returns (run stdout, the CSV of `sql`).
+fn query_one(format: &str, fixture_name: &str, sql: &str) -> (String, String) {
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), format, &[fixture(fixture_name)], "");
+    let run = medtune(work.path(), &["run", "--config", config.to_str().unwrap()]).expect(0);
+    (run.stdout, query_csv(work.path(), sql))
+}
+
 fn expect_input_error(format: &str, input: std::path::PathBuf, message: &str) {
     let work = tempfile::tempdir().unwrap();
     let config = write_config(work.path(), format, std::slice::from_ref(&input), "");
@@ -211,6 +295,26 @@ fn missing_empty_and_wrong_format_files_exit_with_code_2() {
         shared_data("chatdoctor/chatdoctor5k.json"),
         "no record parsed as format `prompt_completion`",
     );
+}
+
+#[test]
+fn an_input_that_cannot_be_read_exits_with_code_2_naming_the_os_error() {
+    // A regular file whose reads fail, even for root (tests may run as root, for whom
+    // permissions stop nothing): /proc/self/mem, which has nothing mapped at its start.
+    expect_input_error(
+        "prompt_completion",
+        std::path::PathBuf::from("/proc/self/mem"),
+        "Input/output error",
+    );
+    // A copy with no permissions, where they stop reads (not for root).
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("unreadable.jsonl");
+    std::fs::copy(fixture("wrong_type.jsonl"), &copy).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o000)).unwrap();
+    if std::fs::File::open(&copy).is_err() {
+        expect_input_error("prompt_completion", copy, "Permission denied");
+    }
 }
 
 #[test]

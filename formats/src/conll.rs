@@ -1,6 +1,6 @@
 //! CoNLL-style BIO files: `token<TAB>label` per line, a blank line after each sentence,
-//! optional `-DOCSTART-` lines between documents. Extra middle columns are ignored: the token
-//! is the first column and the label the last.
+//! optional `-DOCSTART-` lines between documents. A line with any other number of columns
+//! rejects its sentence; a UTF-8 byte-order mark at the start of the file is skipped.
 
 use std::io::{self, BufRead};
 
@@ -12,6 +12,8 @@ use crate::record::{Example, ReadItem, Reject, RejectReason};
 const MAX_LINE_BYTES: usize = 64 * 1024;
 /// Raw text kept for a rejected sentence.
 const MAX_RAW_BYTES: usize = 16 * 1024;
+/// The UTF-8 byte-order mark, skipped at the start of a file.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Iterator over the sentences of a CoNLL file.
 pub struct ConllSentences<'a, R> {
@@ -85,10 +87,13 @@ impl<'a, R: BufRead> ConllSentences<'a, R> {
     fn next_sentence(&mut self) -> io::Result<Option<ReadItem>> {
         let mut p = Pending::default();
         loop {
-            let Some((bytes, oversized)) = read_bounded_line(&mut self.reader, MAX_LINE_BYTES)?
+            let Some((mut bytes, oversized)) = read_bounded_line(&mut self.reader, MAX_LINE_BYTES)?
             else {
                 return Ok((p.count > 0).then(|| self.finish(p)));
             };
+            if self.line == 0 && bytes.starts_with(BOM) {
+                bytes.drain(..BOM.len());
+            }
             self.line += 1;
             let blank = bytes.iter().all(u8::is_ascii_whitespace);
             if blank {
@@ -145,17 +150,28 @@ impl<'a, R: BufRead> ConllSentences<'a, R> {
                     continue;
                 }
             };
-            match (text.split_once('\t'), text.rsplit_once('\t')) {
-                (Some((token, _)), Some((_, label)))
-                    if !token.trim().is_empty() && !label.trim().is_empty() =>
+            let columns = text.split('\t').count();
+            match text.split_once('\t') {
+                Some((token, label))
+                    if columns == 2 && !token.trim().is_empty() && !label.trim().is_empty() =>
                 {
                     p.words.push(token.trim().to_string());
                     p.tags.push(label.trim().to_string());
                 }
                 _ => {
+                    let what = if columns == 2 {
+                        "an empty column".to_string()
+                    } else if columns == 1 {
+                        "1 column (no tab)".to_string()
+                    } else {
+                        format!("{columns} columns")
+                    };
                     p.problem = problem(
                         RejectReason::MalformedLine,
-                        format!("line {line}: expected `token<TAB>label`, found {text:?}"),
+                        format!(
+                            "line {line}: expected `token<TAB>label` (2 columns), found {what}: \
+                             {text:?}"
+                        ),
                     );
                 }
             }
@@ -222,6 +238,34 @@ mod tests {
             items[0].clone().unwrap_err().reason,
             RejectReason::InvalidBioSequence
         );
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_not_part_of_the_first_word() {
+        let items = read("\u{FEFF}Aspirin\tB-Chemical\nb\tO\n", &BioConfig::default());
+        let (first, _) = items[0].clone().unwrap();
+        assert_eq!(first.words.unwrap(), vec!["Aspirin", "b"]);
+        assert_eq!(first.prompt.as_deref(), Some("Aspirin b"));
+        let items = read("\u{FEFF}-DOCSTART-\tO\n\na\tO\n", &BioConfig::default());
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].clone().unwrap().0.group_key, "doc:t.tsv:1");
+    }
+
+    #[test]
+    fn a_line_must_have_exactly_two_columns() {
+        for (text, found) in [
+            ("a\tO\nb\tNN\tO\n", "3 columns"),
+            ("a\tO\nb\tO\t\n", "3 columns"),
+            ("a\tO\nb O\n", "1 column"),
+        ] {
+            let rej = read(text, &BioConfig::default())[0].clone().unwrap_err();
+            assert_eq!(
+                (rej.reason, rej.line),
+                (RejectReason::MalformedLine, 2),
+                "{text:?}"
+            );
+            assert!(rej.detail.contains(found), "{text:?}: {}", rej.detail);
+        }
     }
 
     #[test]

@@ -65,6 +65,8 @@ enum State {
     Detect,
     /// JSON lines.
     Lines,
+    /// In an array, just after an element: before the `,` or `]` that ends it.
+    AfterElement,
     /// In an array, before an element or the closing bracket.
     BeforeElement,
     /// After the closing bracket.
@@ -80,6 +82,8 @@ pub struct JsonRecords<R> {
     line: u64,
     max_record_bytes: usize,
     array: bool,
+    /// In `BeforeElement` after a `,`: the comma's line (a `]` next is a trailing comma).
+    comma: Option<u64>,
 }
 
 impl<R: BufRead> JsonRecords<R> {
@@ -91,23 +95,25 @@ impl<R: BufRead> JsonRecords<R> {
             line: 1,
             max_record_bytes,
             array: false,
+            comma: None,
         }
     }
 
-    /// Frames `reader` positioned inside a stream read before: after the `,` that follows an
-    /// array element (or at the closing `]`) when `array`, else at the start of a line.
+    /// Frames `reader` positioned inside a stream read before: just after an array element
+    /// (before the `,` or `]` that follows it) when `array`, else at the start of a line.
     /// `line` is the line the reader is on.
     pub fn resume(reader: R, line: u64, array: bool, max_record_bytes: usize) -> Self {
         JsonRecords {
             reader,
             state: if array {
-                State::BeforeElement
+                State::AfterElement
             } else {
                 State::Lines
             },
             line,
             max_record_bytes,
             array,
+            comma: None,
         }
     }
 
@@ -121,17 +127,21 @@ impl<R: BufRead> JsonRecords<R> {
         &self.reader
     }
 
-    /// Skips whitespace (and a UTF-8 byte-order mark), counting lines. Returns the next byte
-    /// without consuming it, or `None` at end of input.
+    /// Skips a UTF-8 byte-order mark at the start of the input (anywhere else it is data).
+    fn skip_bom(&mut self) -> io::Result<()> {
+        if self.reader.fill_buf()?.starts_with(&[0xEF, 0xBB, 0xBF]) {
+            self.reader.consume(3);
+        }
+        Ok(())
+    }
+
+    /// Skips whitespace, counting lines. Returns the next byte without consuming it, or
+    /// `None` at end of input.
     fn skip_whitespace(&mut self) -> io::Result<Option<u8>> {
         loop {
             let buf = self.reader.fill_buf()?;
             if buf.is_empty() {
                 return Ok(None);
-            }
-            if buf.starts_with(&[0xEF, 0xBB, 0xBF]) {
-                self.reader.consume(3);
-                continue;
             }
             let mut used = 0;
             for &b in buf {
@@ -233,7 +243,7 @@ impl<R: BufRead> JsonRecords<R> {
         loop {
             match self.state {
                 State::Done => return Ok(None),
-                State::Detect => match self.skip_whitespace()? {
+                State::Detect => match self.skip_bom().and_then(|()| self.skip_whitespace())? {
                     None => self.state = State::Done,
                     Some(b'[') => {
                         self.reader.consume(1);
@@ -270,13 +280,22 @@ impl<R: BufRead> JsonRecords<R> {
                     Some(b']') => {
                         self.reader.consume(1);
                         self.state = State::AfterArray;
+                        if let Some(line) = self.comma.take() {
+                            return Ok(Some(Err(Reject {
+                                line,
+                                reason: RejectReason::MalformedJson,
+                                detail: "trailing comma before `]`".into(),
+                                raw: b",]".to_vec(),
+                            })));
+                        }
                     }
                     Some(_) => {
                         let line = self.line;
                         let (bytes, oversized, end) = self.read_element()?;
+                        self.comma = None;
                         match end {
                             Some(b']') => self.state = State::AfterArray,
-                            Some(_) => {}
+                            Some(_) => self.comma = Some(self.line),
                             None => {
                                 self.state = State::Done;
                                 return Ok(Some(Err(Reject {
@@ -289,13 +308,33 @@ impl<R: BufRead> JsonRecords<R> {
                             }
                         }
                         if bytes.is_empty() {
-                            continue; // `[]` or a trailing comma: no record there
+                            // Only a `,` ends an element that starts there: `[,` or `,,`.
+                            return Ok(Some(Err(Reject {
+                                line,
+                                reason: RejectReason::MalformedJson,
+                                detail: "missing array element (a `,` with no value before it)"
+                                    .into(),
+                                raw: b",".to_vec(),
+                            })));
                         }
                         if oversized {
                             return Ok(Some(Err(self.oversized(line, bytes))));
                         }
                         return Ok(Some(Ok(RawRecord { line, bytes })));
                     }
+                },
+                State::AfterElement => match self.skip_whitespace()? {
+                    Some(b',') => {
+                        self.reader.consume(1);
+                        self.comma = Some(self.line);
+                        self.state = State::BeforeElement;
+                    }
+                    Some(b']') => {
+                        self.reader.consume(1);
+                        self.state = State::AfterArray;
+                    }
+                    // Anything else: the element scanner frames it (or reports the truncation).
+                    _ => self.state = State::BeforeElement,
                 },
                 State::AfterArray => match self.skip_whitespace()? {
                     None => self.state = State::Done,
@@ -407,9 +446,71 @@ mod tests {
     }
 
     #[test]
-    fn empty_arrays_and_trailing_commas_yield_no_records() {
+    fn empty_arrays_yield_no_records() {
         assert_eq!(frame("[ ]"), vec![]);
-        assert_eq!(frame("[{},]"), vec![Ok((1, "{}".into()))]);
+        assert_eq!(frame("[\n]\n"), vec![]);
         assert_eq!(frame(""), vec![]);
+    }
+
+    #[test]
+    fn trailing_and_doubled_commas_are_rejected_and_the_elements_kept() {
+        assert_eq!(
+            frame("[{},]"),
+            vec![Ok((1, "{}".into())), Err((1, RejectReason::MalformedJson))]
+        );
+        // The reject names the comma's line.
+        assert_eq!(
+            frame("[\n{},\n{}, \n\n]\n"),
+            vec![
+                Ok((2, "{}".into())),
+                Ok((3, "{}".into())),
+                Err((3, RejectReason::MalformedJson))
+            ]
+        );
+        assert_eq!(
+            frame("[{},,{}]"),
+            vec![
+                Ok((1, "{}".into())),
+                Err((1, RejectReason::MalformedJson)),
+                Ok((1, "{}".into()))
+            ]
+        );
+        assert_eq!(
+            frame("[,{}]"),
+            vec![Err((1, RejectReason::MalformedJson)), Ok((1, "{}".into()))]
+        );
+        let details: Vec<String> = JsonRecords::new(&b"[{},\n]"[..], 64)
+            .filter_map(|r| r.unwrap().err().map(|rej| rej.detail))
+            .collect();
+        assert_eq!(details, vec!["trailing comma before `]`".to_string()]);
+    }
+
+    #[test]
+    fn a_resumed_array_reads_on_from_just_after_an_element() {
+        let resumed = |text: &str| -> Vec<_> {
+            JsonRecords::resume(text.as_bytes(), 5, true, 64)
+                .map(|r| match r.unwrap() {
+                    Ok(rec) => Ok((rec.line, String::from_utf8(rec.bytes).unwrap())),
+                    Err(rej) => Err((rej.line, rej.reason)),
+                })
+                .collect()
+        };
+        assert_eq!(resumed("\n]\n"), vec![]);
+        assert_eq!(resumed(",\n{}\n]"), vec![Ok((6, "{}".into()))]);
+        assert_eq!(resumed(",\n]"), vec![Err((5, RejectReason::MalformedJson))]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_only_at_the_start() {
+        assert_eq!(frame("\u{FEFF}[{}]"), vec![Ok((1, "{}".into()))]);
+        assert_eq!(
+            frame("\u{FEFF}{}\n{}"),
+            vec![Ok((1, "{}".into())), Ok((2, "{}".into()))]
+        );
+        // Elsewhere it is part of the record (which then fails to parse as JSON).
+        assert_eq!(
+            frame("[{},\u{FEFF}{}]"),
+            vec![Ok((1, "{}".into())), Ok((1, "\u{FEFF}{}".into()))]
+        );
     }
 }

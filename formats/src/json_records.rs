@@ -47,15 +47,21 @@ fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8], line: u64) -> Result<T, Reject
         )
     })?;
     serde_json::from_str(text).map_err(|e| {
-        let reason = match e.classify() {
-            Category::Data if e.to_string().starts_with("missing field") => {
-                RejectReason::MissingField
+        let message = e.to_string();
+        let (reason, detail) = match e.classify() {
+            Category::Data if message.starts_with("missing field") => {
+                (RejectReason::MissingField, message)
             }
-            Category::Data => RejectReason::WrongType,
-            _ => RejectReason::MalformedJson,
+            // serde's words for it are "duplicate field `name`".
+            Category::Data if message.starts_with("duplicate field") => (
+                RejectReason::DuplicateKey,
+                message.replacen("duplicate field", "duplicate key", 1),
+            ),
+            Category::Data => (RejectReason::WrongType, message),
+            _ => (RejectReason::MalformedJson, message),
         };
         let at = line + e.line().saturating_sub(1) as u64;
-        reject(at, reason, e.to_string(), bytes)
+        reject(at, reason, detail, bytes)
     })
 }
 
@@ -259,6 +265,28 @@ mod tests {
         assert_eq!(r.reason, RejectReason::InvalidUtf8);
         let r = prompt_completion(b"[1, 2]", &ORIGIN).unwrap_err();
         assert_eq!(r.reason, RejectReason::WrongType);
+    }
+
+    #[test]
+    fn a_repeated_key_is_its_own_reason_naming_the_key() {
+        let r = prompt_completion(
+            b"{\"prompt\": \"x\",\n \"completion\": \"y\", \"prompt\": \"z\"}",
+            &ORIGIN,
+        )
+        .unwrap_err();
+        assert_eq!((r.reason, r.line), (RejectReason::DuplicateKey, 8));
+        assert!(r.detail.contains("duplicate key `prompt`"), "{}", r.detail);
+        let r = alpaca(
+            br#"{"instruction": "Q", "output": "A", "output": "B"}"#,
+            &ORIGIN,
+        )
+        .unwrap_err();
+        assert_eq!(r.reason, RejectReason::DuplicateKey);
+        let bio = BioConfig::default();
+        let row = br#"{"words": ["a"], "tags": ["O"], "tags": ["O"]}"#;
+        let r = bio_json(row, &ORIGIN, &bio).unwrap_err();
+        assert_eq!(r.reason, RejectReason::DuplicateKey);
+        assert_eq!(r.reason.code(), "duplicate_key");
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub enum RejectReason {
     MissingField,
     /// A field has the wrong JSON type (including null for a required string).
     WrongType,
+    /// A key that appears twice in one JSON object.
+    DuplicateKey,
     /// A record longer than the configured bound.
     RecordTooLarge,
     /// The file ends inside a record.
@@ -41,6 +43,7 @@ impl RejectReason {
             RejectReason::InvalidUtf8 => "invalid_utf8",
             RejectReason::MissingField => "missing_field",
             RejectReason::WrongType => "wrong_type",
+            RejectReason::DuplicateKey => "duplicate_key",
             RejectReason::RecordTooLarge => "record_too_large",
             RejectReason::Truncated => "truncated",
             RejectReason::TrailingData => "trailing_data",

@@ -303,9 +303,21 @@ impl<'a> Runner<'a> {
                     ),
                 ));
             }
+            // An input that cannot be read (permissions, an I/O error) is bad input too.
+            let blake3 = memo.hash(&source.path).map_err(|e| match e {
+                PipelineError::Io { source: err, .. } => PipelineError::bad_input(
+                    &source.path,
+                    format!(
+                        "cannot read it: {err} (input `{}` of stage `{}`)",
+                        source.written,
+                        stage.name()
+                    ),
+                ),
+                other => other,
+            })?;
             sources.push(SourceRecord {
                 path: source.written.clone(),
-                blake3: memo.hash(&source.path)?,
+                blake3,
             });
         }
         let config_text = config.to_string();

@@ -251,7 +251,7 @@ impl Stage for IngestStage {
                 InputFormat::Conll => {
                     let mut iter = ConllSentences::new(input, &name, bio, cfg.max_sentence_words);
                     while let Some(item) = iter.next() {
-                        let item = item.map_err(|e| PipelineError::io(&source.path, e))?;
+                        let item = item.map_err(|e| unreadable(&source.path, e))?;
                         self.take(ctx, &mut run, item, read(iter.get_ref()))?;
                     }
                 }
@@ -263,7 +263,7 @@ impl Stage for IngestStage {
                         None => JsonRecords::new(input, cfg.max_record_bytes),
                     };
                     while let Some(framed) = iter.next() {
-                        let framed = framed.map_err(|e| PipelineError::io(&source.path, e))?;
+                        let framed = framed.map_err(|e| unreadable(&source.path, e))?;
                         let ordinal = run.records + 1;
                         let item = framed.and_then(|rec| {
                             let origin = Origin {
@@ -321,11 +321,17 @@ impl Stage for IngestStage {
     }
 }
 
+/// The error for an input that cannot be opened or read: bad input (exit 2), naming the file
+/// and the OS error.
+pub(crate) fn unreadable(path: &Path, e: io::Error) -> PipelineError {
+    PipelineError::bad_input(path, format!("cannot read it: {e}"))
+}
+
 /// Opens an input at byte `start` (where an earlier ingest of it stopped).
 fn open_at(path: &Path, start: u64) -> Result<Input> {
-    let mut file = File::open(path).map_err(|e| PipelineError::io(path, e))?;
+    let mut file = File::open(path).map_err(|e| unreadable(path, e))?;
     file.seek(SeekFrom::Start(start))
-        .map_err(|e| PipelineError::io(path, e))?;
+        .map_err(|e| unreadable(path, e))?;
     Ok(BufReader::with_capacity(
         1 << 20,
         Counting {
@@ -368,14 +374,13 @@ impl IngestStage {
 impl IngestStage {
     /// Opens an input, failing clearly when it is empty or obviously not the declared format.
     fn open(&self, path: &Path) -> Result<Input> {
-        let mut file =
-            File::open(path).map_err(|e| PipelineError::bad_input(path, e.to_string()))?;
+        let mut file = File::open(path).map_err(|e| unreadable(path, e))?;
         let mut head = vec![0u8; 64 * 1024];
         let mut filled = 0;
         while filled < head.len() {
             let n = file
                 .read(&mut head[filled..])
-                .map_err(|e| PipelineError::io(path, e))?;
+                .map_err(|e| unreadable(path, e))?;
             if n == 0 {
                 break;
             }

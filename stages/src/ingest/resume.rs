@@ -93,7 +93,7 @@ fn hash_span(
 
 /// How to carry on reading `path` from `point`, or `None` when the file changed otherwise.
 pub(crate) fn check(path: &Path, point: &ResumePoint) -> Result<Option<Resume>> {
-    let io = |e| PipelineError::io(path, e);
+    let io = |e| super::unreadable(path, e);
     let mut file = File::open(path).map_err(io)?;
     let mut hasher = blake3::Hasher::new();
     if hash_span(&mut file, point.offset, &mut hasher)
@@ -108,27 +108,23 @@ pub(crate) fn check(path: &Path, point: &ResumePoint) -> Result<Option<Resume>> 
         .take(LOOKAHEAD as u64)
         .read_to_end(&mut after)
         .map_err(io)?;
-    let carry_on = if point.array {
-        // More elements: read on after the comma. No more: read the `]` and what follows.
-        let Some(next) = after.iter().position(|b| !b.is_ascii_whitespace()) else {
-            return Ok(None);
-        };
-        let line = point.line + memchr::memchr_iter(b'\n', &after[..next]).count() as u64;
-        match after[next] {
-            b',' => (point.offset + next as u64 + 1, line),
-            b']' => (point.offset + next as u64, line),
-            _ => return Ok(None),
-        }
+    let carries_on = if point.array {
+        // More elements (`,`) or none (`]`): the framer reads on from just after the old last
+        // element, so it sees the comma (and a trailing one before `]`) itself.
+        after
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| matches!(b, b',' | b']'))
     } else {
         // More lines, or none: the last old line must have ended where it did.
-        if !after.first().is_none_or(|b| matches!(b, b'\n' | b'\r')) {
-            return Ok(None);
-        }
-        (point.offset, point.line)
+        after.first().is_none_or(|b| matches!(b, b'\n' | b'\r'))
     };
+    if !carries_on {
+        return Ok(None);
+    }
     Ok(Some(Resume {
-        start: carry_on.0,
-        line: carry_on.1,
+        start: point.offset,
+        line: point.line,
         array: point.array,
         kept: point.kept,
         records: point.records,
@@ -146,7 +142,7 @@ pub(crate) fn point_after(
     records: u64,
     from: Option<(blake3::Hasher, u64, u64)>,
 ) -> Result<Option<ResumePoint>> {
-    let io = |e| PipelineError::io(path, e);
+    let io = |e| super::unreadable(path, e);
     let mut file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     let offset = if array {
@@ -215,7 +211,7 @@ mod tests {
         let resume = check(&path, &p).unwrap().unwrap();
         assert_eq!(
             (resume.start, resume.line, resume.kept, resume.records),
-            (21, 3, 2, 2)
+            (20, 3, 2, 2)
         );
         // Hashing on from the old point gives the point a full read would.
         let next = point_after(&path, "input.json", true, 3, 3, Some(resume.prefix))
