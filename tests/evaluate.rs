@@ -113,10 +113,9 @@ fn a_tiny_llama_runs_the_extraction_evaluation_and_batching_changes_no_generatio
     .iter()
     .map(|r| number(r, "value"))
     .collect();
-    // A random model over a 30k vocabulary: perplexity in the thousands, finite; the adapter
-    // (three steps) moves it, so the two variants really ran differently.
+    // A random model over a 30k vocabulary: perplexity huge (about 8.8 million: its random
+    // logits are confidently wrong), but finite.
     assert!(ppl.iter().all(|p| p.is_finite() && *p > 10.0), "{ppl:?}");
-    assert_ne!(ppl[0], ppl[1]);
 
     let report_path = report_path(&run.stdout);
     let report = std::fs::read_to_string(&report_path).unwrap();
@@ -144,21 +143,47 @@ fn a_tiny_llama_runs_the_extraction_evaluation_and_batching_changes_no_generatio
         "SELECT id, model, generated_tokens, stop, generation FROM predictions ORDER BY id, model",
     );
     assert_eq!(generations, again);
-    // Base and adapter differ somewhere (the adapter trained three steps).
-    let differing = query_csv(
-        work.path(),
-        "SELECT count(*) FROM predictions a JOIN predictions b ON a.id = b.id \
-         WHERE a.model = 'base' AND b.model = 'adapter' AND a.generation <> b.generation",
+    // Base and adapter differ (the adapter trained three steps). The tiny random Llama's greedy
+    // generations are the same for both (0 of 30 rows differ: three small steps do not
+    // move the argmax), so the check is the perplexity both variants score
+    // on the same rows: the adapter's is lower (by 1.4%: 8.72 against 8.84 million), by more
+    // than float noise.
+    let differing = number(
+        &query_rows(
+            work.path(),
+            "SELECT count(*) AS n FROM predictions a JOIN predictions b ON a.id = b.id \
+             WHERE a.model = 'base' AND b.model = 'adapter' AND a.generation <> b.generation",
+        )[0],
+        "n",
     );
-    println!("tiny Llama: generations differing between base and adapter: {differing}");
+    let (adapter, base) = (ppl[0], ppl[1]);
+    println!(
+        "tiny Llama: generations differing between base and adapter: {differing} of 30; \
+         perplexity base {base}, adapter {adapter}"
+    );
+    assert!(
+        adapter < base * (1.0 - 1e-3),
+        "the adapter does not lower the perplexity: base {base}, adapter {adapter}"
+    );
+}
+
+/// `text` with its one `from` replaced by `to`; panics when `from` is not there exactly once, so
+/// a changed bundled config cannot silently keep the setting the test meant to change.
+fn edited(text: &str, from: &str, to: &str) -> String {
+    let found = text.matches(from).count();
+    assert_eq!(
+        found, 1,
+        "{from:?} occurs {found} times in the config:\n{text}"
+    );
+    text.replace(from, to)
 }
 
 /// bc5cdr-qlora.toml with absolute paths and a short training run.
 fn bc5cdr_eval_config(dir: &Path) -> PathBuf {
-    let text = bundled_config("bc5cdr-qlora.toml")
-        .replace("epochs = 3", "epochs = 1\nmax_steps = 25")
-        .replace("eval_every = 100", "eval_every = 25")
-        .replace("warmup_steps = 50", "warmup_steps = 5");
+    let text = bundled_config("bc5cdr-qlora.toml");
+    let text = edited(&text, "epochs = 3", "epochs = 1\nmax_steps = 25");
+    let text = edited(&text, "eval_every = 100", "eval_every = 25");
+    let text = edited(&text, "warmup_steps = 50", "warmup_steps = 5");
     let path = dir.join("bc5cdr-eval.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -258,7 +283,7 @@ fn evaluate_config_mistakes_are_exit_2_with_the_reason() {
         );
     }
     // No [shard] section: evaluate has nothing to read.
-    let no_shard = base.replace("[shard]", "[unused_shard_marker]");
+    let no_shard = edited(&base, "[shard]", "[unused_shard_marker]");
     let no_shard = no_shard
         .split("[unused_shard_marker]")
         .next()
