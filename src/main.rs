@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use medtune_pipeline::sql::{query_blocking, OutputFormat};
+use medtune_pipeline::sql::{query_blocking, OutputFormat, QueryOptions};
 use medtune_pipeline::{
     Dag, ErrorClass, PipelineConfig, PipelineError, RunOptions, Runner, Workdir,
 };
@@ -84,6 +84,10 @@ enum Command {
         /// Print to stderr how long registering the catalog and running the query took.
         #[arg(long)]
         timing: bool,
+        /// Print at most this many rows (default for `table`: 1000, since the table is laid
+        /// out in memory; `csv` and `json` stream every row unless a limit is given).
+        #[arg(long, value_name = "ROWS")]
+        limit: Option<usize>,
     },
 }
 
@@ -114,7 +118,8 @@ fn run_one_stage(
         return Err(config.error(format!("no [{stage}] section")).into());
     }
     let observer = progress::Bars::default();
-    let runner = Runner::new(workdir.clone(), dag, config.settings().clone(), &observer);
+    let runner = Runner::new(workdir.clone(), dag, config.settings().clone(), &observer)
+        .with_config_path(config.path());
     let summaries = runner.run(&RunOptions {
         stages: vec![stage.into()],
         force,
@@ -134,7 +139,8 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         } => {
             let (config, dag) = load(&config)?;
             let observer = progress::Bars::default();
-            let runner = Runner::new(workdir, dag, config.settings().clone(), &observer);
+            let runner = Runner::new(workdir, dag, config.settings().clone(), &observer)
+                .with_config_path(config.path());
             let summaries = runner.run(&RunOptions { stages, force })?;
             drop(observer);
             let mut out = std::io::stdout().lock();
@@ -165,18 +171,21 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Status { config } => {
             let (config, dag) = load(&config)?;
             let runner = Runner::new(
-                workdir,
+                workdir.clone(),
                 dag,
                 config.settings().clone(),
                 &medtune_pipeline::Quiet,
             );
-            report::print_status(&runner.status()?, &mut std::io::stdout().lock())?;
+            let mut out = std::io::stdout().lock();
+            report::print_status(&runner.status()?, &mut out)?;
+            report::print_catalog_owner(&workdir, config.path(), &mut out)?;
         }
         Command::Profile { config } => {
             let config = PipelineConfig::load(&config)?;
             let dag = Dag::new(medtune_stages::build_with_profile(&config)?)?;
             let observer = progress::Bars::default();
-            let runner = Runner::new(workdir.clone(), dag, config.settings().clone(), &observer);
+            let runner = Runner::new(workdir.clone(), dag, config.settings().clone(), &observer)
+                .with_config_path(config.path());
             let summaries = runner.run(&RunOptions {
                 stages: vec!["profile".into()],
                 force: false,
@@ -199,6 +208,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             sql,
             format,
             timing,
+            limit,
         } => {
             let format = match format {
                 Format::Table => OutputFormat::Table,
@@ -206,13 +216,25 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 Format::Json => OutputFormat::Json,
             };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let spent = query_blocking(&workdir, &sql, format, &mut out)?;
+            let outcome = query_blocking(
+                &workdir,
+                &sql,
+                QueryOptions::new(format, limit),
+                &mut out,
+            )?;
             out.flush().context("writing the query result")?;
+            if outcome.truncated {
+                eprintln!(
+                    "medtune: showing the first {} rows; more were not read (raise --limit, \
+                     or stream them all with --format csv or json)",
+                    outcome.rows
+                );
+            }
             if timing {
                 eprintln!(
                     "catalog {:.1} ms, query {:.1} ms",
-                    spent.catalog.as_secs_f64() * 1e3,
-                    spent.query.as_secs_f64() * 1e3
+                    outcome.timing.catalog.as_secs_f64() * 1e3,
+                    outcome.timing.query.as_secs_f64() * 1e3
                 );
             }
         }

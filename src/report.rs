@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Context;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, Table};
-use medtune_pipeline::sql::{query_blocking, OutputFormat};
+use medtune_pipeline::sql::{query_blocking, OutputFormat, QueryOptions};
 use medtune_pipeline::{Freshness, StageStatus, StageSummary, Workdir};
 
 fn table(header: &[&str]) -> Table {
@@ -127,6 +127,27 @@ pub fn print_status(statuses: &[StageStatus], out: &mut dyn Write) -> std::io::R
     writeln!(out, "{t}")
 }
 
+/// Says so when the catalog (what `medtune query` reads) holds the outputs of another config
+/// than `config`, or is damaged; prints nothing when it serves `config`.
+pub fn print_catalog_owner(
+    workdir: &medtune_pipeline::Workdir,
+    config: &std::path::Path,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    match workdir.catalog_config_other_than(config) {
+        Ok(None) => Ok(()),
+        Ok(Some(other)) => writeln!(
+            out,
+            "note: `medtune query` serves the outputs of {} (the last run in this workdir), \
+             not of {}; `medtune run --config {}` switches it",
+            other.display(),
+            config.display(),
+            config.display()
+        ),
+        Err(e) => writeln!(out, "note: {e}"),
+    }
+}
+
 /// This process's peak resident set size, from `VmHWM` in `/proc/self/status` (Linux only).
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -172,7 +193,12 @@ pub fn print_evaluation(workdir: &Workdir, out: &mut impl Write) -> anyhow::Resu
            OR (family = 'lm' AND metric IN ('perplexity', 'cross_entropy')) \
            OR (family = 'throughput' AND metric IN ('samples_per_second', 'sequences_per_second')) \
         ORDER BY family, \"group\", metric, model";
-    query_blocking(workdir, headline, OutputFormat::Table, out)?;
+    query_blocking(
+        workdir,
+        headline,
+        QueryOptions::new(OutputFormat::Table, None),
+        out,
+    )?;
     let artifacts = workdir
         .latest_artifacts("evaluate")
         .context("the evaluate stage committed no report")?;

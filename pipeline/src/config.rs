@@ -39,6 +39,54 @@ impl Default for Settings {
 }
 
 /// A loaded pipeline config.
+impl Settings {
+    /// Checks every setting against its allowed range, naming the key and the range.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        check_range("pipeline", "part_max_bytes", self.part_max_bytes, 1..=u64::MAX)?;
+        check_range("pipeline", "row_group_rows", self.row_group_rows, 1..=usize::MAX)?;
+        check_range("pipeline", "row_group_max_bytes", self.row_group_max_bytes, 1..=u64::MAX)?;
+        check_range("pipeline", "batch_rows", self.batch_rows, 1..=usize::MAX)?;
+        // The levels the zstd library (and so Parquet's writer) accepts.
+        check_range("pipeline", "zstd_level", self.zstd_level, 1..=22)
+    }
+}
+
+/// Checks that `[section] key = value` lies in `allowed`; the error names all three, so a
+/// setting that would fail deep inside a stage (or silently do nothing) is refused up front.
+pub fn check_range<T>(
+    section: &str,
+    key: &str,
+    value: T,
+    allowed: std::ops::RangeInclusive<T>,
+) -> std::result::Result<(), String>
+where
+    T: PartialOrd + std::fmt::Display + Copy + Bounded,
+{
+    if allowed.contains(&value) {
+        return Ok(());
+    }
+    let (low, high) = (*allowed.start(), *allowed.end());
+    let range = if high == T::MAX {
+        format!("at least {low}")
+    } else {
+        format!("from {low} to {high}")
+    };
+    Err(format!(
+        "[{section}] {key} = {value} is out of range: it must be {range}"
+    ))
+}
+
+/// The largest value of an integer type (so a range open at the top reads "at least N").
+pub trait Bounded {
+    /// The type's maximum.
+    const MAX: Self;
+}
+
+macro_rules! bounded {
+    ($($t:ty),*) => { $(impl Bounded for $t { const MAX: Self = <$t>::MAX; })* };
+}
+bounded!(i32, i64, u32, u64, usize);
+
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     path: PathBuf,
@@ -79,6 +127,9 @@ impl PipelineConfig {
                 settings = toml::Value::Table(section)
                     .try_into::<Settings>()
                     .map_err(|e| PipelineError::config(path, format!("[pipeline]: {e}")))?;
+                settings
+                    .validate()
+                    .map_err(|e| PipelineError::config(path, e))?;
             } else {
                 sections.insert(name, section);
             }
@@ -127,6 +178,21 @@ impl PipelineConfig {
         } else {
             self.dir.join(p)
         }
+    }
+
+    /// Refuses `[section] key = value` outside `allowed` with an error naming the config
+    /// file, the key and the range.
+    pub fn check_range<T>(
+        &self,
+        section: &str,
+        key: &str,
+        value: T,
+        allowed: std::ops::RangeInclusive<T>,
+    ) -> Result<()>
+    where
+        T: PartialOrd + std::fmt::Display + Copy + Bounded,
+    {
+        check_range(section, key, value, allowed).map_err(|e| self.error(e))
     }
 
     /// A config error naming this file.

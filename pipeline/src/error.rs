@@ -48,6 +48,10 @@ pub enum PipelineError {
     /// A SQL query failed or was refused.
     #[error("query: {0}")]
     Query(String),
+    /// A committed file of the workdir (catalog, manifest, part) is missing or fails its
+    /// checks; the message names it and what rebuilds it.
+    #[error("{0}")]
+    Damaged(String),
     /// Filesystem failure, with the path it happened on.
     #[error("{path}: {source}")]
     Io {

@@ -205,22 +205,28 @@ impl Manifest {
     /// Returns a description of the first problem found.
     pub fn verify(&self, dir: &Path) -> std::result::Result<(), String> {
         let parts = self.datasets.values().flat_map(|d| d.files.iter());
-        for part in parts.chain(&self.artifacts) {
-            let path = dir.join(&part.path);
-            let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            if meta.len() != part.bytes {
-                return Err(format!(
-                    "{}: {} bytes, manifest says {}",
-                    path.display(),
-                    meta.len(),
-                    part.bytes
-                ));
-            }
-            let actual = hash_file(&path).map_err(|e| e.to_string())?;
-            if actual != part.blake3 {
-                return Err(format!("{}: checksum mismatch", path.display()));
-            }
-        }
-        Ok(())
+        parts
+            .chain(&self.artifacts)
+            .try_for_each(|part| verify_part(dir, part))
     }
+}
+
+/// Checks one committed file under the entry folder `dir` against its manifest record: its
+/// size, then its BLAKE3 checksum. The error names the file.
+pub fn verify_part(dir: &Path, part: &PartFile) -> std::result::Result<(), String> {
+    let path = dir.join(&part.path);
+    let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.len() != part.bytes {
+        return Err(format!(
+            "{}: {} bytes, manifest says {}",
+            path.display(),
+            meta.len(),
+            part.bytes
+        ));
+    }
+    let actual = hash_file(&path).map_err(|e| e.to_string())?;
+    if actual != part.blake3 {
+        return Err(format!("{}: checksum mismatch", path.display()));
+    }
+    Ok(())
 }

@@ -29,6 +29,15 @@ impl CommittedDataset {
             .map(|f| self.entry_dir.join(&f.path))
     }
 
+    /// Checks each of its parts' size and checksum against the manifest (the error names the
+    /// first file that fails).
+    pub fn verify(&self) -> std::result::Result<(), String> {
+        self.manifest
+            .files
+            .iter()
+            .try_for_each(|part| crate::manifest::verify_part(&self.entry_dir, part))
+    }
+
     /// The artifacts folder of the stage output this dataset belongs to (files committed with
     /// it, such as a trained adapter).
     pub fn stage_artifacts_dir(&self) -> PathBuf {

@@ -1,7 +1,7 @@
 //! Runs the stage graph through the cache, and explains what is fresh, stale or missing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{describe_changes, Settings};
@@ -74,6 +74,7 @@ pub struct Runner<'a> {
     dag: Dag,
     settings: Settings,
     progress: &'a dyn ProgressObserver,
+    config_path: Option<PathBuf>,
 }
 
 /// The inputs of a stage as the cache key sees them.
@@ -97,12 +98,27 @@ impl<'a> Runner<'a> {
             dag,
             settings,
             progress,
+            config_path: None,
         }
+    }
+
+    /// Names the config file the DAG was built from; a run records it in the catalog, so
+    /// `status` of another config can say whose outputs the catalog (and SQL) serves.
+    pub fn with_config_path(mut self, path: &Path) -> Self {
+        self.config_path = Some(path.to_path_buf());
+        self
     }
 
     /// Runs the selected stages (and what they need), each from cache when it can.
     pub fn run(&self, options: &RunOptions) -> Result<Vec<StageSummary>> {
         let _lock = self.workdir.lock()?;
+        if let Some(why) = self
+            .workdir
+            .open_catalog_for_run(self.config_path.as_deref())?
+        {
+            self.progress
+                .warning("catalog", &format!("{why}; rebuilding it from this run"));
+        }
         let names: BTreeSet<&str> = self.dag.stages().iter().map(|s| s.name()).collect();
         self.workdir.retain_stages(&names)?;
         let memo = SourceHashMemo::open(self.workdir.source_memo_path());
@@ -208,7 +224,7 @@ impl<'a> Runner<'a> {
                 .filter(|name| !fresh.contains_key(name))
                 .collect();
             let freshness = if !not_fresh.is_empty() {
-                let reasons = not_fresh
+                let mut reasons: Vec<String> = not_fresh
                     .iter()
                     .map(|name| {
                         let up = self
@@ -219,10 +235,12 @@ impl<'a> Runner<'a> {
                         format!("upstream stage `{up}` is not fresh")
                     })
                     .collect();
-                if previous.is_some() {
-                    Freshness::Stale(reasons)
-                } else {
-                    Freshness::Missing
+                match &previous {
+                    Some(prev) => {
+                        reasons.extend(self.own_changes(stage, prev));
+                        Freshness::Stale(reasons)
+                    }
+                    None => Freshness::Missing,
                 }
             } else {
                 let inputs: BTreeMap<String, CommittedDataset> = stage
@@ -252,7 +270,11 @@ impl<'a> Runner<'a> {
                         )]),
                         Lookup::Missing => match &previous {
                             None => Freshness::Missing,
-                            Some(prev) => Freshness::Stale(explain(stage, prev, &parts)),
+                            Some(prev) => Freshness::Stale(explain(
+                                self.own_changes(stage, prev),
+                                prev,
+                                &parts,
+                            )),
                         },
                     },
                 }
@@ -266,6 +288,33 @@ impl<'a> Runner<'a> {
         Ok(out)
     }
 
+    /// What changed in the stage itself (logic version, its config) since `prev`, whatever
+    /// happened upstream.
+    fn own_changes(&self, stage: &dyn Stage, prev: &Manifest) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if prev.version != stage.version() {
+            reasons.push(format!(
+                "stage logic changed (version {} -> {})",
+                prev.version,
+                stage.version()
+            ));
+        }
+        reasons.extend(
+            describe_changes(&prev.config, &self.stage_config(stage))
+                .into_iter()
+                .map(|c| format!("config {c}")),
+        );
+        reasons
+    }
+
+    /// The part of the config a stage's cache key covers.
+    fn stage_config(&self, stage: &dyn Stage) -> serde_json::Value {
+        serde_json::json!({
+            stage.name(): stage.config(),
+            "pipeline": self.settings,
+        })
+    }
+
     fn key_parts(
         &self,
         stage: &dyn Stage,
@@ -273,10 +322,7 @@ impl<'a> Runner<'a> {
         memo: &SourceHashMemo,
         for_run: bool,
     ) -> Result<KeyParts> {
-        let config = serde_json::json!({
-            stage.name(): stage.config(),
-            "pipeline": self.settings,
-        });
+        let config = self.stage_config(stage);
         let inputs: BTreeMap<String, String> = inputs
             .iter()
             .map(|(n, d)| (n.clone(), d.manifest.content_hash.clone()))
@@ -489,7 +535,13 @@ impl<'a> Runner<'a> {
             started_at,
             seconds: clock.elapsed().as_secs_f64(),
         };
-        self.workdir.commit(pending, &manifest)?;
+        let waiting = || {
+            self.progress.warning(
+                stage.name(),
+                "replacing its cached output once the queries reading this workdir finish",
+            )
+        };
+        self.workdir.commit(pending, &manifest, &waiting)?;
         // Committed: resumable state of the run is no longer needed.
         let _ = std::fs::remove_dir_all(&scratch);
         Ok(manifest)
@@ -560,21 +612,10 @@ fn collect_artifacts(entry: &Path, dir: &Path) -> Result<Vec<PartFile>> {
     Ok(files)
 }
 
-/// Why the output `prev` is not what `stage` would produce now.
-fn explain(stage: &dyn Stage, prev: &Manifest, now: &KeyParts) -> Vec<String> {
-    let mut reasons = Vec::new();
-    if prev.version != stage.version() {
-        reasons.push(format!(
-            "stage logic changed (version {} -> {})",
-            prev.version,
-            stage.version()
-        ));
-    }
-    reasons.extend(
-        describe_changes(&prev.config, &now.config)
-            .into_iter()
-            .map(|c| format!("config {c}")),
-    );
+/// Why the output `prev` is not what the stage would produce now: `own` (its logic and
+/// config changes), then changed input datasets and source files.
+fn explain(own: Vec<String>, prev: &Manifest, now: &KeyParts) -> Vec<String> {
+    let mut reasons = own;
     let names: BTreeSet<&String> = prev.inputs.keys().chain(now.inputs.keys()).collect();
     for name in names {
         if prev.inputs.get(name) != now.inputs.get(name) {

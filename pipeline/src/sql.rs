@@ -1,8 +1,11 @@
 //! Read-only SQL over every dataset in the catalog, with DataFusion.
 
+use std::collections::BTreeSet;
 use std::io::Write;
-
 use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use datafusion::execution::SendableRecordBatchStream;
 
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -30,18 +33,42 @@ pub enum OutputFormat {
     Json,
 }
 
-/// A DataFusion session with every catalog dataset registered as a table of its name.
-pub async fn session(workdir: &Workdir) -> Result<SessionContext> {
-    let datasets = workdir.catalog_datasets()?;
-    if datasets.is_empty() {
+/// A DataFusion session with every readable catalog dataset registered as a table of its name.
+///
+/// The datasets `sql` reads are checked first (each part's size and checksum against its
+/// manifest): a damaged or missing one is an error naming it, while damage elsewhere in the
+/// workdir leaves the query alone. Call under the workdir's [`Workdir::read_lock`].
+pub async fn session(workdir: &Workdir, sql: &str) -> Result<SessionContext> {
+    let view = workdir.catalog_view()?;
+    if view.datasets.is_empty() && view.unavailable.is_empty() {
         return Err(PipelineError::Usage(format!(
             "workdir {} has no datasets yet: run `medtune run --config FILE` first",
             workdir.root().display()
         )));
     }
     let ctx = SessionContext::new();
+    let read = referenced_tables(&ctx, sql)?;
+    let reads = |name: &str, role: OutputRole| {
+        read.contains(name) || (role == OutputRole::Rejects && read.contains(REJECTS_TABLE))
+    };
+    let rejects_read = read.contains(REJECTS_TABLE);
+    for (name, why) in &view.unavailable {
+        if read.contains(name.as_str()) || (rejects_read && name.ends_with("_rejects")) {
+            return Err(PipelineError::Damaged(format!(
+                "dataset `{name}` is unavailable: {why}; `medtune run --config FILE` rebuilds it"
+            )));
+        }
+    }
     let mut rejects = Vec::new();
-    for dataset in datasets {
+    for dataset in view.datasets {
+        if reads(&dataset.name, dataset.manifest.role) {
+            dataset.verify().map_err(|why| {
+                PipelineError::Damaged(format!(
+                    "dataset `{}` is damaged: {why}; `medtune run --config FILE` rebuilds it",
+                    dataset.name
+                ))
+            })?;
+        }
         let folder = dataset.entry_dir.join(&dataset.name);
         let url = format!("{}/", folder.canonicalize().unwrap_or(folder).display());
         ctx.register_parquet(dataset.name.as_str(), &url, ParquetReadOptions::default())
@@ -55,6 +82,19 @@ pub async fn session(workdir: &Workdir) -> Result<SessionContext> {
         register_union(&ctx, REJECTS_TABLE, &rejects).await?;
     }
     Ok(ctx)
+}
+
+/// The table names `sql` reads (lower-cased as the SQL planner does; CTE names excluded).
+fn referenced_tables(ctx: &SessionContext, sql: &str) -> Result<BTreeSet<String>> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state
+        .sql_to_statement(sql, &dialect)
+        .map_err(|e| PipelineError::Query(e.to_string()))?;
+    let tables = state
+        .resolve_table_references(&statement)
+        .map_err(|e| PipelineError::Query(e.to_string()))?;
+    Ok(tables.iter().map(|t| t.table().to_string()).collect())
 }
 
 /// Registers `name` as one table over the Parquet parts of several dataset folders.
@@ -88,17 +128,57 @@ pub struct QueryTiming {
     pub query: std::time::Duration,
 }
 
+/// How a query's result is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryOptions {
+    /// Output format.
+    pub format: OutputFormat,
+    /// Rows written at most; the rest are not read. `None`: all rows.
+    pub limit: Option<usize>,
+}
+
+/// Rows a text table shows when no limit is given: the table is laid out in memory, so it
+/// is bounded; CSV and JSON stream every row.
+pub const TABLE_ROWS: usize = 1000;
+
+impl QueryOptions {
+    /// `format` with the limit a user gets by default: [`TABLE_ROWS`] for a table, none for
+    /// the streamed formats.
+    pub fn new(format: OutputFormat, limit: Option<usize>) -> Self {
+        let limit = match (format, limit) {
+            (_, Some(n)) => Some(n),
+            (OutputFormat::Table, None) => Some(TABLE_ROWS),
+            _ => None,
+        };
+        QueryOptions { format, limit }
+    }
+}
+
+/// What a query did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueryOutcome {
+    /// Where its time went.
+    pub timing: QueryTiming,
+    /// Rows written.
+    pub rows: usize,
+    /// Whether more rows than the limit were there (and not written).
+    pub truncated: bool,
+}
+
 /// Runs `sql` against the workdir's catalog and writes the result to `out`.
 ///
 /// Statements that would create, change or write anything (DDL, DML, `COPY`, `SET`) are refused.
+/// The query holds the workdir's read lock throughout, so a concurrent run never replaces an
+/// output it reads: it sees each dataset as committed before or after, never a gap.
 pub async fn query(
     workdir: &Workdir,
     sql: &str,
-    format: OutputFormat,
+    options: QueryOptions,
     out: &mut dyn Write,
-) -> Result<QueryTiming> {
+) -> Result<QueryOutcome> {
+    let _readers = workdir.read_lock()?;
     let clock = std::time::Instant::now();
-    let ctx = session(workdir).await?;
+    let ctx = session(workdir, sql).await?;
     let catalog = clock.elapsed();
     let clock = std::time::Instant::now();
     let read_only = SQLOptions::new()
@@ -121,18 +201,19 @@ pub async fn query(
         }
     })?;
     let schema = df.schema().inner().clone();
-    let mut stream = df
+    let stream = df
         .execute_stream()
         .await
         .map_err(|e| PipelineError::Query(e.to_string()))?;
+    let mut batches = Limited::new(stream, options.limit);
     let io_err = |e: std::io::Error| PipelineError::io("<stdout>", e);
-    match format {
+    match options.format {
         OutputFormat::Table => {
-            let mut batches = Vec::new();
-            while let Some(batch) = stream.next().await {
-                batches.push(batch.map_err(|e| PipelineError::Query(e.to_string()))?);
+            let mut kept = Vec::new();
+            while let Some(batch) = batches.next().await? {
+                kept.push(batch);
             }
-            let table = arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)?;
+            let table = arrow::util::pretty::pretty_format_batches_with_schema(schema, &kept)?;
             writeln!(out, "{table}").map_err(io_err)?;
         }
         OutputFormat::Csv => {
@@ -140,8 +221,8 @@ pub async fn query(
                 .with_header(true)
                 .build(&mut *out);
             let mut wrote = false;
-            while let Some(batch) = stream.next().await {
-                writer.write(&batch.map_err(|e| PipelineError::Query(e.to_string()))?)?;
+            while let Some(batch) = batches.next().await? {
+                writer.write(&batch)?;
                 wrote = true;
             }
             drop(writer);
@@ -152,30 +233,81 @@ pub async fn query(
         }
         OutputFormat::Json => {
             let mut writer = arrow::json::ArrayWriter::new(&mut *out);
-            while let Some(batch) = stream.next().await {
-                writer.write(&batch.map_err(|e| PipelineError::Query(e.to_string()))?)?;
+            while let Some(batch) = batches.next().await? {
+                writer.write(&batch)?;
             }
             writer.finish()?;
             drop(writer);
             writeln!(out).map_err(io_err)?;
         }
     }
-    Ok(QueryTiming {
-        catalog,
-        query: clock.elapsed(),
+    Ok(QueryOutcome {
+        timing: QueryTiming {
+            catalog,
+            query: clock.elapsed(),
+        },
+        rows: batches.rows,
+        truncated: batches.truncated,
     })
+}
+
+/// A result stream cut after `limit` rows: the rows past it are never read (the query stops),
+/// and `truncated` says whether there were any.
+struct Limited {
+    stream: SendableRecordBatchStream,
+    limit: Option<usize>,
+    rows: usize,
+    truncated: bool,
+}
+
+impl Limited {
+    fn new(stream: SendableRecordBatchStream, limit: Option<usize>) -> Self {
+        Limited {
+            stream,
+            limit,
+            rows: 0,
+            truncated: false,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<RecordBatch>> {
+        while !self.truncated {
+            let Some(batch) = self.stream.next().await else {
+                return Ok(None);
+            };
+            let batch = batch.map_err(|e| PipelineError::Query(e.to_string()))?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let room = self.limit.map_or(usize::MAX, |l| l - self.rows);
+            if room == 0 {
+                // Full: this batch only says that rows were left.
+                self.truncated = true;
+                return Ok(None);
+            }
+            let batch = if batch.num_rows() > room {
+                self.truncated = true;
+                batch.slice(0, room)
+            } else {
+                batch
+            };
+            self.rows += batch.num_rows();
+            return Ok(Some(batch));
+        }
+        Ok(None)
+    }
 }
 
 /// Blocking wrapper of [`query`] on its own multi-threaded runtime.
 pub fn query_blocking(
     workdir: &Workdir,
     sql: &str,
-    format: OutputFormat,
+    options: QueryOptions,
     out: &mut dyn Write,
-) -> Result<QueryTiming> {
+) -> Result<QueryOutcome> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| PipelineError::Internal(format!("starting the query runtime: {e}")))?;
-    runtime.block_on(query(workdir, sql, format, out))
+    runtime.block_on(query(workdir, sql, options, out))
 }

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! <workdir>/lock                       held by a running `medtune run`
+//! <workdir>/readers.lock               shared by each query while it reads; exclusive while a
+//!                                      run replaces a committed output in place (`--force`)
 //! <workdir>/catalog.json               dataset name -> (stage, key) of its latest output
 //! <workdir>/cache/<stage>/<key>/       a committed output: manifest.json + <dataset>/part-*.parquet
 //! <workdir>/cache/<stage>/.tmp-*       an output being written (never trusted, swept on the next run)
@@ -54,6 +56,20 @@ pub struct Catalog {
     pub datasets: BTreeMap<String, CatalogEntry>,
     /// Latest key of each stage.
     pub stages: BTreeMap<String, String>,
+    /// The config file of the last run that published here (absolute path), so `status` for
+    /// another config can say whose outputs SQL serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<PathBuf>,
+}
+
+/// The catalog as a query sees it: the datasets it can read, and the ones it cannot (with why),
+/// so one damaged entry leaves every other table usable.
+#[derive(Debug, Default)]
+pub struct CatalogView {
+    /// Readable datasets.
+    pub datasets: Vec<CommittedDataset>,
+    /// Datasets the catalog names whose entry is missing or unreadable: (name, reason).
+    pub unavailable: Vec<(String, String)>,
 }
 
 impl Workdir {
@@ -144,7 +160,16 @@ impl Workdir {
     }
 
     /// Commits a pending entry: writes its manifest, fsyncs, and renames it into place.
-    pub fn commit(&self, pending: PendingEntry, manifest: &Manifest) -> Result<()> {
+    ///
+    /// Replacing an entry that already exists (a forced rerun, or a corrupt entry) waits until
+    /// no query is reading the workdir ([`Self::read_lock`]), so a query sees the old entry or
+    /// the new one, never a gap between them; `on_wait` is called first if it has to wait.
+    pub fn commit(
+        &self,
+        pending: PendingEntry,
+        manifest: &Manifest,
+        on_wait: &dyn Fn(),
+    ) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
         let manifest_path = pending.tmp.join(MANIFEST_FILE);
         {
@@ -158,25 +183,105 @@ impl Workdir {
             }
         }
         sync_dir(&pending.tmp)?;
-        if pending.target.exists() {
-            // A corrupt entry under the same key: move it aside first so the rename is atomic.
-            let trash = pending.tmp.with_extension("replaced");
-            fs::rename(&pending.target, &trash).at(&pending.target)?;
-            fs::remove_dir_all(&trash).at(&trash)?;
+        let parent = pending.target.parent().expect("entry has a parent");
+        if !pending.target.exists() {
+            fs::rename(&pending.tmp, &pending.target).at(&pending.target)?;
+            return sync_dir(parent);
         }
+        // An entry under the same key: swap it out while no query reads, moving it aside first
+        // so that the rename into place is atomic.
+        let _readers = self.writer_lock(on_wait)?;
+        let trash = pending.tmp.with_extension("replaced");
+        fs::rename(&pending.target, &trash).at(&pending.target)?;
         fs::rename(&pending.tmp, &pending.target).at(&pending.target)?;
-        sync_dir(pending.target.parent().expect("entry has a parent"))
+        sync_dir(parent)?;
+        fs::remove_dir_all(&trash).at(&trash)
+    }
+
+    fn readers_lock_file(&self) -> Result<File> {
+        fs::create_dir_all(&self.root).at(&self.root)?;
+        let path = self.root.join("readers.lock");
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .at(&path)
+    }
+
+    /// Held by a query from reading the catalog to its last row: committed entries are not
+    /// replaced meanwhile (new entries under new keys still land). Shared between queries.
+    pub fn read_lock(&self) -> Result<ReadLock> {
+        if !self.root.is_dir() {
+            return Ok(ReadLock { _file: None });
+        }
+        let file = self.readers_lock_file()?;
+        let path = self.root.join("readers.lock");
+        file.lock_shared().at(&path)?;
+        Ok(ReadLock { _file: Some(file) })
+    }
+
+    fn writer_lock(&self, on_wait: &dyn Fn()) -> Result<File> {
+        let file = self.readers_lock_file()?;
+        let path = self.root.join("readers.lock");
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                on_wait();
+                file.lock().at(&path)?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(PipelineError::io(&path, e)),
+        }
+        Ok(file)
     }
 
     /// Reads the catalog (empty when there is none yet).
     pub fn read_catalog(&self) -> Result<Catalog> {
         let path = self.root.join("catalog.json");
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| PipelineError::Internal(format!("{}: {e}", path.display()))),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                PipelineError::Damaged(format!(
+                    "{} is damaged ({e}); `medtune run --config FILE` rebuilds it",
+                    path.display()
+                ))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Catalog::default()),
             Err(e) => Err(PipelineError::io(path, e)),
         }
+    }
+
+    /// Starts the catalog of a run of the config at `config`: a damaged catalog is replaced
+    /// by an empty one (the run publishes every stage it passes, so it is rebuilt), and the
+    /// catalog records which config it now serves. Returns why the old catalog was dropped.
+    pub fn open_catalog_for_run(&self, config: Option<&Path>) -> Result<Option<String>> {
+        let (mut catalog, dropped) = match self.read_catalog() {
+            Ok(catalog) => (catalog, None),
+            Err(PipelineError::Damaged(why)) => (Catalog::default(), Some(why)),
+            Err(e) => return Err(e),
+        };
+        let config = config.map(|p| p.canonicalize().unwrap_or_else(|_| p.to_path_buf()));
+        if dropped.is_some() || catalog.config != config {
+            catalog.config = config;
+            self.write_catalog(&catalog)?;
+        }
+        Ok(dropped)
+    }
+
+    /// The config file whose outputs the catalog (and so SQL) serves, when it is another
+    /// file than `config`: `None` when they are the same or the catalog names no config.
+    pub fn catalog_config_other_than(&self, config: &Path) -> Result<Option<PathBuf>> {
+        let held = self.read_catalog()?.config;
+        let config = config
+            .canonicalize()
+            .unwrap_or_else(|_| config.to_path_buf());
+        Ok(held.filter(|held| *held != config))
+    }
+
+    fn write_catalog(&self, catalog: &Catalog) -> Result<()> {
+        fs::create_dir_all(&self.root).at(&self.root)?;
+        let bytes = serde_json::to_vec_pretty(catalog).expect("catalog serialises");
+        write_atomic(&self.root.join("catalog.json"), &bytes)
     }
 
     /// Points the catalog at a committed output of `stage`.
@@ -194,8 +299,7 @@ impl Workdir {
                 },
             );
         }
-        let bytes = serde_json::to_vec_pretty(&catalog).expect("catalog serialises");
-        write_atomic(&self.root.join("catalog.json"), &bytes)
+        self.write_catalog(&catalog)
     }
 
     /// Drops the catalog entries of stages not in `stages`, so that the catalog (and SQL) shows
@@ -210,8 +314,39 @@ impl Workdir {
         if before == (catalog.stages.len(), catalog.datasets.len()) {
             return Ok(());
         }
-        let bytes = serde_json::to_vec_pretty(&catalog).expect("catalog serialises");
-        write_atomic(&self.root.join("catalog.json"), &bytes)
+        self.write_catalog(&catalog)
+    }
+
+    /// Every dataset the catalog names, split into those a query can read and those whose
+    /// entry is missing or has an unreadable manifest. A damaged catalog is an error.
+    pub fn catalog_view(&self) -> Result<CatalogView> {
+        let catalog = self.read_catalog()?;
+        let mut view = CatalogView::default();
+        for (name, entry) in catalog.datasets {
+            let dir = self.entry_dir(&entry.stage, &entry.key);
+            let manifest = match Manifest::read(&dir) {
+                Ok(manifest) => manifest,
+                Err(e) => {
+                    view.unavailable.push((
+                        name,
+                        format!("its output of stage `{}` cannot be read: {e}", entry.stage),
+                    ));
+                    continue;
+                }
+            };
+            match manifest.datasets.get(&name) {
+                Some(dataset) => view.datasets.push(CommittedDataset {
+                    name,
+                    entry_dir: dir,
+                    manifest: dataset.clone(),
+                }),
+                None => view.unavailable.push((
+                    name.clone(),
+                    format!("the manifest in {} does not list it", dir.display()),
+                )),
+            }
+        }
+        Ok(view)
     }
 
     /// Every dataset the catalog names, with its manifest entry.
@@ -282,6 +417,12 @@ impl PendingEntry {
     pub fn dir(&self) -> &Path {
         &self.tmp
     }
+}
+
+/// Held by a query while it reads the workdir; released on drop (or when the process dies).
+#[derive(Debug)]
+pub struct ReadLock {
+    _file: Option<File>,
 }
 
 /// Held while a run uses the workdir; released on drop (or when the process dies).

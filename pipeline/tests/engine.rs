@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{Array, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use medtune_pipeline::sql::{query_blocking, OutputFormat};
+use medtune_pipeline::sql::{query_blocking, OutputFormat, QueryOptions};
 use medtune_pipeline::{
     Continuation, Dag, Freshness, OutputDecl, OutputRole, PipelineError, ProgressObserver, Result,
     RunOptions, Runner, Settings, SourceDecl, Stage, StageContext, StageSummary, Workdir,
@@ -238,7 +238,7 @@ impl Fixture {
         query_blocking(
             &self.workdir(),
             "SELECT total FROM total",
-            OutputFormat::Csv,
+            QueryOptions::new(OutputFormat::Csv, None),
             &mut out,
         )
         .unwrap();
@@ -528,7 +528,8 @@ fn queries_are_read_only() {
         "SET datafusion.execution.batch_size = 1",
     ] {
         let mut out = Vec::new();
-        let err = query_blocking(&f.workdir(), sql, OutputFormat::Table, &mut out).unwrap_err();
+        let options = QueryOptions::new(OutputFormat::Table, None);
+        let err = query_blocking(&f.workdir(), sql, options, &mut out).unwrap_err();
         assert!(err.to_string().contains("read-only"), "{sql}: {err}");
     }
     assert!(!Path::new("/tmp/medtune-should-not-exist.csv").exists());

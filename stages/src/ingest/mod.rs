@@ -111,6 +111,14 @@ impl IngestStage {
         if section.inputs.is_empty() {
             return Err(config.error("[ingest]: `inputs` lists no files"));
         }
+        // `{}` is the shortest JSON record; a smaller bound would reject every record.
+        config.check_range("ingest", "max_record_bytes", section.max_record_bytes, 2..=usize::MAX)?;
+        config.check_range(
+            "ingest",
+            "max_sentence_words",
+            section.max_sentence_words,
+            1..=usize::MAX,
+        )?;
         let mut names = std::collections::BTreeSet::new();
         let sources: Vec<SourceDecl> = section
             .inputs
