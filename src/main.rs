@@ -216,12 +216,8 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 Format::Json => OutputFormat::Json,
             };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let outcome = query_blocking(
-                &workdir,
-                &sql,
-                QueryOptions::new(format, limit),
-                &mut out,
-            )?;
+            let outcome =
+                query_blocking(&workdir, &sql, QueryOptions::new(format, limit), &mut out)?;
             out.flush().context("writing the query result")?;
             if outcome.truncated {
                 eprintln!(

@@ -80,7 +80,10 @@ fn queries_during_forced_reruns_see_the_old_or_the_new_output_never_a_gap() {
         }
     }
     rerun.join().unwrap();
-    assert!(queries >= 10, "only {queries} queries overlapped the reruns");
+    assert!(
+        queries >= 10,
+        "only {queries} queries overlapped the reruns"
+    );
     assert!(
         failures.is_empty(),
         "{} of {queries} queries failed or saw a partial state:\n{}",
@@ -183,8 +186,16 @@ fn a_damaged_catalog_is_named_by_query_and_rebuilt_by_run() {
 #[test]
 fn settings_out_of_range_are_refused_before_anything_runs() {
     for (extra, key, range) in [
-        ("[pipeline]\nzstd_level = 99\n", "zstd_level = 99", "from 1 to 22"),
-        ("[pipeline]\nbatch_rows = 0\n", "batch_rows = 0", "at least 1"),
+        (
+            "[pipeline]\nzstd_level = 99\n",
+            "zstd_level = 99",
+            "from 1 to 22",
+        ),
+        (
+            "[pipeline]\nbatch_rows = 0\n",
+            "batch_rows = 0",
+            "at least 1",
+        ),
         (
             "[pipeline]\nrow_group_rows = 0\n",
             "row_group_rows = 0",
@@ -238,10 +249,18 @@ fn a_table_result_is_bounded_and_says_how_to_see_the_rest() {
         "{}",
         table.stderr
     );
-    let limited = medtune(work.path(), &["query", sql, "--format", "csv", "--limit", "7"]).expect(0);
+    let limited = medtune(
+        work.path(),
+        &["query", sql, "--format", "csv", "--limit", "7"],
+    )
+    .expect(0);
     assert_eq!(limited.stdout.lines().count(), 1 + 7);
     // A result within the bound is whole and carries no notice.
-    let small = medtune(work.path(), &["query", "SELECT id FROM ingested LIMIT 1000"]).expect(0);
+    let small = medtune(
+        work.path(),
+        &["query", "SELECT id FROM ingested LIMIT 1000"],
+    )
+    .expect(0);
     assert!(small.stderr.is_empty(), "{}", small.stderr);
     let csv = query_csv(work.path(), "SELECT id FROM ingested");
     assert_eq!(csv.lines().count(), 1 + 3000, "csv streams every row");
@@ -260,32 +279,49 @@ fn status_says_whose_outputs_the_catalog_holds_and_lists_own_changes_under_stale
         &[shared_data("chatdoctor/chatdoctor5k.json")],
         "",
     );
-    let status = medtune(work.path(), &["status", "--config", other.to_str().unwrap()]).expect(0);
+    let status = medtune(
+        work.path(),
+        &["status", "--config", other.to_str().unwrap()],
+    )
+    .expect(0);
     assert!(
-        status.stdout.contains("`medtune query` serves the outputs of")
+        status
+            .stdout
+            .contains("`medtune query` serves the outputs of")
             && status
                 .stdout
                 .contains(&first.canonicalize().unwrap().display().to_string()),
         "{}",
         status.stdout
     );
-    let own = medtune(work.path(), &["status", "--config", first.to_str().unwrap()]).expect(0);
+    let own = medtune(
+        work.path(),
+        &["status", "--config", first.to_str().unwrap()],
+    )
+    .expect(0);
     assert!(!own.stdout.contains("serves the outputs"), "{}", own.stdout);
 
     // Change an ingest key and a dedup key: dedup is stale because of ingest, and says its
     // own change too.
     let text = std::fs::read_to_string(&first).unwrap();
-    let changed = text
-        .replace(
-            "[dedup]\n",
-            "max_raw_bytes = 100\n[dedup.normalize]\nlowercase = false\n[dedup]\n",
-        );
+    let changed = text.replace(
+        "[dedup]\n",
+        "max_raw_bytes = 100\n[dedup.normalize]\nlowercase = false\n[dedup]\n",
+    );
     assert_ne!(changed, text);
     std::fs::write(&first, changed).unwrap();
-    let stale = medtune(work.path(), &["status", "--config", first.to_str().unwrap()]).expect(0);
+    let stale = medtune(
+        work.path(),
+        &["status", "--config", first.to_str().unwrap()],
+    )
+    .expect(0);
     assert!(
-        stale.stdout.contains("upstream stage `ingest` is not fresh")
-            && stale.stdout.contains("dedup.normalize.lowercase: true -> false"),
+        stale
+            .stdout
+            .contains("upstream stage `ingest` is not fresh")
+            && stale
+                .stdout
+                .contains("dedup.normalize.lowercase: true -> false"),
         "{}",
         stale.stdout
     );

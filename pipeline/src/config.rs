@@ -42,9 +42,24 @@ impl Default for Settings {
 impl Settings {
     /// Checks every setting against its allowed range, naming the key and the range.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        check_range("pipeline", "part_max_bytes", self.part_max_bytes, 1..=u64::MAX)?;
-        check_range("pipeline", "row_group_rows", self.row_group_rows, 1..=usize::MAX)?;
-        check_range("pipeline", "row_group_max_bytes", self.row_group_max_bytes, 1..=u64::MAX)?;
+        check_range(
+            "pipeline",
+            "part_max_bytes",
+            self.part_max_bytes,
+            1..=u64::MAX,
+        )?;
+        check_range(
+            "pipeline",
+            "row_group_rows",
+            self.row_group_rows,
+            1..=usize::MAX,
+        )?;
+        check_range(
+            "pipeline",
+            "row_group_max_bytes",
+            self.row_group_max_bytes,
+            1..=u64::MAX,
+        )?;
         check_range("pipeline", "batch_rows", self.batch_rows, 1..=usize::MAX)?;
         // The levels the zstd library (and so Parquet's writer) accepts.
         check_range("pipeline", "zstd_level", self.zstd_level, 1..=22)

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use self::minhash::{similarity, LshIndex, MinHasher};
 use self::resume::DedupState;
 use crate::examples::{check_text_columns, ExampleRows};
-use medtune_formats::normalize::{key_hash, Normalization};
 use crate::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
+use medtune_formats::normalize::{key_hash, Normalization};
 use medtune_formats::text::bounded_raw;
 
 /// Name of the kept-rows dataset.

@@ -112,7 +112,12 @@ impl IngestStage {
             return Err(config.error("[ingest]: `inputs` lists no files"));
         }
         // `{}` is the shortest JSON record; a smaller bound would reject every record.
-        config.check_range("ingest", "max_record_bytes", section.max_record_bytes, 2..=usize::MAX)?;
+        config.check_range(
+            "ingest",
+            "max_record_bytes",
+            section.max_record_bytes,
+            2..=usize::MAX,
+        )?;
         config.check_range(
             "ingest",
             "max_sentence_words",

@@ -112,7 +112,12 @@ impl TrainStage {
         }
         let schedule = &section.schedule;
         config.check_range("train.schedule", "epochs", schedule.epochs, 1..=u64::MAX)?;
-        config.check_range("train.schedule", "grad_accum", schedule.grad_accum, 1..=u64::MAX)?;
+        config.check_range(
+            "train.schedule",
+            "grad_accum",
+            schedule.grad_accum,
+            1..=u64::MAX,
+        )?;
         config.check_range("train.lora", "r", section.lora.r, 1..=usize::MAX)?;
         let real = |section: &str, key: &str, value: f64, ok: bool, range: &str| {
             if ok {
@@ -124,11 +129,29 @@ impl TrainStage {
             }
         };
         let rate = schedule.learning_rate;
-        real("train.schedule", "learning_rate", rate, rate > 0.0 && rate.is_finite(), "above 0")?;
+        real(
+            "train.schedule",
+            "learning_rate",
+            rate,
+            rate > 0.0 && rate.is_finite(),
+            "above 0",
+        )?;
         let norm = schedule.max_grad_norm;
-        real("train.schedule", "max_grad_norm", norm, norm > 0.0, "above 0 (inf: no clipping)")?;
+        real(
+            "train.schedule",
+            "max_grad_norm",
+            norm,
+            norm > 0.0,
+            "above 0 (inf: no clipping)",
+        )?;
         let dropout = section.lora.dropout;
-        real("train.lora", "dropout", dropout, (0.0..1.0).contains(&dropout), "in [0, 1)")?;
+        real(
+            "train.lora",
+            "dropout",
+            dropout,
+            (0.0..1.0).contains(&dropout),
+            "in [0, 1)",
+        )?;
         Ok(TrainStage {
             model_dir: config.resolve(&section.model),
             config: section,
