@@ -97,23 +97,12 @@ fn compare(ours: &Report, theirs: &serde_json::Value, mode: &str) {
 
 #[test]
 fn entity_scores_equal_seqeval_in_both_modes() {
-    let python = common::python();
     let (truth, predicted) = cases();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cases.json");
     let json = serde_json::json!({"truth": truth, "predicted": predicted});
     std::fs::write(&path, json.to_string()).unwrap();
-    let out = std::process::Command::new(python)
-        .arg(common::repo().join("bench/seqeval_parity.py"))
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs = common::python_json("seqeval_parity.py", &path);
     compare(
         &entity_report(&truth, &predicted, Mode::Lenient),
         &theirs["default"],

@@ -116,7 +116,6 @@ fn number(value: &serde_json::Value) -> f64 {
 
 #[test]
 fn rouge_l_and_bleu1_equal_rouge_score_and_sacrebleu_on_chatdoctor_answers() {
-    let python = common::python();
     let pairs = pairs();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pairs.jsonl");
@@ -127,17 +126,7 @@ fn rouge_l_and_bleu1_equal_rouge_score_and_sacrebleu_on_chatdoctor_answers() {
         writeln!(file, "{line}").unwrap();
     }
     file.into_inner().unwrap().sync_all().unwrap();
-    let out = std::process::Command::new(python)
-        .arg(common::repo().join("bench/text_metrics_parity.py"))
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs = common::python_json("text_metrics_parity.py", &path);
     let rows = theirs["rows"].as_array().unwrap();
     assert_eq!(rows.len(), pairs.len());
 

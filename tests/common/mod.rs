@@ -206,3 +206,19 @@ pub fn python() -> PathBuf {
         ),
     }
 }
+
+/// Runs `bench/<script>` with `arg` under the test Python ([`python`]) and parses its stdout as
+/// JSON; panics with its stderr if it fails.
+pub fn python_json(script: &str, arg: &Path) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(repo().join("bench").join(script))
+        .arg(arg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
