@@ -220,7 +220,7 @@ fn minilm_entity_scores_on_the_bc5cdr_test_split_equal_seqeval_for_both_variants
     .map(|r| number(r, "value"))
     .collect();
     // 25 steps already tag entities; the same head without the adapters does worse.
-    assert!(f1[0] > 0.2, "adapter F1 {}", f1[0]);
+    assert!(f1[0] > 0.15, "adapter F1 {}", f1[0]);
     assert!(f1[0] > f1[1], "adapter {} vs base {}", f1[0], f1[1]);
     let report_path = report_path(&run.stdout);
     let report = std::fs::read_to_string(&report_path).unwrap();
