@@ -51,11 +51,12 @@ pub async fn session(workdir: &Workdir, sql: &str) -> Result<SessionContext> {
     let reads = |name: &str, role: OutputRole| {
         read.contains(name) || (role == OutputRole::Rejects && read.contains(REJECTS_TABLE))
     };
-    let rejects_read = read.contains(REJECTS_TABLE);
-    for (name, why) in &view.unavailable {
-        if read.contains(name.as_str()) || (rejects_read && name.ends_with("_rejects")) {
+    for dataset in &view.unavailable {
+        // A catalog that did not record the role may be hiding a rejects dataset: assume it is.
+        if reads(&dataset.name, dataset.role.unwrap_or(OutputRole::Rejects)) {
             return Err(PipelineError::Damaged(format!(
-                "dataset `{name}` is unavailable: {why}; `medtune run --config FILE` rebuilds it"
+                "dataset `{}` is unavailable: {}; `medtune run --config FILE` rebuilds it",
+                dataset.name, dataset.why
             )));
         }
     }

@@ -22,6 +22,7 @@ use crate::error::{IoContext, PipelineError, Result};
 use crate::fsutil::{sync_dir, write_atomic};
 use crate::manifest::{Manifest, ARTIFACTS_DIR, MANIFEST_FILE};
 use crate::reader::CommittedDataset;
+use crate::stage::OutputRole;
 
 /// A medtune workdir.
 #[derive(Debug, Clone)]
@@ -47,6 +48,21 @@ pub struct CatalogEntry {
     pub stage: String,
     /// Cache key of that stage's output.
     pub key: String,
+    /// The dataset's role, kept here so that a query over `rejects` knows which datasets it
+    /// needs even when their manifest is gone (`None` in catalogs written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<OutputRole>,
+}
+
+/// A dataset the catalog names whose entry cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnavailableDataset {
+    /// Dataset name.
+    pub name: String,
+    /// Its role as the catalog recorded it, if it did.
+    pub role: Option<OutputRole>,
+    /// Why it cannot be read.
+    pub why: String,
 }
 
 /// Dataset name -> latest committed output, and stage name -> latest key.
@@ -68,8 +84,8 @@ pub struct Catalog {
 pub struct CatalogView {
     /// Readable datasets.
     pub datasets: Vec<CommittedDataset>,
-    /// Datasets the catalog names whose entry is missing or unreadable: (name, reason).
-    pub unavailable: Vec<(String, String)>,
+    /// Datasets the catalog names whose entry is missing or unreadable.
+    pub unavailable: Vec<UnavailableDataset>,
 }
 
 impl Workdir {
@@ -290,12 +306,13 @@ impl Workdir {
         catalog
             .stages
             .insert(manifest.stage.clone(), manifest.key.clone());
-        for name in manifest.datasets.keys() {
+        for (name, dataset) in &manifest.datasets {
             catalog.datasets.insert(
                 name.clone(),
                 CatalogEntry {
                     stage: manifest.stage.clone(),
                     key: manifest.key.clone(),
+                    role: Some(dataset.role),
                 },
             );
         }
@@ -327,10 +344,11 @@ impl Workdir {
             let manifest = match Manifest::read(&dir) {
                 Ok(manifest) => manifest,
                 Err(e) => {
-                    view.unavailable.push((
+                    view.unavailable.push(UnavailableDataset {
+                        why: format!("its output of stage `{}` cannot be read: {e}", entry.stage),
                         name,
-                        format!("its output of stage `{}` cannot be read: {e}", entry.stage),
-                    ));
+                        role: entry.role,
+                    });
                     continue;
                 }
             };
@@ -340,10 +358,11 @@ impl Workdir {
                     entry_dir: dir,
                     manifest: dataset.clone(),
                 }),
-                None => view.unavailable.push((
-                    name.clone(),
-                    format!("the manifest in {} does not list it", dir.display()),
-                )),
+                None => view.unavailable.push(UnavailableDataset {
+                    why: format!("the manifest in {} does not list it", dir.display()),
+                    name,
+                    role: entry.role,
+                }),
             }
         }
         Ok(view)
