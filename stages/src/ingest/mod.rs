@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use medtune_formats::bio::BioConfig;
 use medtune_formats::conll::ConllSentences;
 use medtune_formats::framing::JsonRecords;
-use medtune_formats::json_records::{self as json_formats, Origin};
+use medtune_formats::json_records::{self, Origin};
 use medtune_formats::record::{ReadItem, Reject, RejectReason};
 use medtune_formats::text::bounded_raw;
 
@@ -286,13 +286,13 @@ impl Stage for IngestStage {
                             };
                             match format {
                                 InputFormat::PromptCompletion => {
-                                    json_formats::prompt_completion(&rec.bytes, &origin)
+                                    json_records::prompt_completion(&rec.bytes, &origin)
                                         .map(|e| (e, 0))
                                 }
                                 InputFormat::Alpaca => {
-                                    json_formats::alpaca(&rec.bytes, &origin).map(|e| (e, 0))
+                                    json_records::alpaca(&rec.bytes, &origin).map(|e| (e, 0))
                                 }
-                                _ => json_formats::bio_json(&rec.bytes, &origin, bio),
+                                _ => json_records::bio_json(&rec.bytes, &origin, bio),
                             }
                         });
                         self.take(ctx, &mut run, item, read(iter.get_ref()))?;
