@@ -39,11 +39,7 @@ pub fn print_summary(summaries: &[StageSummary], out: &mut dyn Write) -> std::io
             }
             .to_string(),
             a.rows_in.to_string(),
-            if a.keeps_rows {
-                a.kept.to_string()
-            } else {
-                "-".into()
-            },
+            a.passed_on().map_or("-".into(), |n| n.to_string()),
             a.dropped_total().to_string(),
             reasons.join("\n"),
             format!("{:.2}", s.seconds),
@@ -60,13 +56,12 @@ pub fn print_summary(summaries: &[StageSummary], out: &mut dyn Write) -> std::io
     }
     for s in summaries {
         let a = &s.accounting;
-        if a.keeps_rows {
+        if let Some(kept) = a.passed_on() {
             write!(
                 out,
-                "{}: {} rows in = {} kept + {} dropped",
+                "{}: {} rows in = {kept} kept + {} dropped",
                 s.stage,
                 a.rows_in,
-                a.kept,
                 a.dropped_total()
             )?;
         } else {
@@ -85,20 +80,23 @@ pub fn print_summary(summaries: &[StageSummary], out: &mut dyn Write) -> std::io
 /// stage kept and the rows still left after it.
 fn funnel(summaries: &[StageSummary]) -> Table {
     let mut t = table(&["funnel: stage", "kept", "dropped", "reason"]);
-    // Stages that keep no rows (profile, tokenize, train) are not steps of the funnel.
-    for s in summaries.iter().filter(|s| s.accounting.keeps_rows) {
+    // Stages that only read (profile, train) are not steps of the funnel.
+    for s in summaries {
         let a = &s.accounting;
+        let Some(kept) = a.passed_on() else {
+            continue;
+        };
         if a.dropped.is_empty() {
             t.add_row(vec![
                 s.stage.clone(),
-                a.kept.to_string(),
+                kept.to_string(),
                 "0".into(),
                 String::new(),
             ]);
         }
         for (i, (reason, n)) in a.dropped.iter().enumerate() {
             let (stage, kept) = if i == 0 {
-                (s.stage.clone(), a.kept.to_string())
+                (s.stage.clone(), kept.to_string())
             } else {
                 (String::new(), String::new())
             };

@@ -108,7 +108,14 @@ fn chemprot_sft_labels_mask_the_prompt_and_copy_the_completion() {
         work.path(),
         "SELECT id, input_ids, labels, prompt_tokens, length FROM tokenized",
     );
-    assert_eq!(rows.len(), prompts.len());
+    // A prompt that fills all 512 tokens leaves no completion token: such rows are rejected
+    // as `no_labelled_tokens` (see the test below).
+    let count = |text: &str| tokenizer.encode(text, false).unwrap().get_ids().len();
+    let unlabelled = prompts
+        .values()
+        .filter(|(prompt, _)| 1 + count(prompt) >= 512)
+        .count();
+    assert_eq!(rows.len(), prompts.len() - unlabelled);
     let mut longer = 0;
     for row in &rows {
         let id = row["id"].as_str().unwrap();
@@ -117,7 +124,6 @@ fn chemprot_sft_labels_mask_the_prompt_and_copy_the_completion() {
         assert_eq!(ids.len(), labels.len());
         assert!(ids.len() <= 512);
         // The prompt boundary, recomputed here: [CLS] + the prompt's own tokens.
-        let count = |text: &str| tokenizer.encode(text, false).unwrap().get_ids().len();
         let (prompt, completion) = &prompts[id];
         let own = count(prompt);
         assert_eq!(p, (1 + own).min(512), "{id}");
@@ -234,4 +240,128 @@ fn windows_label_every_word_of_a_long_sentence() {
     // Label ids: 0 = O, 1 = B-Chemical.
     let expected: Vec<i64> = tags.iter().map(|&t| i64::from(t != "O")).collect();
     assert_eq!(decoded, expected);
+}
+
+/// ChemProt at `max_length = 128`: with the default right-hand truncation a prompt that fills
+/// the whole length leaves no completion token, so the row is rejected as `no_labelled_tokens`
+/// (in `rejects` and the funnel) instead of reaching training as a NaN loss; with
+/// `truncation_side = "left"` the prompt gives up its start and every completion survives.
+#[test]
+fn rows_whose_completion_is_cut_away_are_rejected_or_kept_by_cutting_the_prompt() {
+    let mut tokenizer = tokenizers::Tokenizer::from_file(tokenizer_path()).unwrap();
+    tokenizer.with_truncation(None).unwrap();
+    tokenizer.with_padding(None);
+    let ids = |text: &str| -> Vec<i64> {
+        let encoding = tokenizer.encode(text, false).unwrap();
+        encoding.get_ids().iter().map(|&i| i64::from(i)).collect()
+    };
+    let max = 128;
+    let config_text = |side: &str| {
+        let text = bundled_config("chemprot.toml");
+        let edited = text.replace(
+            "max_length = 512",
+            &format!("max_length = {max}\ntruncation_side = \"{side}\""),
+        );
+        assert_ne!(
+            edited, text,
+            "chemprot.toml no longer sets max_length = 512"
+        );
+        edited
+    };
+
+    let right = tempfile::tempdir().unwrap();
+    let config = right.path().join("right.toml");
+    std::fs::write(&config, config_text("right")).unwrap();
+    let run = medtune(right.path(), &["run", "--config", config.to_str().unwrap()]).expect(0);
+    let split = json_rows(right.path(), "SELECT id, prompt, completion FROM split");
+    // [CLS] + the prompt's tokens reach the limit: nothing of the completion is left.
+    let expected: Vec<String> = split
+        .iter()
+        .filter(|r| 1 + ids(r["prompt"].as_str().unwrap()).len() >= max)
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        expected.len() > 10,
+        "only {} long prompts at {max}",
+        expected.len()
+    );
+    let mut rejected: Vec<String> = json_rows(
+        right.path(),
+        "SELECT id, detail FROM rejects WHERE stage = 'tokenize' AND reason = 'no_labelled_tokens'",
+    )
+    .iter()
+    .map(|r| {
+        assert!(
+            r["detail"].as_str().unwrap().contains("truncation_side"),
+            "{r}"
+        );
+        r["id"].as_str().unwrap().to_string()
+    })
+    .collect();
+    rejected.sort();
+    let mut expected_sorted = expected.clone();
+    expected_sorted.sort();
+    assert_eq!(rejected, expected_sorted);
+    let tokenized = json_rows(right.path(), "SELECT count(*) AS n FROM tokenized");
+    assert_eq!(
+        tokenized[0]["n"].as_u64().unwrap() as usize,
+        split.len() - expected.len()
+    );
+    let accounting = format!(
+        "tokenize: {} rows in = {} kept + {} dropped",
+        split.len(),
+        split.len() - expected.len(),
+        expected.len()
+    );
+    assert!(run.stdout.contains(&accounting), "{}", run.stdout);
+    let passed_on = (split.len() - expected.len()).to_string();
+    assert!(
+        run.stdout.lines().any(|l| {
+            let cells: Vec<&str> = l.trim_matches('│').split('┆').map(str::trim).collect();
+            let dropped = expected.len().to_string();
+            cells == ["tokenize", &passed_on, &dropped, "no_labelled_tokens"]
+        }),
+        "no funnel line for tokenize's drops:\n{}",
+        run.stdout
+    );
+
+    let left = tempfile::tempdir().unwrap();
+    let config = left.path().join("left.toml");
+    std::fs::write(&config, config_text("left")).unwrap();
+    medtune(left.path(), &["run", "--config", config.to_str().unwrap()]).expect(0);
+    let rejected = json_rows(
+        left.path(),
+        "SELECT count(*) AS n FROM rejects WHERE stage = 'tokenize'",
+    );
+    assert_eq!(rejected[0]["n"].as_u64(), Some(0));
+    let completions: HashMap<String, String> = split
+        .iter()
+        .map(|r| {
+            let text = |c: &str| r[c].as_str().unwrap().to_string();
+            (text("id"), text("completion"))
+        })
+        .collect();
+    let rows = json_rows(
+        left.path(),
+        "SELECT id, input_ids, labels, prompt_tokens FROM tokenized",
+    );
+    assert_eq!(rows.len(), split.len());
+    let mut whole = 0;
+    for row in &rows {
+        let id = row["id"].as_str().unwrap();
+        let (input, labels) = (numbers(&row["input_ids"]), numbers(&row["labels"]));
+        let p = row["prompt_tokens"].as_u64().unwrap() as usize;
+        assert!(input.len() <= max && input[0] == 101, "{id}: [CLS] kept");
+        let completion = [ids(&completions[id]), vec![102]].concat();
+        if completion.len() < max {
+            // [CLS] + the completion and its EOS fit: they survive whole, after what is left
+            // of the prompt.
+            assert_eq!(&labels[p..], completion.as_slice(), "{id}");
+            assert!(labels[..p].iter().all(|&l| l == -100), "{id}");
+            whole += 1;
+        } else {
+            assert_eq!(p, 1, "{id}: only [CLS] is left of the prompt");
+        }
+    }
+    assert!(whole > rows.len() * 9 / 10, "{whole} of {}", rows.len());
 }

@@ -144,6 +144,19 @@ impl Accounting {
     pub fn dropped_total(&self) -> u64 {
         self.dropped.values().sum()
     }
+
+    /// The rows the stage passed on: its kept output's rows, or, for a stage without one that
+    /// drops rows (tokenize), the rows it read less those it dropped. `None` for a stage that
+    /// only reads (profile, train): it is not a step of the row funnel.
+    pub fn passed_on(&self) -> Option<u64> {
+        if self.keeps_rows {
+            Some(self.kept)
+        } else if self.dropped.is_empty() {
+            None
+        } else {
+            Some(self.rows_in.saturating_sub(self.dropped_total()))
+        }
+    }
 }
 
 /// Everything recorded about one committed stage output.

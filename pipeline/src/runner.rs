@@ -497,9 +497,13 @@ impl<'a> Runner<'a> {
             dropped: outcome.dropped,
             keeps_rows: kept.is_some(),
         };
-        if accounting.keeps_rows
-            && accounting.rows_in != accounting.kept + accounting.dropped_total()
-        {
+        let accounted = if accounting.keeps_rows {
+            accounting.kept + accounting.dropped_total()
+        } else {
+            // Without a kept dataset the stage can still not drop more than it read.
+            accounting.rows_in.max(accounting.dropped_total())
+        };
+        if accounting.rows_in != accounted {
             return Err(PipelineError::Internal(format!(
                 "stage `{}` lost rows: {} in, {} kept, {} dropped",
                 stage.name(),

@@ -29,6 +29,17 @@ pub enum QloraError {
     /// The training or evaluation data could not be read.
     #[error("data: {0}")]
     Data(String),
+    /// Training produced a loss or gradient that is NaN or infinite; the variables are left
+    /// as they were before the step.
+    #[error("step {step}: the {what} is {value} (not finite); training stopped before applying it (lower the learning rate, or check the data of this step)")]
+    NotFinite {
+        /// The optimiser step (from 1) that produced it.
+        step: u64,
+        /// `loss` or `gradient norm`.
+        what: &'static str,
+        /// The value.
+        value: f64,
+    },
     /// A model or adapter config is wrong (an unknown target module, a bad rank).
     #[error("{0}")]
     Config(String),

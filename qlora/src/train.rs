@@ -99,8 +99,8 @@ pub struct StepLog {
     pub step: u64,
     /// Epoch it belongs to.
     pub epoch: u64,
-    /// Mean loss over the step's labelled tokens (NaN when its batches have none: rows whose
-    /// completion was truncated away).
+    /// Mean loss over the step's labelled tokens (always finite: a step without labelled
+    /// tokens, or with a NaN or infinite loss or gradient, stops training with an error).
     #[serde(with = "exact_f64")]
     pub loss: f64,
     /// Labelled tokens in the step's batches.
@@ -319,11 +319,12 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
             sum += f64::from(loss.to_scalar::<f32>()?) * n as f64;
             count += n;
         }
-        Ok(if count == 0 {
-            f64::NAN
-        } else {
-            sum / count as f64
-        })
+        if count == 0 {
+            return Err(QloraError::Data(
+                "the evaluation set has no labelled token, so it has no loss".into(),
+            ));
+        }
+        Ok(sum / count as f64)
     }
 
     /// Trains to the end (or `max_steps`), calling `on_step` after every optimiser step.
@@ -403,6 +404,15 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
         let clock = Instant::now();
         let step = self.state.step;
         let labelled: usize = group.iter().map(|b| b.labelled).sum();
+        if labelled == 0 {
+            // The loss is a mean over labelled tokens: none means no loss and no gradient.
+            return Err(QloraError::Data(format!(
+                "step {}: its {} batch(es) have no labelled token (the tokenize stage rejects \
+                 such rows as `no_labelled_tokens`; were these shards written before it did?)",
+                step + 1,
+                group.len()
+            )));
+        }
         let mut grads: HashMap<String, Tensor> = HashMap::new();
         let mut loss_sum = 0f64;
         for (k, batch) in group.iter().enumerate() {
@@ -425,7 +435,19 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
                 }
             }
         }
+        let not_finite = |what, value: f64| QloraError::NotFinite {
+            step: step + 1,
+            what,
+            value,
+        };
+        let loss = loss_sum / labelled as f64;
+        if !loss.is_finite() {
+            return Err(not_finite("loss", loss));
+        }
         let grad_norm = clip_grad_norm(&mut grads, self.config.max_grad_norm)?;
+        if !grad_norm.is_finite() {
+            return Err(not_finite("gradient norm", grad_norm));
+        }
         let lr = cosine_with_warmup(
             self.config.learning_rate,
             step,
@@ -437,11 +459,7 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
         Ok(StepLog {
             step: self.state.step,
             epoch,
-            loss: if labelled == 0 {
-                f64::NAN
-            } else {
-                loss_sum / labelled as f64
-            },
+            loss,
             labelled: labelled as u64,
             learning_rate: lr,
             grad_norm,

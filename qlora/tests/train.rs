@@ -10,7 +10,7 @@ use medtune_qlora::export::{load_adapter, save_adapter, AdapterSpec, PeftTask};
 use medtune_qlora::llama::{LlamaDecoder, LLAMA_TARGETS};
 use medtune_qlora::tasks::CausalLm;
 use medtune_qlora::train::{BatchSource, TrainBatch, TrainConfig, Trainer};
-use medtune_qlora::{LoraConfig, Pass, Result};
+use medtune_qlora::{LoraConfig, Pass, QloraError, Result};
 
 use common::{max_abs_diff, tiny_decoder};
 
@@ -202,4 +202,48 @@ fn loss_falls_and_resume_reproduces_the_losses_exactly() {
             .unwrap()
             > 1e-3
     );
+}
+
+/// A step whose batches hold no labelled token has no loss: training stops naming the step
+/// instead of logging NaN. A loss that blows up (here: a learning rate of 1e30) stops the run
+/// at the first step whose loss or gradient is not finite, naming it.
+#[test]
+fn a_step_without_labels_or_with_a_non_finite_loss_stops_training_naming_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_decoder(dir.path(), serde_json::json!({}), false);
+    let m = model(dir.path());
+
+    let mut unlabelled = Corpus::new(8);
+    for batch in &mut unlabelled.batches {
+        batch.labels = (batch.labels.zeros_like().unwrap() - 100.0).unwrap();
+        batch.labelled = 0;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(&m, &unlabelled, config(0), out.path()).unwrap();
+    let err = trainer
+        .run(&unlabelled, None, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("step 1:") && err.contains("no labelled token"),
+        "{err}"
+    );
+
+    let train = Corpus::new(8);
+    let mut exploding = config(0);
+    exploding.learning_rate = 1e30;
+    exploding.warmup_steps = 0;
+    let out = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(&m, &train, exploding, out.path()).unwrap();
+    let mut logged = Vec::new();
+    let err = trainer
+        .run(&train, None, &mut |log, _| logged.push(log.loss))
+        .unwrap_err();
+    let QloraError::NotFinite { step, .. } = &err else {
+        panic!("wanted a not-finite error, got {err}");
+    };
+    println!("lr 1e30: {err} (after losses {logged:?})");
+    assert_eq!(*step, logged.len() as u64 + 1, "{err}");
+    assert!(logged.iter().all(|l| l.is_finite()), "{logged:?}");
+    assert!(err.to_string().contains(&format!("step {step}:")), "{err}");
 }

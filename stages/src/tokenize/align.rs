@@ -2,7 +2,7 @@
 
 use tokenizers::{EncodeInput, InputSequence, Tokenizer};
 
-use super::{Overflow, TokenizeConfig};
+use super::{Overflow, TokenizeConfig, TruncationSide};
 
 /// Label of positions the loss ignores.
 pub const IGNORE: i32 = -100;
@@ -16,6 +16,15 @@ pub struct Tokenized {
     pub labels: Vec<i32>,
     /// Leading tokens that belong to the prompt (SFT), 0 for token classification.
     pub prompt_tokens: usize,
+}
+
+impl Tokenized {
+    /// Positions the loss counts. For SFT (`causal`) position t is scored against label t+1,
+    /// so the first label never counts.
+    pub fn labelled(&self, causal: bool) -> usize {
+        let from = usize::from(causal).min(self.labels.len());
+        self.labels[from..].iter().filter(|&&l| l != IGNORE).count()
+    }
 }
 
 /// BIO labels and their ids: `O`, then `B-` and `I-` of each entity type, types sorted.
@@ -162,14 +171,19 @@ pub fn encode_words(
     }
     match cfg.overflow {
         Overflow::Truncate => {
-            out.windows.push(wrap(0..budget));
+            let kept = match cfg.truncation_side {
+                TruncationSide::Right => 0..budget,
+                TruncationSide::Left => content.len() - budget..content.len(),
+            };
             out.dropped_tokens = (content.len() - budget) as u64;
+            // A word is lost when its labelled (first) sub-token is cut.
             for (w, &pos) in first_position.iter().enumerate() {
-                if pos >= budget {
+                if pos != usize::MAX && !kept.contains(&pos) {
                     out.dropped_words += 1;
                     out.dropped_entities += u64::from(tags[w].starts_with("B-"));
                 }
             }
+            out.windows.push(wrap(kept));
         }
         Overflow::Window => {
             let step = budget - cfg.stride.min(budget - 1);
@@ -211,15 +225,23 @@ pub fn encode_sft(
         .find_map(|t| tokenizer.token_to_id(t))
         .into_iter()
         .collect();
-    let prompt_ids = [bos, encode(&rendered)?].concat();
+    let bos_len = bos.len();
+    let mut prompt_ids = [bos, encode(&rendered)?].concat();
     let completion_ids = [encode(completion)?, vec![eos]].concat();
+    let over = (prompt_ids.len() + completion_ids.len()).saturating_sub(cfg.max_length);
+    if cfg.truncation_side == TruncationSide::Left {
+        // The prompt loses its start (the BOS stays), so the completion survives whole when
+        // it fits at all.
+        let from_prompt = over.min(prompt_ids.len() - bos_len);
+        prompt_ids.drain(bos_len..bos_len + from_prompt);
+    }
     let mut ids = [prompt_ids.as_slice(), completion_ids.as_slice()].concat();
     let mut labels: Vec<i32> = std::iter::repeat_n(IGNORE, prompt_ids.len())
         .chain(completion_ids.iter().map(|&id| id as i32))
         .collect();
-    let dropped = ids.len().saturating_sub(cfg.max_length) as u64;
     ids.truncate(cfg.max_length);
     labels.truncate(cfg.max_length);
+    let dropped = over as u64;
     let prompt_tokens = prompt_ids.len().min(ids.len());
     Ok((
         Tokenized {

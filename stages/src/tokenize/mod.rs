@@ -24,6 +24,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use medtune_formats::text::bounded_raw;
 use medtune_pipeline::{
     Continuation, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl, Stage,
     StageContext, WorkUnit,
@@ -37,11 +38,18 @@ use self::align::{encode_sft, encode_words, Tokenized};
 pub use self::align::{LabelMap, IGNORE};
 use self::template::ChatTemplate;
 use crate::examples::ExampleRows;
+use crate::rejects::{RejectBatch, RejectRow};
 
 /// Name of the output dataset.
 pub const TOKENIZED: &str = "tokenized";
 /// Name of the label map dataset.
 pub const LABEL_MAP: &str = "label_map";
+/// Name of the dataset of rows left with no labelled token.
+pub const TOKENIZE_REJECTS: &str = "tokenize_rejects";
+/// Drop reason of a row none of whose sequences has a token the loss counts.
+pub const NO_LABELLED_TOKENS: &str = "no_labelled_tokens";
+/// Bound on the raw text a reject keeps.
+const REJECT_RAW_BYTES: usize = 4096;
 
 /// What the model learns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +69,18 @@ pub enum Overflow {
     Truncate,
     /// Sliding windows of `max_length` tokens overlapping by `stride` (token classification).
     Window,
+}
+
+/// Which end of an over-long sequence truncation cuts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TruncationSide {
+    /// Keep the start: the end of an SFT completion (or of a sentence) is cut.
+    #[default]
+    Right,
+    /// Keep the end: an SFT prompt loses its start (after the BOS) so that the completion,
+    /// which carries the labels, survives; a sentence loses its first tokens.
+    Left,
 }
 
 fn default_max_length() -> usize {
@@ -85,6 +105,9 @@ pub struct TokenizeConfig {
     /// Truncate or window.
     #[serde(default = "truncate")]
     pub overflow: Overflow,
+    /// Which end `overflow = "truncate"` cuts.
+    #[serde(default)]
+    pub truncation_side: TruncationSide,
     /// Tokens shared by consecutive windows.
     #[serde(default = "default_stride")]
     pub stride: usize,
@@ -139,6 +162,30 @@ pub fn eos_id(tokenizer: &Tokenizer, path: &Path, configured: Option<&str>) -> R
                 format!("the tokenizer has none of the end-of-sequence tokens {candidates:?}"),
             )
         })
+}
+
+/// Why a row has no labelled token, with the setting that would keep it.
+fn no_labels_detail(cfg: &TokenizeConfig, dropped_tokens: u64) -> String {
+    match (cfg.mode, dropped_tokens) {
+        (Mode::Sft, 0) => "the completion is empty".into(),
+        (Mode::Sft, n) => format!(
+            "truncation to max_length {} cut {n} tokens and with them every completion token; \
+             `truncation_side = \"left\"` cuts the prompt instead",
+            cfg.max_length
+        ),
+        (Mode::TokenClassification, _) => "no word has a sub-token to label".into(),
+    }
+}
+
+/// The row's text as a reject keeps it: prompt and completion, or the words.
+fn raw_text(rows: &ExampleRows<'_>, row: usize) -> String {
+    match ExampleRows::text(rows.prompt, row) {
+        Some(prompt) => format!(
+            "{prompt}\n\n{}",
+            ExampleRows::text(rows.completion, row).unwrap_or("")
+        ),
+        None => ExampleRows::list(rows.words, row).join(" "),
+    }
 }
 
 fn truncate() -> Overflow {
@@ -315,7 +362,8 @@ impl Stage for TokenizeStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: rows with no labelled token are rejected; `truncation_side`.
+        2
     }
 
     fn inputs(&self) -> Vec<String> {
@@ -326,6 +374,11 @@ impl Stage for TokenizeStage {
         vec![
             OutputDecl::new(TOKENIZED, tokenized_schema(), OutputRole::Side),
             OutputDecl::new(LABEL_MAP, label_map_schema(), OutputRole::Side),
+            OutputDecl::new(
+                TOKENIZE_REJECTS,
+                medtune_schemas::rejects(),
+                OutputRole::Rejects,
+            ),
         ]
     }
 
@@ -368,6 +421,8 @@ impl Stage for TokenizeStage {
         let mut tokens = 0u64;
         let (mut truncated, mut dropped_tokens, mut dropped_entities) = (0u64, 0u64, 0u64);
         let mut done = 0u64;
+        let (mut unlabelled_windows, mut rejected) = (0u64, 0u64);
+        let causal = cfg.mode == Mode::Sft;
         for batch in ctx.read(&self.input)? {
             let batch = batch?;
             let rows = ExampleRows::new(&batch)?;
@@ -413,7 +468,27 @@ impl Stage for TokenizeStage {
                 })
                 .collect::<Result<_>>()?;
             let mut out = TokenizedBatch::default();
-            for (row, e) in encoded.iter().enumerate() {
+            let mut rejects = RejectBatch::default();
+            for (row, mut e) in encoded.into_iter().enumerate() {
+                // A sequence without a token the loss counts teaches nothing and has no loss.
+                let before = e.windows.len();
+                e.windows.retain(|t| t.labelled(causal) > 0);
+                if e.windows.is_empty() {
+                    ctx.count_dropped(NO_LABELLED_TOKENS, 1);
+                    rejected += 1;
+                    rejects.push(RejectRow {
+                        stage: "tokenize",
+                        source_file: rows.source_file.value(row),
+                        line: rows.line.value(row),
+                        id: rows.id.value(row),
+                        reason: NO_LABELLED_TOKENS,
+                        detail: &no_labels_detail(cfg, e.dropped_tokens),
+                        raw: &bounded_raw(raw_text(&rows, row).as_bytes(), REJECT_RAW_BYTES),
+                        duplicate_of: None,
+                    });
+                    continue;
+                }
+                unlabelled_windows += (before - e.windows.len()) as u64;
                 let split_name = split.as_ref().map_or("all", |s| s.value(row));
                 for (w, t) in e.windows.iter().enumerate() {
                     out.push(
@@ -433,9 +508,13 @@ impl Stage for TokenizeStage {
             done += rows.len() as u64;
             ctx.count_in(rows.len() as u64);
             ctx.write(TOKENIZED, out.finish()?)?;
+            if rejects.rows() > 0 {
+                ctx.write(TOKENIZE_REJECTS, rejects.finish()?)?;
+            }
             ctx.report_progress(done);
         }
-        ctx.count("rows", done);
+        ctx.count("rows", done - rejected);
+        ctx.count("unlabelled_windows", unlabelled_windows);
         ctx.count("sequences", windows_total);
         ctx.count("tokens", tokens);
         ctx.count("truncated_rows", truncated);

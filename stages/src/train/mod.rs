@@ -251,6 +251,10 @@ pub(crate) fn model_error(dir: &std::path::Path, e: QloraError) -> PipelineError
             PipelineError::bad_input(dir, e.to_string())
         }
         QloraError::Data(m) => PipelineError::Internal(m),
+        QloraError::NotFinite { .. } => PipelineError::CheckFailed {
+            stage: "train".into(),
+            message: e.to_string(),
+        },
         QloraError::Candle(e) => PipelineError::Internal(format!("candle: {e}")),
     }
 }
