@@ -1,6 +1,8 @@
 //! QLoRA in candle: NF4 double-quantised frozen base weights with trainable LoRA adapters.
 //!
 //! - [`nf4`]: bitsandbytes-compatible NF4 quantisation with double-quantised block maxima.
+//! - [`ops`]: fused CPU kernels with their own backward (frozen linear, norms, softmax,
+//!   activations, rotary embedding, cross-entropy).
 //! - [`lora`]: linear layers with a frozen (NF4 or dense) weight and a LoRA adapter.
 //! - [`bert`]: a BERT encoder built from those layers, with a token-classification head.
 //! - [`llama`]: a Llama / Mistral decoder built from those layers, with LM and token heads.
@@ -19,6 +21,7 @@ pub mod generate;
 pub mod llama;
 pub mod lora;
 pub mod nf4;
+pub mod ops;
 pub mod optim;
 pub mod rng;
 pub mod tasks;

@@ -1,0 +1,81 @@
+//! Fused CPU kernels with their own backward pass, for the training hot path.
+//!
+//! candle composes these layers from element-wise ops that each make a full copy, keep it alive
+//! for the backward pass and run on one thread; their backward passes are compositions again.
+//! Each op here is one parallel pass forward and one backward, keeps only what its backward
+//! needs, and gives frozen operands (norm weights, masks, rotary tables) no gradient.
+//!
+//! Every op takes CPU f32 tensors on its fused path; anything else (CUDA, half precision) runs
+//! the `composed_*` candle composition it replaces, which is also what the tests check the
+//! fused kernels against.
+
+mod activation;
+mod attention;
+mod cross_entropy;
+mod linear;
+mod lora_linear;
+mod matmul;
+mod norm;
+mod rotary;
+
+pub use activation::{composed_gelu_erf, composed_silu_mul, gelu_erf, silu_mul};
+pub use attention::{attention_probs, composed_attention_probs};
+pub use cross_entropy::{composed_cross_entropy, cross_entropy};
+pub use linear::frozen_linear;
+pub use lora_linear::{composed_lora_linear, lora_linear, Adapted, Dropout};
+pub use norm::{composed_layer_norm, composed_rms_norm, layer_norm, rms_norm};
+pub use rotary::{composed_rotary, rotary};
+
+use candle_core::{CpuStorage, DType, Layout, Tensor};
+use rayon::prelude::*;
+
+/// Whether every tensor can take a fused CPU kernel: on the CPU, in f32.
+fn fused(tensors: &[&Tensor]) -> bool {
+    tensors
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// The f32 elements of a contiguous CPU operand of op `op`.
+fn f32_slice<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: the CPU kernel takes f32 only");
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: an operand is not contiguous"),
+    }
+}
+
+/// A `rows × width` output whose row `i` is written by `f(i, row)`, rows in parallel.
+fn map_rows(rows: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; rows * width];
+    if width == 0 {
+        return out;
+    }
+    // Enough rows a task that a narrow row does not cost more to schedule than to compute.
+    let min_rows = (16_384 / width).max(1);
+    out.par_chunks_mut(width)
+        .with_min_len(min_rows)
+        .enumerate()
+        .for_each(|(i, row)| f(i, row));
+    out
+}
+
+/// An output of `len` elements whose element `i` is `f(i)`, in parallel.
+fn map_elements(len: usize, f: impl Fn(usize) -> f32 + Sync) -> Vec<f32> {
+    const CHUNK: usize = 16_384;
+    let mut out = vec![0f32; len];
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            for (k, o) in chunk.iter_mut().enumerate() {
+                *o = f(c * CHUNK + k);
+            }
+        });
+    out
+}
