@@ -9,13 +9,14 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, Var, D};
+use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::Embedding;
 use rand::Rng;
 use serde::Deserialize;
 
 use crate::error::{QloraError, Result};
 use crate::lora::{LoraConfig, LoraLinear, Pass};
+use crate::ops;
 use crate::rng::stream;
 use crate::weights::{read_config, Weights};
 
@@ -67,8 +68,8 @@ impl LoadOptions {
     }
 }
 
-/// LayerNorm written with plain (differentiable) ops, computed in f32; candle-nn's fused
-/// kernel has no backward pass, and gradients must cross every norm to reach the adapters.
+/// LayerNorm with frozen parameters ([`ops::layer_norm`]: candle-nn's fused kernel has no
+/// backward pass, and gradients must cross every norm to reach the adapters).
 struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
@@ -77,15 +78,7 @@ struct LayerNorm {
 
 impl LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
-        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-        let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
-        Ok(normed
-            .to_dtype(dtype)?
-            .broadcast_mul(&self.weight.to_dtype(dtype)?)?
-            .broadcast_add(&self.bias.to_dtype(dtype)?)?)
+        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -158,9 +151,7 @@ impl BertLayer {
         let q = split(self.query.forward(x, pass)?)?;
         let k = split(self.key.forward(x, pass)?)?;
         let v = split(self.value.forward(x, pass)?)?;
-        let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(mask)?;
-        // The composed softmax: differentiable, unlike the fused last-dim kernel.
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let probs = ops::attention_probs(&q, &k, mask, 1.0 / (d as f64).sqrt())?;
         let context = probs
             .matmul(&v)?
             .transpose(1, 2)?
@@ -169,7 +160,7 @@ impl BertLayer {
         let attended = self
             .attention_norm
             .forward(&(self.attention_out.forward(&context, pass)? + x)?)?;
-        let hidden = self.intermediate.forward(&attended, pass)?.gelu_erf()?;
+        let hidden = ops::gelu_erf(&self.intermediate.forward(&attended, pass)?)?;
         let out = self.output.forward(&hidden, pass)?;
         self.output_norm.forward(&(out + attended)?)
     }
@@ -323,7 +314,14 @@ impl Head {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.weight.as_tensor().to_dtype(x.dtype())?;
         let b = self.bias.as_tensor().to_dtype(x.dtype())?;
-        Ok(x.broadcast_matmul(&w.t()?)?.broadcast_add(&b)?)
+        // As a rows × hidden matrix: a broadcast weight would make its gradient batch-sized.
+        let (labels, hidden) = w.dims2()?;
+        let mut shape = x.dims().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = labels;
+        }
+        let rows = x.reshape(((), hidden))?;
+        Ok(rows.matmul(&w.t()?)?.broadcast_add(&b)?.reshape(shape)?)
     }
 }
 

@@ -2,10 +2,10 @@
 //! embeddings (with Llama 3's frequency scaling), grouped-query attention, SwiGLU, a causal-LM
 //! head (tied to the embeddings when the config says so) and a token-classification head.
 //!
-//! Every operation is a plain differentiable candle op (rotation by `rotate_half`, RMSNorm
-//! written out), so gradients reach the adapters through all of them. Positions come from the
-//! attention mask (a left-padded row starts at position 0 at its first real token), and an
-//! optional [`KvCache`] lets generation feed one token at a time.
+//! Every operation is differentiable (the norms, rotation, attention softmax and SiLU gate are
+//! [`ops`] kernels with their own backward pass), so gradients reach the adapters through all
+//! of them. Positions come from the attention mask (a left-padded row starts at position 0 at
+//! its first real token), and an optional [`KvCache`] lets generation feed one token at a time.
 
 use std::path::Path;
 
@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::bert::{Head, LoadOptions};
 use crate::error::{QloraError, Result};
 use crate::lora::{LoraConfig, LoraLinear, Pass};
+use crate::ops;
 use crate::weights::{read_config, Weights};
 
 /// Module names LoRA can target in a Llama / Mistral decoder (PEFT's names).
@@ -155,25 +156,6 @@ impl KvCache {
     }
 }
 
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let x32 = x.to_dtype(DType::F32)?;
-    let scale = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?
-        .sqrt()?
-        .recip()?;
-    Ok(x32
-        .broadcast_mul(&scale)?
-        .to_dtype(dtype)?
-        .broadcast_mul(&weight.to_dtype(dtype)?)?)
-}
-
-fn rotate_half(x: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let first = x.narrow(D::Minus1, 0, half)?;
-    let second = x.narrow(D::Minus1, half, half)?;
-    Ok(Tensor::cat(&[&second.neg()?, &first], D::Minus1)?)
-}
-
 struct DecoderLayer {
     q: LoraLinear,
     k: LoraLinear,
@@ -259,13 +241,11 @@ impl DecoderLayer {
     ) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let (heads, kv_heads, d) = (c.num_attention_heads, c.kv_heads(), c.head_dim());
-        let normed = rms_norm(x, &self.input_norm, c.rms_norm_eps)?;
+        let normed = ops::rms_norm(x, &self.input_norm, c.rms_norm_eps)?;
         let shape = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.reshape((b, l, n, d))?.transpose(1, 2)?.contiguous()?)
         };
-        let rotate = |t: &Tensor| -> Result<Tensor> {
-            Ok((t.broadcast_mul(&at.cos)? + rotate_half(t)?.broadcast_mul(&at.sin)?)?)
-        };
+        let rotate = |t: &Tensor| ops::rotary(t, &at.cos, &at.sin);
         let q = rotate(&shape(self.q.forward(&normed, pass)?, heads)?)?;
         let mut k = rotate(&shape(self.k.forward(&normed, pass)?, kv_heads)?)?;
         let mut v = shape(self.v.forward(&normed, pass)?, kv_heads)?;
@@ -288,19 +268,18 @@ impl DecoderLayer {
                 .reshape((b, n * groups, s, d))?)
         };
         let (k, v) = (repeat(k)?, repeat(v)?);
-        let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(&at.mask)?;
-        // The composed softmax: differentiable, unlike the fused last-dim kernel.
-        let probs = candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?
-            .to_dtype(x.dtype())?;
+        let probs = ops::attention_probs(&q, &k, &at.mask, 1.0 / (d as f64).sqrt())?;
         let context = probs
             .matmul(&v.contiguous()?)?
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, l, heads * d))?;
         let x = (x + self.o.forward(&context, pass)?)?;
-        let normed = rms_norm(&x, &self.post_norm, c.rms_norm_eps)?;
-        let gated = (candle_nn::ops::silu(&self.gate.forward(&normed, pass)?)?
-            * self.up.forward(&normed, pass)?)?;
+        let normed = ops::rms_norm(&x, &self.post_norm, c.rms_norm_eps)?;
+        let gated = ops::silu_mul(
+            &self.gate.forward(&normed, pass)?,
+            &self.up.forward(&normed, pass)?,
+        )?;
         Ok((&x + self.down.forward(&gated, pass)?)?)
     }
 }
@@ -475,13 +454,14 @@ impl LlamaDecoder {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(&x, &self.config, &at, slot, pass)?;
         }
-        rms_norm(&x, &self.norm, self.config.rms_norm_eps)
+        ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps)
     }
 
-    /// Next-token logits (batch × length × vocab).
+    /// Next-token logits (… × vocab) of hidden states (… × hidden). The head is frozen: it
+    /// takes no gradient (a tied head would otherwise cost a vocab × hidden one per step).
     pub fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let head = self.lm_head.as_ref().unwrap_or(self.embed.embeddings());
-        Ok(hidden.broadcast_matmul(&head.to_dtype(hidden.dtype())?.t()?)?)
+        ops::frozen_linear(hidden, &head.to_dtype(hidden.dtype())?)
     }
 
     /// A token-classification head for this decoder (transformers' `score`).

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{QloraError, Result};
 use crate::nf4::Nf4Weight;
+use crate::ops::{frozen_linear, lora_linear, Adapted, Dropout};
 use crate::rng::stream;
 
 fn default_alpha() -> f64 {
@@ -94,7 +95,8 @@ impl LoraConfig {
 pub struct Pass {
     /// Use the adapters (off: the base model alone, same weights).
     pub adapters: bool,
-    /// Training: dropout keyed by (seed, step); `None` evaluates.
+    /// Training: dropout keyed by (seed, step), and the adapters take gradients; `None`
+    /// evaluates, with the adapters detached (no graph is recorded).
     pub dropout_key: Option<(u64, u64)>,
 }
 
@@ -273,26 +275,47 @@ impl LoraLinear {
     /// The layer's output for `x` (…, in).
     pub fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let w = self.base.weight(x.dtype())?;
-        let mut y = x.broadcast_matmul(&w.t()?)?;
-        if let Some(bias) = &self.bias {
-            y = y.broadcast_add(&bias.to_dtype(x.dtype())?)?;
-        }
+        let bias = self
+            .bias
+            .as_ref()
+            .map(|b| b.to_dtype(x.dtype()))
+            .transpose()?;
         let Some(adapter) = self.adapter.as_ref().filter(|_| pass.adapters) else {
-            return Ok(y);
+            let y = frozen_linear(x, &w)?;
+            return Ok(match bias {
+                Some(bias) => y.broadcast_add(&bias)?,
+                None => y,
+            });
         };
-        let input = match pass.dropout_key {
-            Some((seed, step)) if adapter.dropout > 0.0 => dropout(
-                x,
-                adapter.dropout,
-                stream(seed, step, "dropout", &self.path),
-            )?,
-            _ => x.clone(),
+        let dropout = match pass.dropout_key {
+            Some((seed, step)) if adapter.dropout > 0.0 => Some(Dropout {
+                p: adapter.dropout,
+                rng: stream(seed, step, "dropout", &self.path),
+            }),
+            _ => None,
         };
-        let a = adapter.a.as_tensor().to_dtype(x.dtype())?;
-        let b = adapter.b.as_tensor().to_dtype(x.dtype())?;
-        let low = input.broadcast_matmul(&a.t()?)?;
-        let lora = low.broadcast_matmul(&b.t()?)?;
-        Ok((y + (lora * adapter.scale)?)?)
+        // Outside training nothing takes a gradient: detached adapters keep candle from
+        // recording the graph, which would otherwise keep every activation (and, through the
+        // KV cache, every generated step) alive.
+        let (a, b) = match pass.dropout_key {
+            Some(_) => (adapter.a.as_tensor().clone(), adapter.b.as_tensor().clone()),
+            None => (
+                adapter.a.as_tensor().detach(),
+                adapter.b.as_tensor().detach(),
+            ),
+        };
+        let (a, b) = (a.to_dtype(x.dtype())?, b.to_dtype(x.dtype())?);
+        lora_linear(
+            x,
+            &w,
+            bias.as_ref(),
+            Adapted {
+                a: &a,
+                b: &b,
+                scale: adapter.scale,
+                dropout: dropout.as_ref(),
+            },
+        )
     }
 }
 
@@ -319,20 +342,4 @@ pub fn attach_adapters<'a>(
         }
     }
     Ok(attached)
-}
-
-/// Inverted dropout with a mask drawn from `rng`: kept values are scaled by 1/(1-p).
-fn dropout(x: &Tensor, p: f64, mut rng: rand_chacha::ChaCha8Rng) -> Result<Tensor> {
-    let keep = 1.0 - p;
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| {
-            if rng.random::<f64>() < keep {
-                (1.0 / keep) as f32
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    let mask = Tensor::from_vec(mask, x.dims(), x.device())?.to_dtype(x.dtype())?;
-    Ok((x * mask)?)
 }
