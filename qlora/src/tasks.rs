@@ -7,6 +7,7 @@ use crate::bert::{BertTokenClassifier, Head};
 use crate::error::{QloraError, Result};
 use crate::llama::LlamaDecoder;
 use crate::lora::{LoraLinear, Pass};
+use crate::ops;
 use crate::train::{TrainBatch, TrainModel};
 
 /// The adapters' variables, named `<module path>.lora_A.weight` / `.lora_B.weight`.
@@ -74,15 +75,34 @@ impl TrainModel for CausalLm {
         adapter_vars(self.decoder.linears())
     }
 
+    /// Position t predicts the label at t + 1. Only positions whose next label counts go
+    /// through the vocabulary-wide head: in prompt-masked SFT most of a batch does not.
     fn loss(&self, batch: &TrainBatch, pass: Pass) -> Result<(Tensor, usize)> {
-        let logits = self.logits(&batch.input_ids, &batch.attention_mask, pass)?;
-        let l = logits.dim(1)?;
+        let hidden =
+            self.decoder
+                .forward_hidden(&batch.input_ids, &batch.attention_mask, None, pass)?;
+        let (b, l, h) = hidden.dims3()?;
         if l < 2 {
-            return Ok((Tensor::zeros((), DType::F32, logits.device())?, 0));
+            return Ok((Tensor::zeros((), DType::F32, hidden.device())?, 0));
         }
-        let predicted = logits.narrow(1, 0, l - 1)?;
         let next = batch.labels.narrow(1, 1, l - 1)?;
-        masked_cross_entropy(&predicted, &next)
+        let Some((rows, targets)) = labelled_rows(&next)? else {
+            return Ok((Tensor::zeros((), DType::F32, hidden.device())?, 0));
+        };
+        // Row i of the (b, l − 1) label grid is position (i / (l − 1), i % (l − 1)).
+        let positions: Vec<u32> = rows
+            .iter()
+            .map(|&i| (i as usize / (l - 1) * l + i as usize % (l - 1)) as u32)
+            .collect();
+        let n = positions.len();
+        let device = hidden.device();
+        let selected = hidden
+            .reshape((b * l, h))?
+            .index_select(&Tensor::from_vec(positions, n, device)?, 0)?;
+        let logits = self.decoder.lm_logits(&selected)?.to_dtype(DType::F32)?;
+        check_classes(&targets, logits.dim(1)?)?;
+        let targets = Tensor::from_vec(targets, n, device)?;
+        Ok((ops::cross_entropy(&logits, &targets)?, n))
     }
 }
 
@@ -127,26 +147,36 @@ impl TrainModel for DecoderTokenClassifier {
 pub fn masked_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, usize)> {
     let classes = logits.dim(D::Minus1)?;
     let logits = logits.reshape(((), classes))?.to_dtype(DType::F32)?;
+    let Some((rows, targets)) = labelled_rows(labels)? else {
+        return Ok((Tensor::zeros((), DType::F32, logits.device())?, 0));
+    };
+    check_classes(&targets, classes)?;
+    let (n, device) = (rows.len(), logits.device());
+    let rows = logits.index_select(&Tensor::from_vec(rows, n, device)?, 0)?;
+    let targets = Tensor::from_vec(targets, n, device)?;
+    Ok((ops::cross_entropy(&rows, &targets)?, n))
+}
+
+/// The flat indices of the labels that count (not -100) and those labels; `None` when none
+/// does.
+fn labelled_rows(labels: &Tensor) -> Result<Option<(Vec<u32>, Vec<u32>)>> {
     let labels: Vec<i64> = labels.flatten_all()?.to_dtype(DType::I64)?.to_vec1()?;
-    let keep: Vec<u32> = labels
+    let (rows, targets): (Vec<u32>, Vec<u32>) = labels
         .iter()
         .enumerate()
         .filter(|(_, &l)| l >= 0)
-        .map(|(i, _)| i as u32)
-        .collect();
-    if keep.is_empty() {
-        return Ok((Tensor::zeros((), DType::F32, logits.device())?, 0));
-    }
-    let targets: Vec<u32> = keep.iter().map(|&i| labels[i as usize] as u32).collect();
-    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= classes) {
-        return Err(QloraError::Config(format!(
+        .map(|(i, &l)| (i as u32, l as u32))
+        .unzip();
+    Ok((!rows.is_empty()).then_some((rows, targets)))
+}
+
+fn check_classes(targets: &[u32], classes: usize) -> Result<()> {
+    match targets.iter().find(|&&t| t as usize >= classes) {
+        Some(bad) => Err(QloraError::Config(format!(
             "label id {bad} is outside the head's {classes} classes"
-        )));
+        ))),
+        None => Ok(()),
     }
-    let device = logits.device();
-    let rows = logits.index_select(&Tensor::from_vec(keep.clone(), keep.len(), device)?, 0)?;
-    let targets = Tensor::from_vec(targets, keep.len(), device)?;
-    Ok((candle_nn::loss::cross_entropy(&rows, &targets)?, keep.len()))
 }
 
 #[cfg(test)]

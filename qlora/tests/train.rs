@@ -8,8 +8,8 @@ use candle_core::{Device, IndexOp, Tensor};
 use medtune_qlora::bert::LoadOptions;
 use medtune_qlora::export::{load_adapter, save_adapter, AdapterSpec, PeftTask};
 use medtune_qlora::llama::{LlamaDecoder, LLAMA_TARGETS};
-use medtune_qlora::tasks::CausalLm;
-use medtune_qlora::train::{BatchSource, TrainBatch, TrainConfig, Trainer};
+use medtune_qlora::tasks::{masked_cross_entropy, CausalLm};
+use medtune_qlora::train::{BatchSource, TrainBatch, TrainConfig, TrainModel, Trainer};
 use medtune_qlora::{LoraConfig, Pass, QloraError, Result};
 
 use common::{max_abs_diff, tiny_decoder};
@@ -246,4 +246,38 @@ fn a_step_without_labels_or_with_a_non_finite_loss_stops_training_naming_the_ste
     assert_eq!(*step, logged.len() as u64 + 1, "{err}");
     assert!(logged.iter().all(|l| l.is_finite()), "{logged:?}");
     assert!(err.to_string().contains(&format!("step {step}:")), "{err}");
+}
+
+#[test]
+fn the_causal_lm_loss_over_labelled_positions_equals_the_loss_over_all_logits() {
+    // The loss runs the vocabulary head only where the next label counts; against the
+    // cross-entropy of the full logits, shifted by hand, the value and every adapter gradient
+    // must agree.
+    let dir = tempfile::tempdir().unwrap();
+    tiny_decoder(dir.path(), serde_json::json!({}), true);
+    let model = model(dir.path());
+    let batch = &Corpus::new(4).batches[0];
+    let pass = Pass::train(11, 1);
+    let (loss, n) = model.loss(batch, pass).unwrap();
+    let logits = model
+        .logits(&batch.input_ids, &batch.attention_mask, pass)
+        .unwrap();
+    let l = logits.dim(1).unwrap();
+    let (full, m) = masked_cross_entropy(
+        &logits.narrow(1, 0, l - 1).unwrap(),
+        &batch.labels.narrow(1, 1, l - 1).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(n, m);
+    assert!(n > 0 && n < batch.labels.elem_count());
+    let (a, b): (f32, f32) = (loss.to_scalar().unwrap(), full.to_scalar().unwrap());
+    assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+    let (grads, full_grads) = (loss.backward().unwrap(), full.backward().unwrap());
+    for (name, var) in model.trainable() {
+        let diff = max_abs_diff(
+            grads.get(var.as_tensor()).unwrap(),
+            full_grads.get(var.as_tensor()).unwrap(),
+        );
+        assert!(diff <= 1e-5, "{name}: gradients differ by {diff:e}");
+    }
 }
