@@ -13,8 +13,9 @@
 //! - Storage: 4 bits per weight + 8 bits per 64 weights + 32 bits per 64·256 weights
 //!   = 4.127 bits per parameter (plus one f32 mean per tensor).
 //!
-//! Quantising runs on the CPU once, when a model loads; dequantising is a pair of candle gathers
-//! and a broadcast multiply, so it runs on whatever device the packed tensors live on.
+//! Quantising runs on the CPU once, when a model loads. Dequantising is one parallel pass over
+//! the packed bytes on the CPU, and elsewhere a pair of candle gathers and a broadcast multiply,
+//! so it runs on whatever device the packed tensors live on.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -246,6 +247,14 @@ impl Nf4Weight {
     /// The weight, dequantised to `dtype` on the packed tensors' device:
     /// `nf4[index] · block maximum`, computed in f32.
     pub fn dequantise(&self, dtype: DType) -> Result<Tensor> {
+        if self.packed.device().is_cpu() {
+            return Ok(self.dequantise_cpu()?.to_dtype(dtype)?);
+        }
+        self.dequantise_gathered(dtype)
+    }
+
+    /// [`Nf4Weight::dequantise`] as candle gathers and a broadcast multiply, for any device.
+    fn dequantise_gathered(&self, dtype: DType) -> Result<Tensor> {
         let n = self.elem_count();
         let values = self
             .nibble_pairs
@@ -260,6 +269,43 @@ impl Nf4Weight {
             .flatten_all()?
             .narrow(0, 0, n)?;
         Ok(values.reshape(self.shape.as_slice())?.to_dtype(dtype)?)
+    }
+
+    /// [`Nf4Weight::dequantise`] on the CPU in one parallel pass over the packed bytes (the
+    /// tensor composition makes five weight-sized copies, on one thread, at every forward).
+    fn dequantise_cpu(&self) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let n = self.elem_count();
+        let maxima: Vec<f32> = self.block_maxima()?.to_vec1()?;
+        let (storage, layout) = self.packed.storage_and_layout();
+        let (candle_core::Storage::Cpu(candle_core::CpuStorage::U8(bytes)), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        else {
+            return Err(
+                candle_core::Error::Msg("NF4: packed weights are not CPU bytes".into()).into(),
+            );
+        };
+        let bytes = &bytes[start..end];
+        let mut values = vec![0f32; n];
+        // A block of 64 weights is 32 bytes and one maximum.
+        values
+            .par_chunks_mut(BLOCK)
+            .zip(bytes.par_chunks(BLOCK / 2))
+            .zip(maxima.par_iter())
+            .for_each(|((out, packed), &max)| {
+                for (pair, &byte) in out.chunks_mut(2).zip(packed) {
+                    pair[0] = NF4_CODE[usize::from(byte >> 4)] * max;
+                    if let Some(second) = pair.get_mut(1) {
+                        *second = NF4_CODE[usize::from(byte & 15)] * max;
+                    }
+                }
+            });
+        drop(storage);
+        Ok(Tensor::from_vec(
+            values,
+            self.shape.as_slice(),
+            self.packed.device(),
+        )?)
     }
 }
 
@@ -288,6 +334,32 @@ mod tests {
         let (q, m) = quantise_blocks(&[1.0, mid, mid + 1e-6, -0.7, 0.0], 64, &NF4_CODE);
         assert_eq!(m, vec![1.0]);
         assert_eq!(q, vec![15, 7, 8, 1, 7]);
+    }
+
+    #[test]
+    fn the_cpu_pass_dequantises_exactly_as_the_gathers_do() {
+        // 201 weights: an odd count and a last block of 9.
+        let values: Vec<f32> = (0..201)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let weight = Tensor::from_vec(values, (3, 67), &Device::Cpu).unwrap();
+        let q = Nf4Weight::quantise("w", &weight).unwrap();
+        let fast: Vec<f32> = q
+            .dequantise_cpu()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let gathered: Vec<f32> = q
+            .dequantise_gathered(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(fast, gathered);
+        assert_eq!(q.dequantise(DType::F32).unwrap().dims(), [3, 67]);
     }
 
     #[test]
