@@ -52,6 +52,9 @@ pub fn composed_attention_probs(
     Ok(candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(dtype)?)
 }
 
+/// Below this, exp underflows to 0 in f32 (the smallest subnormal is e^−103.3).
+const UNDERFLOW: f32 = -104.0;
+
 /// `row ← softmax(row + mask)`.
 fn masked_softmax_in_place(row: &mut [f32], mask: &[f32]) {
     let mut max = f32::NEG_INFINITY;
@@ -61,7 +64,10 @@ fn masked_softmax_in_place(row: &mut [f32], mask: &[f32]) {
     }
     let mut sum = 0f32;
     for o in row.iter_mut() {
-        *o = (*o - max).exp();
+        // Masked keys sit near f32::MIN: their exp is 0, and glibc's expf reaches 0 there
+        // only through its slow underflow path (errno included), 7% of a decoder's step.
+        let shifted = *o - max;
+        *o = if shifted < UNDERFLOW { 0.0 } else { shifted.exp() };
         sum += *o;
     }
     let inverse = 1.0 / sum;
