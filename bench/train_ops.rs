@@ -63,7 +63,11 @@ fn main() {
         p: 0.1,
         rng: stream(1, 1, "dropout", "bench"),
     };
-    let (q, k) = (var(&[rows, heads, len, d]), var(&[rows, heads, len, d]));
+    let (q, k, v) = (
+        var(&[rows, heads, len, d]),
+        var(&[rows, heads, len, d]),
+        var(&[rows, heads, len, d]),
+    );
     let mask = Tensor::zeros((rows, 1, 1, len), DType::F32, &Device::Cpu).expect("mask");
     let (norm_w, norm_b) = (randn(&[hidden], 1.0), randn(&[hidden], 0.1));
     let (vocab, labelled, lm_hidden) = (49_152, 512, 576);
@@ -104,10 +108,10 @@ fn main() {
             }),
         ),
         (
-            "attention probabilities 50 × 12 × 41²",
-            vec![q.clone(), k.clone()],
-            Box::new(|t| ops::attention_probs(&t[0], &t[1], &mask, 0.17).unwrap()),
-            Box::new(|t| ops::composed_attention_probs(&t[0], &t[1], &mask, 0.17).unwrap()),
+            "attention 50 × 12 heads × 41 tokens × 32",
+            vec![q.clone(), k.clone(), v.clone()],
+            Box::new(|t| ops::attention(&t[0], &t[1], &t[2], &mask, 0.17).unwrap()),
+            Box::new(|t| ops::composed_attention(&t[0], &t[1], &t[2], &mask, 0.17).unwrap()),
         ),
         (
             "LayerNorm 2050 × 384",

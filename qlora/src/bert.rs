@@ -151,9 +151,7 @@ impl BertLayer {
         let q = split(self.query.forward(x, pass)?)?;
         let k = split(self.key.forward(x, pass)?)?;
         let v = split(self.value.forward(x, pass)?)?;
-        let probs = ops::attention_probs(&q, &k, mask, 1.0 / (d as f64).sqrt())?;
-        let context = probs
-            .matmul(&v)?
+        let context = ops::attention(&q, &k, &v, mask, 1.0 / (d as f64).sqrt())?
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, l, h))?;

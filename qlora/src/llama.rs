@@ -268,9 +268,7 @@ impl DecoderLayer {
                 .reshape((b, n * groups, s, d))?)
         };
         let (k, v) = (repeat(k)?, repeat(v)?);
-        let probs = ops::attention_probs(&q, &k, &at.mask, 1.0 / (d as f64).sqrt())?;
-        let context = probs
-            .matmul(&v.contiguous()?)?
+        let context = ops::attention(&q, &k, &v, &at.mask, 1.0 / (d as f64).sqrt())?
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, l, heads * d))?;

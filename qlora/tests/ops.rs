@@ -5,10 +5,9 @@ mod common;
 
 use candle_core::{Device, Tensor, Var};
 use medtune_qlora::ops::{
-    attention_probs, composed_attention_probs, composed_cross_entropy, composed_gelu_erf,
-    composed_layer_norm, composed_lora_linear, composed_rms_norm, composed_rotary,
-    composed_silu_mul, cross_entropy, frozen_linear, gelu_erf, layer_norm, lora_linear, rms_norm,
-    rotary, silu_mul, Adapted, Dropout,
+    attention, composed_attention, composed_cross_entropy, composed_gelu_erf, composed_layer_norm,
+    composed_lora_linear, composed_rms_norm, composed_rotary, composed_silu_mul, cross_entropy,
+    frozen_linear, gelu_erf, layer_norm, lora_linear, rms_norm, rotary, silu_mul, Adapted, Dropout,
 };
 use medtune_qlora::rng::stream;
 
@@ -103,9 +102,10 @@ fn var(seed: u64, name: &str, shape: impl Into<candle_core::Shape>, std: f64) ->
 }
 
 #[test]
-fn attention_probs_equal_the_composition_for_both_mask_shapes() {
+fn attention_equals_the_composition_for_both_mask_shapes() {
     let q = var(10, "q", (2, 3, 4, 6), 1.0);
     let k = var(11, "k", (2, 3, 5, 6), 1.0);
+    let v = var(12, "v", (2, 3, 5, 6), 1.0);
     // A key mask (one row for every query, BERT's padding mask) and a causal mask per query,
     // both with fully masked entries as the models make them.
     let keys = Tensor::new(&[0f32, 0.0, 0.0, f32::MIN, f32::MIN], &Device::Cpu)
@@ -127,9 +127,9 @@ fn attention_probs_equal_the_composition_for_both_mask_shapes() {
     for (name, mask) in [("key mask", &keys), ("causal mask", &causal)] {
         compare(
             name,
-            &[q.clone(), k.clone()],
-            |a| attention_probs(&a[0], &a[1], mask, 0.4).unwrap(),
-            |a| composed_attention_probs(&a[0], &a[1], mask, 0.4).unwrap(),
+            &[q.clone(), k.clone(), v.clone()],
+            |a| attention(&a[0], &a[1], &a[2], mask, 0.4).unwrap(),
+            |a| composed_attention(&a[0], &a[1], &a[2], mask, 0.4).unwrap(),
         );
     }
 }

@@ -1,55 +1,61 @@
-//! Attention probabilities: `softmax(scale · q kᵀ + mask)` over the keys.
+//! Scaled dot-product attention: `softmax(scale · q kᵀ + mask) v`, head by head.
 //!
 //! The composition keeps five score-sized copies for the backward pass (the product, scaled,
-//! masked, shifted, exponentiated). This op computes the product head by head into its output
-//! and keeps the probabilities alone; its backward pass turns them into the gradients of q and
-//! k.
+//! masked, shifted, exponentiated), and candle runs its batched products as one small GEMM per
+//! (batch, head), each with its own thread hand-off. This op keeps nothing score-sized: forward
+//! and backward each run one (batch, head) a task with single-threaded GEMMs, and the backward
+//! pass recomputes a head's probabilities from q and k, as flash attention does.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 
 use super::matmul::{matmul_into_serial, View};
-use super::{f32_slice, fused, map_rows};
+use super::{f32_slice, fused};
 use crate::error::Result;
 
-/// `softmax(scale · q kᵀ + mask)` over the last dimension. `q` is (batch, heads, queries, d),
-/// `k` (batch, heads, keys, d); `mask` is (batch, 1, m, keys), additive, with m = 1 (one row
-/// for every query) or m = queries. q and k take gradients, the mask none.
-pub fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
-    if !fused(&[q, k, mask]) {
-        return composed_attention_probs(q, k, mask, scale);
+/// `softmax(scale · q kᵀ + mask) v`. `q` is (batch, heads, queries, d), `k` and `v` are
+/// (batch, heads, keys, d); `mask` is (batch, 1, m, keys), additive, with m = 1 (one row for
+/// every query) or m = queries. q, k and v take gradients, the mask none.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    if !fused(&[q, k, v, mask]) {
+        return composed_attention(q, k, v, mask, scale);
     }
     let (b, h, l, d) = q.dims4()?;
-    let (kb, kh, t, kd) = k.dims4()?;
-    let (mb, one, m, mt) = mask.dims4()?;
-    if (kb, kh, kd) != (b, h, d) || mb != b || one != 1 || mt != t || (m != 1 && m != l) {
+    let (t, m) = (k.dim(2)?, mask.dim(2)?);
+    if k.dims() != [b, h, t, d]
+        || v.dims() != [b, h, t, d]
+        || mask.dims() != [b, 1, m, t]
+        || (m != 1 && m != l)
+    {
         return Err(candle_core::Error::Msg(format!(
-            "attention_probs: q {:?}, k {:?} and mask {:?} do not fit",
+            "attention: q {:?}, k {:?}, v {:?} and mask {:?} do not fit",
             q.dims(),
             k.dims(),
+            v.dims(),
             mask.dims()
         ))
         .into());
     }
-    Ok(q.contiguous()?.apply_op3(
-        &k.contiguous()?,
-        &mask.contiguous()?,
-        AttentionProbs {
-            scale: scale as f32,
-        },
-    )?)
+    let op = Attention {
+        mask: mask.contiguous()?,
+        scale: scale as f32,
+    };
+    Ok(q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
 }
 
-/// The candle composition [`attention_probs`] replaces (the softmax in f32).
-pub fn composed_attention_probs(
+/// The candle composition [`attention`] replaces (the softmax in f32).
+pub fn composed_attention(
     q: &Tensor,
     k: &Tensor,
+    v: &Tensor,
     mask: &Tensor,
     scale: f64,
 ) -> Result<Tensor> {
     let dtype = q.dtype();
     let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-    Ok(candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(dtype)?)
+    let probs = candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?;
+    Ok(probs.to_dtype(dtype)?.matmul(&v.contiguous()?)?)
 }
 
 /// Below this, exp underflows to 0 in f32 (the smallest subnormal is e^−103.3).
@@ -67,20 +73,67 @@ fn masked_softmax_in_place(row: &mut [f32], mask: &[f32]) {
         // Masked keys sit near f32::MIN: their exp is 0, and glibc's expf reaches 0 there
         // only through its slow underflow path (errno included), 7% of a decoder's step.
         let shifted = *o - max;
-        *o = if shifted < UNDERFLOW { 0.0 } else { shifted.exp() };
+        *o = if shifted < UNDERFLOW {
+            0.0
+        } else {
+            shifted.exp()
+        };
         sum += *o;
     }
     let inverse = 1.0 / sum;
     row.iter_mut().for_each(|o| *o *= inverse);
 }
 
-struct AttentionProbs {
+struct Attention {
+    mask: Tensor,
     scale: f32,
 }
 
-impl CustomOp3 for AttentionProbs {
+/// The shapes of one call: batch, heads, queries, keys, head width, mask rows.
+#[derive(Clone, Copy)]
+struct Dims {
+    heads: usize,
+    l: usize,
+    t: usize,
+    d: usize,
+    mask_rows: usize,
+}
+
+impl Attention {
+    /// Head `bh`'s probabilities (l × t) into `probs`.
+    fn probs(&self, dims: Dims, bh: usize, q: &[f32], k: &[f32], mask: &[f32], probs: &mut [f32]) {
+        let Dims {
+            heads,
+            l,
+            t,
+            d,
+            mask_rows,
+        } = dims;
+        let q = View::row_major(&q[bh * l * d..][..l * d], l, d);
+        let k = View::row_major(&k[bh * t * d..][..t * d], t, d);
+        matmul_into_serial(probs, q, k.t(), self.scale);
+        let batch = bh / heads;
+        for (query, row) in probs.chunks_mut(t.max(1)).enumerate() {
+            let m = batch * mask_rows + if mask_rows == 1 { 0 } else { query };
+            masked_softmax_in_place(row, &mask[m * t..][..t]);
+        }
+    }
+
+    fn with_mask<R>(
+        &self,
+        f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+    ) -> candle_core::Result<R> {
+        let (storage, layout) = self.mask.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            candle_core::bail!("attention: the mask is not on the CPU");
+        };
+        f(f32_slice(cpu, layout, "attention")?)
+    }
+}
+
+impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
-        "attention-probs"
+        "attention"
     }
 
     fn cpu_fwd(
@@ -89,76 +142,99 @@ impl CustomOp3 for AttentionProbs {
         ql: &Layout,
         ks: &CpuStorage,
         kl: &Layout,
-        ms: &CpuStorage,
-        ml: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let q = f32_slice(qs, ql, self.name())?;
-        let k = f32_slice(ks, kl, self.name())?;
-        let mask = f32_slice(ms, ml, self.name())?;
-        let (b, h, l, d) = ql.shape().dims4()?;
+        let (q, k, v) = (
+            f32_slice(qs, ql, self.name())?,
+            f32_slice(ks, kl, self.name())?,
+            f32_slice(vs, vl, self.name())?,
+        );
+        let (_, heads, l, d) = ql.shape().dims4()?;
         let t = kl.shape().dims4()?.2;
-        let mask_rows = ml.shape().dims4()?.2;
-        let mut out = vec![0f32; b * h * l * t];
-        // One (batch, head) block a task: its scores, then each row's masked softmax.
-        out.par_chunks_mut((l * t).max(1))
-            .enumerate()
-            .for_each(|(bh, block)| {
-                let q = View::row_major(&q[bh * l * d..][..l * d], l, d);
-                let k = View::row_major(&k[bh * t * d..][..t * d], t, d);
-                matmul_into_serial(block, q, k.t(), self.scale);
-                let batch = bh / h;
-                for (query, row) in block.chunks_mut(t.max(1)).enumerate() {
-                    let m = batch * mask_rows + if mask_rows == 1 { 0 } else { query };
-                    masked_softmax_in_place(row, &mask[m * t..][..t]);
-                }
-            });
-        Ok((CpuStorage::F32(out), Shape::from((b, h, l, t))))
+        let dims = Dims {
+            heads,
+            l,
+            t,
+            d,
+            mask_rows: self.mask.dim(2)?,
+        };
+        let mut out = vec![0f32; q.len()];
+        self.with_mask(|mask| {
+            out.par_chunks_mut((l * d).max(1))
+                .enumerate()
+                .for_each(|(bh, out)| {
+                    let mut probs = vec![0f32; l * t];
+                    self.probs(dims, bh, q, k, mask, &mut probs);
+                    let v = View::row_major(&v[bh * t * d..][..t * d], t, d);
+                    matmul_into_serial(out, View::row_major(&probs, l, t), v, 1.0);
+                });
+            Ok(())
+        })?;
+        Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
 
     fn bwd(
         &self,
         q: &Tensor,
         k: &Tensor,
-        _mask: &Tensor,
-        probs: &Tensor,
+        v: &Tensor,
+        _out: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let d_scores =
-            probs.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward { scale: self.scale })?;
-        let (q, k) = (q.detach(), k.detach());
-        let d_q = d_scores.matmul(&k)?;
-        let d_k = d_scores.t()?.matmul(&q)?;
-        Ok((Some(d_q), Some(d_k), None))
-    }
-}
-
-/// d (q kᵀ) = scale · p ⊙ (g − Σ p ⊙ g), row by row; arguments (p, g).
-struct SoftmaxBackward {
-    scale: f32,
-}
-
-impl CustomOp2 for SoftmaxBackward {
-    fn name(&self) -> &'static str {
-        "attention-probs-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        ps: &CpuStorage,
-        pl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let p = f32_slice(ps, pl, self.name())?;
-        let g = f32_slice(gs, gl, self.name())?;
-        let t = pl.shape().dims().last().copied().unwrap_or(1);
-        let out = map_rows(p.len() / t.max(1), t, |r, out| {
-            let (p, g) = (&p[r * t..][..t], &g[r * t..][..t]);
-            let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
-            for ((o, &p), &g) in out.iter_mut().zip(p).zip(g) {
-                *o = self.scale * p * (g - dot);
-            }
-        });
-        Ok((CpuStorage::F32(out), pl.shape().clone()))
+        let grad = grad.contiguous()?;
+        let (_, heads, l, d) = q.dims4()?;
+        let t = k.dim(2)?;
+        let dims = Dims {
+            heads,
+            l,
+            t,
+            d,
+            mask_rows: self.mask.dim(2)?,
+        };
+        let read = |x: &Tensor| -> candle_core::Result<Vec<f32>> { x.flatten_all()?.to_vec1() };
+        let (q_, k_, v_, g) = (read(q)?, read(k)?, read(v)?, read(&grad)?);
+        let (mut dq, mut dk, mut dv) = (
+            vec![0f32; q_.len()],
+            vec![0f32; k_.len()],
+            vec![0f32; v_.len()],
+        );
+        self.with_mask(|mask| {
+            dq.par_chunks_mut((l * d).max(1))
+                .zip(dk.par_chunks_mut((t * d).max(1)))
+                .zip(dv.par_chunks_mut((t * d).max(1)))
+                .enumerate()
+                .for_each(|(bh, ((dq, dk), dv))| {
+                    let mut probs = vec![0f32; l * t];
+                    self.probs(dims, bh, &q_, &k_, mask, &mut probs);
+                    let p = View::row_major(&probs, l, t);
+                    let g = View::row_major(&g[bh * l * d..][..l * d], l, d);
+                    let v = View::row_major(&v_[bh * t * d..][..t * d], t, d);
+                    // dV = Pᵀ dO; dP = dO Vᵀ.
+                    matmul_into_serial(dv, p.t(), g, 1.0);
+                    let mut d_scores = vec![0f32; l * t];
+                    matmul_into_serial(&mut d_scores, g, v.t(), 1.0);
+                    // dS = scale · P ⊙ (dP − Σ P ⊙ dP), row by row.
+                    for (row, p) in d_scores.chunks_mut(t.max(1)).zip(probs.chunks(t.max(1))) {
+                        let dot: f32 = row.iter().zip(p).map(|(g, p)| g * p).sum();
+                        for (g, &p) in row.iter_mut().zip(p) {
+                            *g = self.scale * p * (*g - dot);
+                        }
+                    }
+                    // dQ = dS K; dK = dSᵀ Q.
+                    let s = View::row_major(&d_scores, l, t);
+                    let q = View::row_major(&q_[bh * l * d..][..l * d], l, d);
+                    let k = View::row_major(&k_[bh * t * d..][..t * d], t, d);
+                    matmul_into_serial(dq, s, k, 1.0);
+                    matmul_into_serial(dk, s.t(), q, 1.0);
+                });
+            Ok(())
+        })?;
+        let device = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), device)?),
+            Some(Tensor::from_vec(dk, k.shape(), device)?),
+            Some(Tensor::from_vec(dv, v.shape(), device)?),
+        ))
     }
 }

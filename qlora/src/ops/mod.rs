@@ -19,7 +19,7 @@ mod norm;
 mod rotary;
 
 pub use activation::{composed_gelu_erf, composed_silu_mul, gelu_erf, silu_mul};
-pub use attention::{attention_probs, composed_attention_probs};
+pub use attention::{attention, composed_attention};
 pub use cross_entropy::{composed_cross_entropy, cross_entropy};
 pub use linear::frozen_linear;
 pub use lora_linear::{composed_lora_linear, lora_linear, Adapted, Dropout};
