@@ -6,11 +6,11 @@
 //! and backward each run one (batch, head) a task with single-threaded GEMMs, and the backward
 //! pass recomputes a head's probabilities from q and k, as flash attention does.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::matmul::{matmul_into_serial, View};
-use super::{f32_slice, fused};
+use super::{f32_slice, fused, with_f32};
 use crate::error::Result;
 
 /// `softmax(scale · q kᵀ + mask) v`. `q` is (batch, heads, queries, d), `k` and `v` are
@@ -118,17 +118,6 @@ impl Attention {
             masked_softmax_in_place(row, &mask[m * t..][..t]);
         }
     }
-
-    fn with_mask<R>(
-        &self,
-        f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
-    ) -> candle_core::Result<R> {
-        let (storage, layout) = self.mask.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else {
-            candle_core::bail!("attention: the mask is not on the CPU");
-        };
-        f(f32_slice(cpu, layout, "attention")?)
-    }
 }
 
 impl CustomOp3 for Attention {
@@ -160,7 +149,7 @@ impl CustomOp3 for Attention {
             mask_rows: self.mask.dim(2)?,
         };
         let mut out = vec![0f32; q.len()];
-        self.with_mask(|mask| {
+        with_f32(&self.mask, |mask| {
             out.par_chunks_mut((l * d).max(1))
                 .enumerate()
                 .for_each(|(bh, out)| {
@@ -199,7 +188,7 @@ impl CustomOp3 for Attention {
             vec![0f32; k_.len()],
             vec![0f32; v_.len()],
         );
-        self.with_mask(|mask| {
+        with_f32(&self.mask, |mask| {
             dq.par_chunks_mut((l * d).max(1))
                 .zip(dk.par_chunks_mut((t * d).max(1)))
                 .zip(dv.par_chunks_mut((t * d).max(1)))

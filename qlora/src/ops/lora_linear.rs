@@ -6,13 +6,13 @@
 //! backward pass draws the dropout mask again from the same stream and recomputes the rank-r
 //! product `drop(x) Aᵀ`, which costs r / out of the base GEMM.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rand::RngCore;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::matmul::{matmul_into, View};
-use super::{f32_slice, frozen_linear, fused};
+use super::{f32_slice, frozen_linear, fused, with_f32};
 use crate::error::Result;
 
 /// Inverted dropout on a layer's adapter input: element i is kept (and scaled by
@@ -148,18 +148,6 @@ struct LoraLinear {
     bias: Option<Tensor>,
     scale: f32,
     dropout: Option<Dropout>,
-}
-
-/// Runs `f` on the f32 elements of a contiguous CPU tensor.
-fn with_f32<T>(
-    t: &Tensor,
-    f: impl FnOnce(&[f32]) -> candle_core::Result<T>,
-) -> candle_core::Result<T> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("lora_linear: a CPU kernel got a tensor on another device");
-    };
-    f(f32_slice(cpu, layout, "lora_linear")?)
 }
 
 impl CustomOp3 for LoraLinear {

@@ -1,7 +1,6 @@
 //! A checked front to the `gemm` crate (the GEMM candle's CPU backend runs) for the fused ops.
 
 use gemm::{gemm, Parallelism};
-use rayon::prelude::*;
 
 /// A matrix view into a slice: element (i, j) is `data[i · row_stride + j · col_stride]`.
 #[derive(Clone, Copy)]
@@ -47,34 +46,14 @@ impl<'a> View<'a> {
 
 /// `dst = lhs · rhs · scale` (or `dst += …` with `accumulate`), dst row-major
 /// `lhs.rows × rhs.cols`, on candle's CPU thread count.
-///
-/// The rows are cut into one band per thread, each a single-threaded GEMM: on this project's
-/// 2-core machines `gemm`'s own threading runs these shapes no faster than one thread, while
-/// two bands run 1.5× faster (bench/README.md).
 pub(super) fn matmul_into(dst: &mut [f32], lhs: View, rhs: View, scale: f32, accumulate: bool) {
     let threads = candle_core::utils::get_num_threads();
-    let (m, n) = (lhs.rows, rhs.cols);
-    // Bands of fewer rows than a few microkernel tiles are not worth a thread.
-    if threads < 2 || m < threads * 32 || n == 0 {
-        let parallelism = if threads > 1 {
-            Parallelism::Rayon(threads)
-        } else {
-            Parallelism::None
-        };
-        return gemm_into(dst, lhs, rhs, scale, accumulate, parallelism);
-    }
-    let band = m.div_ceil(threads);
-    dst.par_chunks_mut(band * n)
-        .enumerate()
-        .for_each(|(i, dst)| {
-            let first = i * band;
-            let lhs = View {
-                data: &lhs.data[first * lhs.row_stride..],
-                rows: dst.len() / n,
-                ..lhs
-            };
-            gemm_into(dst, lhs, rhs, scale, accumulate, Parallelism::None);
-        });
+    let parallelism = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    gemm_into(dst, lhs, rhs, scale, accumulate, parallelism);
 }
 
 /// [`matmul_into`] on the calling thread alone, for callers that run many small products in

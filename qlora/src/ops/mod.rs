@@ -26,7 +26,7 @@ pub use lora_linear::{composed_lora_linear, lora_linear, Adapted, Dropout};
 pub use norm::{composed_layer_norm, composed_rms_norm, layer_norm, rms_norm};
 pub use rotary::{composed_rotary, rotary};
 
-use candle_core::{CpuStorage, DType, Layout, Tensor};
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
 /// Whether every tensor can take a fused CPU kernel: on the CPU, in f32.
@@ -49,6 +49,19 @@ fn f32_slice<'a>(
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{op}: an operand is not contiguous"),
     }
+}
+
+/// Runs `f` on the f32 elements of a contiguous CPU tensor that an op holds besides its
+/// arguments (a frozen weight, a mask).
+fn with_f32<T>(
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<T>,
+) -> candle_core::Result<T> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("a CPU kernel got a tensor on another device");
+    };
+    f(f32_slice(cpu, layout, "a CPU kernel")?)
 }
 
 /// A `rows × width` output whose row `i` is written by `f(i, row)`, rows in parallel.
