@@ -5,7 +5,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
-use super::{f32_slice, fused, map_elements};
+use super::math::{erf_with, exp};
+use super::{f32_slice, fused, map_binary, map_ternary, map_unary};
 use crate::error::Result;
 
 /// `x · Φ(x)` with Φ the standard normal CDF, `0.5 · (1 + erf(x / √2))`.
@@ -46,31 +47,15 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1 / √(2π), the standard normal density at 0.
 const NORMAL_PEAK: f32 = 0.398_942_3;
 
-/// erf(x) by Abramowitz and Stegun's formula 7.1.26 (absolute error below 1.5e-7), given
-/// `e = exp(−x²)`: a rational polynomial in t = 1 / (1 + p|x|) times e. Five multiply-adds
-/// and a division where libm's erff costs several times more, and the backward pass already
-/// has exp(−x²/2), whose square is e.
-fn erf_with(x: f32, e: f32) -> f32 {
-    const P: f32 = 0.327_591_1;
-    const A: [f32; 5] = [
-        0.254_829_6,
-        -0.284_496_74,
-        1.421_413_7,
-        -1.453_152,
-        1.061_405_4,
-    ];
-    let t = 1.0 / (1.0 + P * x.abs());
-    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    (1.0 - poly * e).copysign(x)
-}
-
 /// Φ(x) given `half = exp(−x²/2)` (so that exp(−(x/√2)²) = half).
+#[inline(always)]
 fn normal_cdf_with(x: f32, half: f32) -> f32 {
     0.5 * (1.0 + erf_with(x * FRAC_1_SQRT_2, half))
 }
 
+#[inline(always)]
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp(-x))
 }
 
 struct GeluErf;
@@ -82,10 +67,7 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let out = map_elements(x.len(), |i| {
-            let x = x[i];
-            x * normal_cdf_with(x, (-0.5 * x * x).exp())
-        });
+        let out = map_unary(x, |x| x * normal_cdf_with(x, exp(-0.5 * x * x)));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -113,10 +95,9 @@ impl CustomOp2 for GeluErfBackward {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(xs, xl, self.name())?;
         let g = f32_slice(gs, gl, self.name())?;
-        let out = map_elements(x.len(), |i| {
-            let x = x[i];
-            let half = (-0.5 * x * x).exp();
-            g[i] * (normal_cdf_with(x, half) + x * NORMAL_PEAK * half)
+        let out = map_binary(x, g, |x, g| {
+            let half = exp(-0.5 * x * x);
+            g * (normal_cdf_with(x, half) + x * NORMAL_PEAK * half)
         });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
@@ -138,7 +119,7 @@ impl CustomOp2 for SiluMul {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let gate = f32_slice(gs, gl, self.name())?;
         let up = f32_slice(us, ul, self.name())?;
-        let out = map_elements(gate.len(), |i| gate[i] * sigmoid(gate[i]) * up[i]);
+        let out = map_binary(gate, up, |gate, up| gate * sigmoid(gate) * up);
         Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
 
@@ -176,9 +157,9 @@ impl CustomOp3 for SiluMulGateBackward {
         let gate = f32_slice(gs, gl, self.name())?;
         let up = f32_slice(us, ul, self.name())?;
         let grad = f32_slice(ds, dl, self.name())?;
-        let out = map_elements(gate.len(), |i| {
-            let s = sigmoid(gate[i]);
-            grad[i] * up[i] * s * (1.0 + gate[i] * (1.0 - s))
+        let out = map_ternary(gate, up, grad, |gate, up, grad| {
+            let s = sigmoid(gate);
+            grad * up * s * (1.0 + gate * (1.0 - s))
         });
         Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
@@ -201,7 +182,7 @@ impl CustomOp2 for SiluMulUpBackward {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let gate = f32_slice(gs, gl, self.name())?;
         let grad = f32_slice(ds, dl, self.name())?;
-        let out = map_elements(gate.len(), |i| grad[i] * gate[i] * sigmoid(gate[i]));
+        let out = map_binary(gate, grad, |gate, grad| grad * gate * sigmoid(gate));
         Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
 }

@@ -9,6 +9,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::math;
 use super::matmul::{matmul_into_serial, View};
 use super::{f32_slice, fused, with_f32};
 use crate::error::Result;
@@ -58,29 +59,14 @@ pub fn composed_attention(
     Ok(probs.to_dtype(dtype)?.matmul(&v.contiguous()?)?)
 }
 
-/// Below this, exp underflows to 0 in f32 (the smallest subnormal is e^−103.3).
-const UNDERFLOW: f32 = -104.0;
-
-/// `row ← softmax(row + mask)`.
+/// `row ← softmax(row + mask)`. Masked keys sit near f32::MIN, where [`math::exp`] is 0.
 fn masked_softmax_in_place(row: &mut [f32], mask: &[f32]) {
-    let mut max = f32::NEG_INFINITY;
     for (o, &m) in row.iter_mut().zip(mask) {
         *o += m;
-        max = max.max(*o);
     }
-    let mut sum = 0f32;
-    for o in row.iter_mut() {
-        // Masked keys sit near f32::MIN: their exp is 0, and glibc's expf reaches 0 there
-        // only through its slow underflow path (errno included), 7% of a decoder's step.
-        let shifted = *o - max;
-        *o = if shifted < UNDERFLOW {
-            0.0
-        } else {
-            shifted.exp()
-        };
-        sum += *o;
-    }
-    let inverse = 1.0 / sum;
+    let max = math::max(row);
+    row.iter_mut().for_each(|o| *o = math::exp(*o - max));
+    let inverse = 1.0 / math::sum(row);
     row.iter_mut().for_each(|o| *o *= inverse);
 }
 

@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_slice, fused, map_rows};
+use super::{f32_slice, fused, map_rows, math};
 use crate::error::Result;
 
 /// The mean over rows of `−log softmax(logits)[target]`: logits (n, classes), targets (n) u32.
@@ -57,8 +57,8 @@ fn checked<'a>(
 
 /// A row's maximum and log Σ exp(x − maximum).
 fn log_sum_exp(row: &[f32]) -> (f32, f32) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
+    let max = math::max(row);
+    let sum = math::sum_of(row, |v| math::exp(v - max));
     (max, sum.ln())
 }
 
@@ -137,7 +137,7 @@ impl CustomOp3 for CrossEntropyBackward {
             let (max, log_sum) = log_sum_exp(row);
             let shift = max + log_sum;
             for (o, &v) in out.iter_mut().zip(row) {
-                *o = weight * (v - shift).exp();
+                *o = weight * math::exp(v - shift);
             }
             out[targets[r] as usize] -= weight;
         });

@@ -14,6 +14,7 @@ mod attention;
 mod cross_entropy;
 mod linear;
 mod lora_linear;
+mod math;
 mod matmul;
 mod norm;
 mod rotary;
@@ -79,15 +80,60 @@ fn map_rows(rows: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> 
     out
 }
 
-/// An output of `len` elements whose element `i` is `f(i)`, in parallel.
-fn map_elements(len: usize, f: impl Fn(usize) -> f32 + Sync) -> Vec<f32> {
-    const CHUNK: usize = 16_384;
-    let mut out = vec![0f32; len];
-    out.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            for (k, o) in chunk.iter_mut().enumerate() {
-                *o = f(c * CHUNK + k);
+/// Elements a parallel task of an element-wise map takes.
+const MAP_CHUNK: usize = 16_384;
+
+/// `f(a[i])` for every element, in parallel chunks. With `f` inlined, each chunk's loop is
+/// straight-line arithmetic over slices, which LLVM vectorises (given a branch-free `f`, such
+/// as [`math::exp`]'s callers).
+fn map_unary(a: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(MAP_CHUNK)
+        .zip(a.par_chunks(MAP_CHUNK))
+        .for_each(|(out, a)| {
+            for (o, &a) in out.iter_mut().zip(a) {
+                *o = f(a);
+            }
+        });
+    out
+}
+
+/// `f(a[i], b[i])` for every element of two slices of one length, as [`map_unary`].
+fn map_binary(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "map_binary: the operands differ in length"
+    );
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(MAP_CHUNK)
+        .zip(a.par_chunks(MAP_CHUNK).zip(b.par_chunks(MAP_CHUNK)))
+        .for_each(|(out, (a, b))| {
+            for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                *o = f(a, b);
+            }
+        });
+    out
+}
+
+/// `f(a[i], b[i], c[i])` for every element of three slices of one length, as [`map_unary`].
+fn map_ternary(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    f: impl Fn(f32, f32, f32) -> f32 + Sync,
+) -> Vec<f32> {
+    assert!(
+        a.len() == b.len() && a.len() == c.len(),
+        "map_ternary: the operands differ in length"
+    );
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(MAP_CHUNK)
+        .zip(a.par_chunks(MAP_CHUNK))
+        .zip(b.par_chunks(MAP_CHUNK).zip(c.par_chunks(MAP_CHUNK)))
+        .for_each(|((out, a), (b, c))| {
+            for (((o, &a), &b), &c) in out.iter_mut().zip(a).zip(b).zip(c) {
+                *o = f(a, b, c);
             }
         });
     out
