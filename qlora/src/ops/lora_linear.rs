@@ -2,9 +2,12 @@
 //!
 //! Composed, a layer keeps six activation-sized tensors alive for the backward pass (the base
 //! output, the dropout mask, the dropped input, the adapter's output, its scaled copy and the
-//! sum), and the bias and scale are single-threaded passes. This op keeps its output alone: its
-//! backward pass draws the dropout mask again from the same stream and recomputes the rank-r
-//! product `drop(x) Aᵀ`, which costs r / out of the base GEMM.
+//! sum), and the bias and scale are single-threaded passes. This op keeps the rank-r product
+//! `drop(x) Aᵀ` (r / in of x) and the dropout mask as one bit an element; the base GEMM
+//! accumulates onto the bias, and the backward pass is five GEMMs and two masked passes over
+//! plain slices, with no candle op (and so no temporary tensor) between them.
+
+use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rand::RngCore;
@@ -14,6 +17,9 @@ use rayon::prelude::*;
 use super::matmul::{matmul_into, View};
 use super::{f32_slice, frozen_linear, fused, with_f32};
 use crate::error::Result;
+
+/// Elements a parallel task of the dropout mask draws (a multiple of 64, for the bit mask).
+const MASK_CHUNK: usize = 16_384;
 
 /// Inverted dropout on a layer's adapter input: element i is kept (and scaled by
 /// 1 / (1 − p)) when word i of `rng` is below (1 − p) · 2³².
@@ -30,16 +36,15 @@ impl Dropout {
     /// chunks, each seeking the stream to its first word, so it is the same on any number of
     /// threads.
     pub fn mask(&self, n: usize) -> Vec<f32> {
-        const CHUNK: usize = 16_384;
         let keep = 1.0 - self.p;
         let threshold = (keep * 2f64.powi(32)).min(f64::from(u32::MAX)) as u32;
         let scale = (1.0 / keep) as f32;
         let mut mask = vec![0f32; n];
-        mask.par_chunks_mut(CHUNK)
+        mask.par_chunks_mut(MASK_CHUNK)
             .enumerate()
             .for_each(|(c, chunk)| {
                 let mut rng = self.rng.clone();
-                rng.set_word_pos((c * CHUNK) as u128);
+                rng.set_word_pos((c * MASK_CHUNK) as u128);
                 for m in chunk {
                     *m = if rng.next_u32() < threshold {
                         scale
@@ -49,6 +54,34 @@ impl Dropout {
                 }
             });
         mask
+    }
+
+    /// `x ⊙ mask` and the mask as bits (bit i of word i / 64 set where element i is kept), in
+    /// one parallel pass over the same words [`Dropout::mask`] draws.
+    fn apply(&self, x: &[f32]) -> (Vec<f32>, Vec<u64>) {
+        let keep = 1.0 - self.p;
+        let threshold = (keep * 2f64.powi(32)).min(f64::from(u32::MAX)) as u32;
+        let scale = (1.0 / keep) as f32;
+        let mut dropped = vec![0f32; x.len()];
+        let mut kept = vec![0u64; x.len().div_ceil(64)];
+        dropped
+            .par_chunks_mut(MASK_CHUNK)
+            .zip(x.par_chunks(MASK_CHUNK))
+            .zip(kept.par_chunks_mut(MASK_CHUNK / 64))
+            .enumerate()
+            .for_each(|(c, ((dropped, x), kept))| {
+                let mut rng = self.rng.clone();
+                rng.set_word_pos((c * MASK_CHUNK) as u128);
+                for ((dropped, x), kept) in dropped.chunks_mut(64).zip(x.chunks(64)).zip(kept) {
+                    for (i, (d, &x)) in dropped.iter_mut().zip(x).enumerate() {
+                        if rng.next_u32() < threshold {
+                            *d = x * scale;
+                            *kept |= 1 << i;
+                        }
+                    }
+                }
+            });
+        (dropped, kept)
     }
 
     fn mask_like(&self, x: &Tensor) -> Result<Tensor> {
@@ -106,6 +139,7 @@ pub fn lora_linear(
         bias: bias.map(Tensor::contiguous).transpose()?,
         scale: adapter.scale as f32,
         dropout: adapter.dropout.cloned(),
+        saved: OnceLock::new(),
     };
     let y = x.contiguous()?.reshape((rows, inp))?.apply_op3(
         &adapter.a.contiguous()?,
@@ -148,6 +182,50 @@ struct LoraLinear {
     bias: Option<Tensor>,
     scale: f32,
     dropout: Option<Dropout>,
+    /// What the forward pass leaves for the backward pass.
+    saved: OnceLock<Saved>,
+}
+
+/// The rank-r product `drop(x) Aᵀ` (rows × r, 1/48th of x for MiniLM's r = 16) and, with
+/// dropout, which elements of x were kept (a bit each), so that the backward pass neither
+/// repeats the product nor draws the mask again.
+struct Saved {
+    low: Vec<f32>,
+    kept: Option<Vec<u64>>,
+}
+
+/// Calls `f(out[i], src[i], m[i])` for every element, `m` the dropout mask `kept`: `scale`
+/// where bit i is set, else 0.
+fn zip_masked(
+    out: &mut [f32],
+    src: &[f32],
+    kept: &[u64],
+    scale: f32,
+    f: impl Fn(&mut f32, f32, f32) + Sync + Send,
+) {
+    assert_eq!(
+        out.len(),
+        src.len(),
+        "zip_masked: the operands differ in length"
+    );
+    out.par_chunks_mut(MASK_CHUNK)
+        .zip(src.par_chunks(MASK_CHUNK))
+        .zip(kept.par_chunks(MASK_CHUNK / 64))
+        .for_each(|((out, src), kept)| {
+            for ((out, src), &word) in out.chunks_mut(64).zip(src.chunks(64)).zip(kept) {
+                for (i, (o, &v)) in out.iter_mut().zip(src).enumerate() {
+                    f(o, v, ((word >> i) & 1) as f32 * scale);
+                }
+            }
+        });
+}
+
+impl LoraLinear {
+    fn dropout_scale(&self) -> f32 {
+        self.dropout
+            .as_ref()
+            .map_or(1.0, |dropout| (1.0 / (1.0 - dropout.p)) as f32)
+    }
 }
 
 impl CustomOp3 for LoraLinear {
@@ -171,25 +249,25 @@ impl CustomOp3 for LoraLinear {
         );
         let (rows, inp) = xl.shape().dims2()?;
         let (out, r) = bl.shape().dims2()?;
-        let mut y = vec![0f32; rows * out];
+        // The bias, row by row, is where the base GEMM accumulates.
+        let mut y = match &self.bias {
+            Some(bias) => with_f32(bias, |bias| Ok(bias.repeat(rows)))?,
+            None => vec![0f32; rows * out],
+        };
         with_f32(&self.weight, |w| {
             let w = View::row_major(w, out, inp);
-            matmul_into(&mut y, View::row_major(x, rows, inp), w.t(), 1.0, false);
+            let x = View::row_major(x, rows, inp);
+            matmul_into(&mut y, x, w.t(), 1.0, self.bias.is_some());
             Ok(())
         })?;
-        let dropped;
-        let input = match &self.dropout {
+        let (dropped, kept) = match &self.dropout {
             Some(dropout) => {
-                let mask = dropout.mask(x.len());
-                dropped = x
-                    .par_iter()
-                    .zip(&mask)
-                    .map(|(x, m)| x * m)
-                    .collect::<Vec<_>>();
-                &dropped[..]
+                let (dropped, kept) = dropout.apply(x);
+                (Some(dropped), Some(kept))
             }
-            None => x,
+            None => (None, None),
         };
+        let input = dropped.as_deref().unwrap_or(x);
         let mut low = vec![0f32; rows * r];
         let a = View::row_major(a, r, inp);
         matmul_into(
@@ -207,14 +285,8 @@ impl CustomOp3 for LoraLinear {
             self.scale,
             true,
         );
-        if let Some(bias) = &self.bias {
-            with_f32(bias, |bias| {
-                y.par_chunks_mut(out.max(1)).for_each(|row| {
-                    row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
-                });
-                Ok(())
-            })?;
-        }
+        // A second forward pass of one op (there is none) would keep the first's values.
+        let _ = self.saved.set(Saved { low, kept });
         Ok((CpuStorage::F32(y), Shape::from((rows, out))))
     }
 
@@ -226,28 +298,59 @@ impl CustomOp3 for LoraLinear {
         _y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // Nothing here records a graph: the gradients are plain values.
-        let (x, a, b, g) = (x.detach(), a.detach(), b.detach(), grad.detach());
-        let mask = match &self.dropout {
-            Some(dropout) => Some(dropout.mask_like(&x).map_err(candle_core::Error::wrap)?),
-            None => None,
+        let Some(Saved { low, kept }) = self.saved.get() else {
+            candle_core::bail!("lora-linear: a backward pass without its forward pass");
         };
-        let input = match &mask {
-            Some(mask) => (&x * mask)?,
-            None => x.clone(),
-        };
-        let scale = f64::from(self.scale);
-        let low = input.matmul(&a.t()?)?;
-        let d_b = (g.t()?.matmul(&low)? * scale)?;
-        let d_low = (g.matmul(&b)? * scale)?;
-        let d_a = d_low.t()?.matmul(&input)?;
-        let d_input = d_low.matmul(&a)?;
-        let d_input = match &mask {
-            Some(mask) => (d_input * mask)?,
-            None => d_input,
-        };
-        let d_x = (g.matmul(&self.weight)? + d_input)?;
-        Ok((Some(d_x), Some(d_a), Some(d_b)))
+        let (rows, inp) = x.dims2()?;
+        let (out, r) = b.dims2()?;
+        let grad = grad.contiguous()?;
+        let (scale, keep_scale) = (self.scale, self.dropout_scale());
+        let mut d_low = vec![0f32; rows * r];
+        let mut d_b = vec![0f32; out * r];
+        let mut d_a = vec![0f32; r * inp];
+        let mut d_x = vec![0f32; rows * inp];
+        with_f32(&grad, |g| {
+            let g = View::row_major(g, rows, out);
+            with_f32(b, |b| {
+                matmul_into(&mut d_low, g, View::row_major(b, out, r), scale, false);
+                Ok(())
+            })?;
+            let low = View::row_major(low, rows, r);
+            matmul_into(&mut d_b, g.t(), low, scale, false);
+            with_f32(&self.weight, |w| {
+                matmul_into(&mut d_x, g, View::row_major(w, out, inp), 1.0, false);
+                Ok(())
+            })
+        })?;
+        let d_low_view = View::row_major(&d_low, rows, r);
+        with_f32(x, |x| {
+            let dropped = kept.as_ref().map(|kept| {
+                let mut dropped = vec![0f32; x.len()];
+                zip_masked(&mut dropped, x, kept, keep_scale, |d, x, m| *d = x * m);
+                dropped
+            });
+            let input = View::row_major(dropped.as_deref().unwrap_or(x), rows, inp);
+            matmul_into(&mut d_a, d_low_view.t(), input, 1.0, false);
+            Ok(())
+        })?;
+        with_f32(a, |a| {
+            let a = View::row_major(a, r, inp);
+            match kept {
+                Some(kept) => {
+                    let mut d_input = vec![0f32; rows * inp];
+                    matmul_into(&mut d_input, d_low_view, a, 1.0, false);
+                    zip_masked(&mut d_x, &d_input, kept, keep_scale, |d, g, m| *d += g * m);
+                }
+                None => matmul_into(&mut d_x, d_low_view, a, 1.0, true),
+            }
+            Ok(())
+        })?;
+        let device = x.device();
+        Ok((
+            Some(Tensor::from_vec(d_x, (rows, inp), device)?),
+            Some(Tensor::from_vec(d_a, (r, inp), device)?),
+            Some(Tensor::from_vec(d_b, (out, r), device)?),
+        ))
     }
 }
 

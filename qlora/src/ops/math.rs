@@ -30,7 +30,7 @@ pub(super) fn exp(x: f32) -> f32 {
         8.333_452e-3,
         4.166_579_6e-2,
         1.666_666_5e-1,
-        5.000_000_1e-1,
+        0.5,
     ];
     let clamped = x.clamp(EXP_MIN, EXP_MAX);
     let shifted = clamped * LOG2_E + ROUND;
