@@ -47,6 +47,7 @@ fn adapted<'a>(t: &'a [Tensor], dropout: &'a ops::Dropout) -> ops::Adapted<'a> {
 }
 
 fn main() {
+    medtune_qlora::allocator::keep_freed_memory();
     let reps: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())

@@ -1,7 +1,6 @@
 //! `medtune`: the command-line front end. Parses arguments, draws progress, prints results
 //! and maps errors to exit codes (0 success, 2 bad input or config, 1 internal error).
 
-mod allocator;
 mod profile_report;
 mod progress;
 mod report;
@@ -240,7 +239,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    allocator::keep_freed_memory();
+    medtune_qlora::allocator::keep_freed_memory();
     let cli = Cli::parse();
     match execute(cli) {
         Ok(()) => ExitCode::SUCCESS,

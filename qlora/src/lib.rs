@@ -12,6 +12,7 @@
 //! - [`auto`]: the model a directory holds, for a task, with adapters.
 //! - [`weights`]: Hugging Face model directories (config.json + safetensors, sharded too).
 
+pub mod allocator;
 pub mod auto;
 pub mod bert;
 pub mod error;

@@ -1,4 +1,6 @@
-//! Malloc settings for a process that frees and reallocates the same large buffers many times.
+//! Malloc settings for a training process, which frees and reallocates the same large buffers
+//! many times. The `medtune` binary and the training benchmarks call [`keep_freed_memory`]
+//! first thing.
 //!
 //! A training step allocates and frees a few hundred activation-sized buffers (12 MB for one
 //! of MiniLM's feed-forward activations at 2,048 tokens). glibc hands blocks above its mmap
