@@ -239,7 +239,6 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    medtune_qlora::allocator::keep_freed_memory();
     let cli = Cli::parse();
     match execute(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,9 @@
-//! Malloc settings for a training process, which frees and reallocates the same large buffers
-//! many times. The `medtune` binary and the training benchmarks call [`keep_freed_memory`]
-//! first thing.
+//! Malloc settings for training and evaluation, which free and reallocate the same large
+//! buffers many times. The train and evaluate stages call [`keep_freed_memory`] before they
+//! load a model, and the op benchmark first thing. The data stages keep glibc's defaults: there
+//! Arrow's growing buffers are reallocated in place by mremap when they are mmap-backed, and
+//! with the heap settings below the JSON ingest's peak RSS rose from under half its input
+//! (tests/memory.rs) to just over.
 //!
 //! A training step allocates and frees a few hundred activation-sized buffers (12 MB for one
 //! of MiniLM's feed-forward activations at 2,048 tokens). glibc hands blocks above its mmap
@@ -19,8 +22,8 @@ pub fn keep_freed_memory() {
         const MMAP_THRESHOLD: libc::c_int = 32 << 20;
         const TRIM_THRESHOLD: libc::c_int = 1 << 30;
         const TOP_PAD: libc::c_int = 64 << 20;
-        // SAFETY: mallopt only changes allocator parameters, before any thread is started; a
-        // value it rejects leaves the default in place (it returns 0), which is harmless.
+        // SAFETY: mallopt only changes allocator parameters (under malloc's own lock); a value
+        // it rejects leaves the default in place (it returns 0), which is harmless.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
             libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);

@@ -468,6 +468,7 @@ impl Stage for EvaluateStage {
     }
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
+        medtune_qlora::allocator::keep_freed_memory();
         let s = &self.settings;
         let options = s.device.load_options(s.quantise)?;
         let device = options.device.clone();

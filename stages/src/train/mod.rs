@@ -379,6 +379,7 @@ impl Stage for TrainStage {
     }
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
+        medtune_qlora::allocator::keep_freed_memory();
         let cfg = &self.config;
         let options = cfg.device.load_options(cfg.quantise)?;
         let device = options.device.clone();
