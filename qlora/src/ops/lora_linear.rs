@@ -32,13 +32,18 @@ pub struct Dropout {
 }
 
 impl Dropout {
+    /// The word below which an element is kept, and the factor a kept element takes.
+    fn rule(&self) -> (u32, f32) {
+        let keep = 1.0 - self.p;
+        let threshold = (keep * 2f64.powi(32)).min(f64::from(u32::MAX)) as u32;
+        (threshold, (1.0 / keep) as f32)
+    }
+
     /// The mask for `n` elements: 0 where dropped, 1 / (1 − p) where kept. Drawn in parallel
     /// chunks, each seeking the stream to its first word, so it is the same on any number of
     /// threads.
     pub fn mask(&self, n: usize) -> Vec<f32> {
-        let keep = 1.0 - self.p;
-        let threshold = (keep * 2f64.powi(32)).min(f64::from(u32::MAX)) as u32;
-        let scale = (1.0 / keep) as f32;
+        let (threshold, scale) = self.rule();
         let mut mask = vec![0f32; n];
         mask.par_chunks_mut(MASK_CHUNK)
             .enumerate()
@@ -59,9 +64,7 @@ impl Dropout {
     /// `x ⊙ mask` and the mask as bits (bit i of word i / 64 set where element i is kept), in
     /// one parallel pass over the same words [`Dropout::mask`] draws.
     fn apply(&self, x: &[f32]) -> (Vec<f32>, Vec<u64>) {
-        let keep = 1.0 - self.p;
-        let threshold = (keep * 2f64.powi(32)).min(f64::from(u32::MAX)) as u32;
-        let scale = (1.0 / keep) as f32;
+        let (threshold, scale) = self.rule();
         let mut dropped = vec![0f32; x.len()];
         let mut kept = vec![0u64; x.len().div_ceil(64)];
         dropped
@@ -220,14 +223,6 @@ fn zip_masked(
         });
 }
 
-impl LoraLinear {
-    fn dropout_scale(&self) -> f32 {
-        self.dropout
-            .as_ref()
-            .map_or(1.0, |dropout| (1.0 / (1.0 - dropout.p)) as f32)
-    }
-}
-
 impl CustomOp3 for LoraLinear {
     fn name(&self) -> &'static str {
         "lora-linear"
@@ -304,7 +299,11 @@ impl CustomOp3 for LoraLinear {
         let (rows, inp) = x.dims2()?;
         let (out, r) = b.dims2()?;
         let grad = grad.contiguous()?;
-        let (scale, keep_scale) = (self.scale, self.dropout_scale());
+        let scale = self.scale;
+        let keep_scale = self
+            .dropout
+            .as_ref()
+            .map_or(1.0, |dropout| dropout.rule().1);
         let mut d_low = vec![0f32; rows * r];
         let mut d_b = vec![0f32; out * r];
         let mut d_a = vec![0f32; r * inp];
