@@ -113,8 +113,9 @@ pub fn generate_greedy(
     let mut input = Tensor::from_vec(ids, (batch.len(), width), device)?;
     // Batch row -> prompt index, for the rows still generating.
     let mut active = room;
-    let mut cache = decoder.new_cache();
     let most = limits.iter().map(|&(n, _)| n).max().unwrap_or(0);
+    // Room for the prompts and every step, so the cache is never reallocated.
+    let mut cache = decoder.new_cache_with_capacity(width + most);
     for _ in 0..most {
         let hidden = decoder.forward_hidden(&input, &mask, Some(&mut cache), pass)?;
         let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?;

@@ -127,9 +127,67 @@ impl LlamaConfig {
 }
 
 /// Keys and values of the positions seen so far, per layer.
-#[derive(Debug, Default, Clone)]
+///
+/// Each layer's keys and values live in (batch, kv_heads, capacity, d) buffers that new
+/// positions are written into in place; the attention reads the filled prefix as a view. A
+/// buffer that fills up is reallocated at twice the size, so a cache made with the room a
+/// generation needs ([`LlamaDecoder::new_cache_with_capacity`]) is written once per token and
+/// never copied.
+#[derive(Debug, Clone)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerCache>>,
+    capacity: usize,
+}
+
+/// One layer's buffers and how many positions they hold.
+#[derive(Debug, Clone)]
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+impl LayerCache {
+    /// Appends `k` and `v` (batch, kv_heads, l, d); returns views of all cached positions.
+    fn append(
+        slot: &mut Option<LayerCache>,
+        k: &Tensor,
+        v: &Tensor,
+        capacity: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let l = k.dim(2)?;
+        let mut cache = match slot.take() {
+            Some(cache) if cache.len + l <= cache.k.dim(2)? => cache,
+            old => Self::grown(old, k, l, capacity)?,
+        };
+        cache.k.slice_set(&k.contiguous()?, 2, cache.len)?;
+        cache.v.slice_set(&v.contiguous()?, 2, cache.len)?;
+        cache.len += l;
+        let views = (
+            cache.k.narrow(2, 0, cache.len)?,
+            cache.v.narrow(2, 0, cache.len)?,
+        );
+        *slot = Some(cache);
+        Ok(views)
+    }
+
+    /// Buffers shaped like `like` with room for `l` positions after what `old` holds (at
+    /// least `capacity`, and twice the old room), holding `old`'s positions.
+    fn grown(old: Option<LayerCache>, like: &Tensor, l: usize, capacity: usize) -> Result<Self> {
+        let (b, heads, _, d) = like.dims4()?;
+        let (len, room) = match &old {
+            Some(old) => (old.len, old.k.dim(2)?),
+            None => (0, 0),
+        };
+        let room = (len + l).max(capacity).max(2 * room);
+        let buffer = || Tensor::zeros((b, heads, room, d), like.dtype(), like.device());
+        let (k, v) = (buffer()?, buffer()?);
+        if let Some(old) = old.filter(|old| old.len > 0) {
+            k.slice_set(&old.k.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+            v.slice_set(&old.v.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+        }
+        Ok(LayerCache { k, v, len })
+    }
 }
 
 impl KvCache {
@@ -138,7 +196,7 @@ impl KvCache {
         self.layers
             .first()
             .and_then(|l| l.as_ref())
-            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+            .map_or(0, |c| c.len)
     }
 
     /// Whether nothing is cached.
@@ -148,9 +206,9 @@ impl KvCache {
 
     /// Keeps only the batch rows `rows` (u32 indices, in the new order).
     pub fn retain_rows(&mut self, rows: &Tensor) -> Result<()> {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.index_select(rows, 0)?;
-            *v = v.index_select(rows, 0)?;
+        for cache in self.layers.iter_mut().flatten() {
+            cache.k = cache.k.index_select(rows, 0)?;
+            cache.v = cache.v.index_select(rows, 0)?;
         }
         Ok(())
     }
@@ -236,7 +294,7 @@ impl DecoderLayer {
         x: &Tensor,
         c: &LlamaConfig,
         at: &Positions,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<(&mut Option<LayerCache>, usize)>,
         pass: Pass,
     ) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
@@ -247,27 +305,13 @@ impl DecoderLayer {
         };
         let rotate = |t: &Tensor| ops::rotary(t, &at.cos, &at.sin);
         let q = rotate(&shape(self.q.forward(&normed, pass)?, heads)?)?;
-        let mut k = rotate(&shape(self.k.forward(&normed, pass)?, kv_heads)?)?;
-        let mut v = shape(self.v.forward(&normed, pass)?, kv_heads)?;
-        if let Some(slot) = cache {
-            if let Some((past_k, past_v)) = slot.as_ref() {
-                k = Tensor::cat(&[past_k, &k], 2)?;
-                v = Tensor::cat(&[past_v, &v], 2)?;
-            }
-            *slot = Some((k.clone(), v.clone()));
-        }
-        // Grouped-query attention: each key/value head serves heads / kv_heads query heads.
-        let repeat = |t: Tensor| -> Result<Tensor> {
-            let groups = heads / kv_heads;
-            if groups == 1 {
-                return Ok(t);
-            }
-            let (b, n, s, d) = t.dims4()?;
-            Ok(t.unsqueeze(2)?
-                .expand((b, n, groups, s, d))?
-                .reshape((b, n * groups, s, d))?)
+        let k = rotate(&shape(self.k.forward(&normed, pass)?, kv_heads)?)?;
+        let v = shape(self.v.forward(&normed, pass)?, kv_heads)?;
+        // Grouped-query attention reads each key/value head for its group of query heads.
+        let (k, v) = match cache {
+            Some((slot, capacity)) => LayerCache::append(slot, &k, &v, capacity)?,
+            None => (k, v),
         };
-        let (k, v) = (repeat(k)?, repeat(v)?);
         let context = ops::attention(&q, &k, &v, &at.mask, 1.0 / (d as f64).sqrt())?
             .transpose(1, 2)?
             .contiguous()?
@@ -364,8 +408,15 @@ impl LlamaDecoder {
 
     /// A fresh, empty cache for generation.
     pub fn new_cache(&self) -> KvCache {
+        self.new_cache_with_capacity(0)
+    }
+
+    /// A fresh, empty cache whose buffers are sized for `positions` positions when first
+    /// written (they grow if more come).
+    pub fn new_cache_with_capacity(&self, positions: usize) -> KvCache {
         KvCache {
             layers: vec![None; self.layers.len()],
+            capacity: positions,
         }
     }
 
@@ -449,7 +500,7 @@ impl LlamaDecoder {
         let at = self.positions(attention_mask, past, l, input_ids.device())?;
         let mut x = self.embed.forward(input_ids)?.to_dtype(self.dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            let slot = cache.as_mut().map(|c| (&mut c.layers[i], c.capacity));
             x = layer.forward(&x, &self.config, &at, slot, pass)?;
         }
         ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps)

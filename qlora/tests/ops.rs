@@ -101,6 +101,22 @@ fn var(seed: u64, name: &str, shape: impl Into<candle_core::Shape>, std: f64) ->
     Var::from_tensor(&seeded_randn(seed, name, shape, std)).unwrap()
 }
 
+/// An additive mask (batch, 1, queries, keys) where query `i` sees the keys up to the one
+/// aligned with it (the last query sees the last key), the others at f32::MIN.
+fn causal_mask(batch: usize, queries: usize, keys: usize) -> Tensor {
+    let mask: Vec<f32> = (0..batch * queries * keys)
+        .map(|i| {
+            let (query, key) = ((i / keys) % queries, i % keys);
+            if key + queries <= query + keys {
+                0.0
+            } else {
+                f32::MIN
+            }
+        })
+        .collect();
+    Tensor::from_vec(mask, (batch, 1, queries, keys), &Device::Cpu).unwrap()
+}
+
 #[test]
 fn attention_equals_the_composition_for_both_mask_shapes() {
     let q = var(10, "q", (2, 3, 4, 6), 1.0);
@@ -114,16 +130,7 @@ fn attention_equals_the_composition_for_both_mask_shapes() {
         .unwrap()
         .repeat((2, 1, 1, 1))
         .unwrap();
-    let causal: Vec<f32> = (0..2 * 4 * 5)
-        .map(|i| {
-            if (i % 5) <= (i / 5) % 4 + 1 {
-                0.0
-            } else {
-                f32::MIN
-            }
-        })
-        .collect();
-    let causal = Tensor::from_vec(causal, (2, 1, 4, 5), &Device::Cpu).unwrap();
+    let causal = causal_mask(2, 4, 5);
     for (name, mask) in [("key mask", &keys), ("causal mask", &causal)] {
         compare(
             name,
@@ -132,6 +139,23 @@ fn attention_equals_the_composition_for_both_mask_shapes() {
             |a| composed_attention(&a[0], &a[1], &a[2], mask, 0.4).unwrap(),
         );
     }
+}
+
+#[test]
+fn attention_reads_grouped_heads_and_cache_views_in_place() {
+    // Six query heads over two key/value heads, whose keys and values are the first 5
+    // positions of 8-position buffers (as a KV cache with room to grow hands them over).
+    let q = var(13, "q", (2, 6, 4, 6), 1.0);
+    let k = var(14, "k", (2, 2, 8, 6), 1.0);
+    let v = var(15, "v", (2, 2, 8, 6), 1.0);
+    let mask = causal_mask(2, 4, 5);
+    let prefix = |t: &Tensor| t.narrow(2, 0, 5).unwrap();
+    compare(
+        "grouped heads, cache views",
+        &[q, k, v],
+        |a| attention(&a[0], &prefix(&a[1]), &prefix(&a[2]), &mask, 0.4).unwrap(),
+        |a| composed_attention(&a[0], &prefix(&a[1]), &prefix(&a[2]), &mask, 0.4).unwrap(),
+    );
 }
 
 #[test]

@@ -62,6 +62,11 @@ pub(super) fn matmul_into_serial(dst: &mut [f32], lhs: View, rhs: View, scale: f
     gemm_into(dst, lhs, rhs, scale, false, Parallelism::None);
 }
 
+/// `dst += lhs · rhs · scale` on the calling thread alone (see [`matmul_into_serial`]).
+pub(super) fn matmul_add_serial(dst: &mut [f32], lhs: View, rhs: View, scale: f32) {
+    gemm_into(dst, lhs, rhs, scale, true, Parallelism::None);
+}
+
 fn gemm_into(
     dst: &mut [f32],
     lhs: View,
