@@ -275,7 +275,23 @@ impl Nf4Weight {
     /// tensor composition makes five weight-sized copies, on one thread, at every forward).
     fn dequantise_cpu(&self) -> Result<Tensor> {
         use rayon::prelude::*;
-        let n = self.elem_count();
+        let mut values = vec![0f32; self.elem_count()];
+        self.with_cpu_codes(|codes| {
+            values
+                .par_chunks_mut(BLOCK)
+                .enumerate()
+                .for_each(|(i, out)| codes.dequantise(i * BLOCK, out));
+            Ok(())
+        })?;
+        Ok(Tensor::from_vec(
+            values,
+            self.shape.as_slice(),
+            self.packed.device(),
+        )?)
+    }
+
+    /// Runs `f` on the packed codes and block maxima of a weight on the CPU.
+    pub(crate) fn with_cpu_codes<T>(&self, f: impl FnOnce(CpuCodes) -> Result<T>) -> Result<T> {
         let maxima: Vec<f32> = self.block_maxima()?.to_vec1()?;
         let (storage, layout) = self.packed.storage_and_layout();
         let (candle_core::Storage::Cpu(candle_core::CpuStorage::U8(bytes)), Some((start, end))) =
@@ -285,27 +301,68 @@ impl Nf4Weight {
                 candle_core::Error::Msg("NF4: packed weights are not CPU bytes".into()).into(),
             );
         };
-        let bytes = &bytes[start..end];
-        let mut values = vec![0f32; n];
-        // A block of 64 weights is 32 bytes and one maximum.
-        values
-            .par_chunks_mut(BLOCK)
-            .zip(bytes.par_chunks(BLOCK / 2))
-            .zip(maxima.par_iter())
-            .for_each(|((out, packed), &max)| {
-                for (pair, &byte) in out.chunks_mut(2).zip(packed) {
-                    pair[0] = NF4_CODE[usize::from(byte >> 4)] * max;
-                    if let Some(second) = pair.get_mut(1) {
-                        *second = NF4_CODE[usize::from(byte & 15)] * max;
-                    }
-                }
-            });
-        drop(storage);
-        Ok(Tensor::from_vec(
-            values,
-            self.shape.as_slice(),
-            self.packed.device(),
-        )?)
+        f(CpuCodes {
+            bytes: &bytes[start..end],
+            maxima: &maxima,
+        })
+    }
+}
+
+/// Byte -> the NF4 values of its high and low nibble.
+const NIBBLE_PAIRS: [[f32; 2]; 256] = {
+    let mut pairs = [[0f32; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [NF4_CODE[byte >> 4], NF4_CODE[byte & 15]];
+        byte += 1;
+    }
+    pairs
+};
+
+/// A CPU weight's packed codes and dequantised block maxima, for kernels that dequantise
+/// parts of it.
+#[derive(Clone, Copy)]
+pub(crate) struct CpuCodes<'a> {
+    bytes: &'a [u8],
+    maxima: &'a [f32],
+}
+
+impl CpuCodes<'_> {
+    /// Writes weights `start .. start + out.len()` (in flattened order) into `out`.
+    pub(crate) fn dequantise(&self, start: usize, out: &mut [f32]) {
+        let value = |e: usize| {
+            let byte = self.bytes[e / 2];
+            let nibble = if e.is_multiple_of(2) {
+                byte >> 4
+            } else {
+                byte & 15
+            };
+            NF4_CODE[usize::from(nibble)] * self.maxima[e / BLOCK]
+        };
+        let (mut e, mut out) = (start, out);
+        // From an even element on, a byte's two values share a block (blocks are even-sized).
+        if !e.is_multiple_of(2) {
+            let Some((first, rest)) = out.split_first_mut() else {
+                return;
+            };
+            *first = value(e);
+            (e, out) = (e + 1, rest);
+        }
+        while !out.is_empty() {
+            let n = (BLOCK - e % BLOCK).min(out.len());
+            let max = self.maxima[e / BLOCK];
+            let (segment, rest) = out.split_at_mut(n);
+            let mut pairs = segment.chunks_exact_mut(2);
+            for (pair, &byte) in (&mut pairs).zip(&self.bytes[e / 2..]) {
+                let [high, low] = NIBBLE_PAIRS[usize::from(byte)];
+                pair[0] = high * max;
+                pair[1] = low * max;
+            }
+            if let [last] = pairs.into_remainder() {
+                *last = value(e + n - 1);
+            }
+            (e, out) = (e + n, rest);
+        }
     }
 }
 

@@ -266,3 +266,38 @@ fn lora_linear_equals_the_composition_with_and_without_dropout_and_bias() {
         );
     }
 }
+
+#[test]
+fn nf4_linear_equals_the_product_with_the_dequantised_weight() {
+    use medtune_qlora::ops::{nf4_linear, TILED_ROWS};
+    use medtune_qlora::Nf4Weight;
+    // An odd width (tiles and rows start mid-byte and mid-block, several tiles a weight), a
+    // width of whole blocks, and row counts on both sides of the tiled kernel's limit.
+    for (inp, out) in [(37, 2_000), (576, 130)] {
+        let w = seeded_randn(30, "nf4 weight", (out, inp), 0.1);
+        let q = Nf4Weight::quantise("w", &w).unwrap();
+        let dense = q.dequantise(candle_core::DType::F32).unwrap();
+        for rows in [1, 5, TILED_ROWS, TILED_ROWS + 1] {
+            let x = seeded_randn(31, "nf4 input", (rows, 1, inp), 1.0);
+            let tiled = nf4_linear(&x, &q).unwrap();
+            let reference = frozen_linear(&x, &dense).unwrap();
+            assert_eq!(tiled.dims(), [rows, 1, out]);
+            let diff = max_abs_diff(&tiled, &reference);
+            println!("{inp} → {out}, {rows} rows: |Δ| {diff:.2e}");
+            assert!(diff <= 1e-5, "{inp} → {out}, {rows} rows: {diff:e}");
+        }
+    }
+}
+
+#[test]
+fn nf4_linear_passes_gradients_to_an_input_that_takes_one() {
+    use medtune_qlora::ops::nf4_linear;
+    use medtune_qlora::Nf4Weight;
+    let q = Nf4Weight::quantise("w", &seeded_randn(32, "w", (6, 4), 0.5)).unwrap();
+    let dense = q.dequantise(candle_core::DType::F32).unwrap();
+    let x = var(33, "x", (3, 4), 1.0);
+    let c = seeded_randn(34, "c", (3, 6), 1.0);
+    let through_nf4 = input_gradient(&x, &nf4_linear(x.as_tensor(), &q).unwrap(), &c);
+    let through_dense = input_gradient(&x, &frozen_linear(x.as_tensor(), &dense).unwrap(), &c);
+    assert!(max_abs_diff(&through_nf4, &through_dense) <= 1e-6);
+}
