@@ -6,7 +6,7 @@
 #
 # usage: bench/qlora_bc5cdr.sh
 #   MAX_STEPS=N   stop training after N optimiser steps (a quick check; the cosine schedule is
-#                 then over N steps); the full run is 594 steps, ~23 min on 2 cores
+#                 then over N steps); the full run is 594 steps, ~19 min on 2 cores
 #   BENCH_WORK    work folder (default /tmp/medtune-qlora-bench; its workdir/ is recreated)
 set -euo pipefail
 cd "$(dirname "$0")/.."
