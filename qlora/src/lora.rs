@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{QloraError, Result};
 use crate::nf4::Nf4Weight;
-use crate::ops::{frozen_linear, lora_linear, nf4_linear, Adapted, Dropout};
+use crate::ops::{frozen_linear, lora_linear, nf4_linear, takes_tiles, Adapted, Dropout};
 use crate::rng::stream;
 
 fn default_alpha() -> f64 {
@@ -275,9 +275,11 @@ impl LoraLinear {
     /// The layer's output for `x` (…, in).
     pub fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let adapter = self.adapter.as_ref().filter(|_| pass.adapters);
-        let Some((seed, step)) = pass.dropout_key else {
-            return self.infer(x, adapter);
-        };
+        if let (None, FrozenWeight::Nf4(q)) = (pass.dropout_key, &self.base) {
+            if takes_tiles(x, q) {
+                return self.infer_few_rows(x, q, adapter);
+            }
+        }
         let w = self.base.weight(x.dtype())?;
         let bias = self
             .bias
@@ -291,14 +293,24 @@ impl LoraLinear {
                 None => y,
             });
         };
-        let dropout = (adapter.dropout > 0.0).then(|| Dropout {
-            p: adapter.dropout,
-            rng: stream(seed, step, "dropout", &self.path),
-        });
-        let (a, b) = (
-            adapter.a.as_tensor().to_dtype(x.dtype())?,
-            adapter.b.as_tensor().to_dtype(x.dtype())?,
-        );
+        let dropout = match pass.dropout_key {
+            Some((seed, step)) if adapter.dropout > 0.0 => Some(Dropout {
+                p: adapter.dropout,
+                rng: stream(seed, step, "dropout", &self.path),
+            }),
+            _ => None,
+        };
+        // Outside training nothing takes a gradient: detached adapters keep candle from
+        // recording the graph, which would otherwise keep every activation (and, through the
+        // KV cache, every generated step) alive.
+        let (a, b) = match pass.dropout_key {
+            Some(_) => (adapter.a.as_tensor().clone(), adapter.b.as_tensor().clone()),
+            None => (
+                adapter.a.as_tensor().detach(),
+                adapter.b.as_tensor().detach(),
+            ),
+        };
+        let (a, b) = (a.to_dtype(x.dtype())?, b.to_dtype(x.dtype())?);
         lora_linear(
             x,
             &w,
@@ -312,15 +324,16 @@ impl LoraLinear {
         )
     }
 
-    /// Outside training: `x Wᵀ + bias + s · (x Aᵀ) Bᵀ`, with nothing taking a gradient. The
-    /// adapters are detached so that candle records no graph, which would otherwise keep every
-    /// activation (and, through the KV cache, every generated step) alive; an NF4 weight
-    /// multiplies a few rows (a generation step) without a dequantised copy.
-    fn infer(&self, x: &Tensor, adapter: Option<&Adapter>) -> Result<Tensor> {
-        let mut y = match &self.base {
-            FrozenWeight::Nf4(q) => nf4_linear(x, q)?,
-            FrozenWeight::Dense(w) => frozen_linear(x, &w.to_dtype(x.dtype())?)?,
-        };
+    /// Inference on a few rows (a generation step) of an NF4 layer: `x Wᵀ` tile by tile
+    /// ([`nf4_linear`]), without a dequantised copy of the weight, then the bias and the
+    /// detached adapter's `s · (x Aᵀ) Bᵀ`, all row-sized.
+    fn infer_few_rows(
+        &self,
+        x: &Tensor,
+        weight: &Nf4Weight,
+        adapter: Option<&Adapter>,
+    ) -> Result<Tensor> {
+        let mut y = nf4_linear(x, weight)?;
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(&bias.to_dtype(x.dtype())?)?;
         }

@@ -25,7 +25,7 @@ pub use attention::{attention, composed_attention};
 pub use cross_entropy::{composed_cross_entropy, cross_entropy};
 pub use linear::frozen_linear;
 pub use lora_linear::{composed_lora_linear, lora_linear, Adapted, Dropout};
-pub use nf4_linear::{nf4_linear, TILED_ROWS};
+pub use nf4_linear::{nf4_linear, takes_tiles, TILED_ROWS};
 pub use norm::{composed_layer_norm, composed_rms_norm, layer_norm, rms_norm};
 pub use rotary::{composed_rotary, rotary};
 

@@ -22,6 +22,13 @@ pub const TILED_ROWS: usize = 64;
 /// f32 weights in one tile (128 KiB, well inside a core's L2 cache).
 const TILE: usize = 32 * 1024;
 
+/// Whether [`nf4_linear`] multiplies `x` by `weight` tile by tile: a CPU f32 input of at most
+/// [`TILED_ROWS`] rows that takes no gradient.
+pub fn takes_tiles(x: &Tensor, weight: &Nf4Weight) -> bool {
+    let inp = weight.shape().last().copied().unwrap_or(0).max(1);
+    fused(&[x]) && weight.device().is_cpu() && !x.track_op() && x.elem_count() / inp <= TILED_ROWS
+}
+
 /// `x Wᵀ` (x: … × in, W: out × in, NF4). Inputs that take a gradient, that are not CPU f32, or
 /// that have more than [`TILED_ROWS`] rows are multiplied by the dequantised weight through
 /// [`frozen_linear`]; the others by the tiled kernel.
@@ -33,10 +40,10 @@ pub fn nf4_linear(x: &Tensor, weight: &Nf4Weight) -> Result<Tensor> {
         ))
         .into());
     };
-    let rows = x.elem_count() / inp.max(1);
-    if !fused(&[x]) || !weight.device().is_cpu() || x.track_op() || rows > TILED_ROWS {
+    if !takes_tiles(x, weight) {
         return frozen_linear(x, &weight.dequantise(x.dtype())?);
     }
+    let rows = x.elem_count() / inp.max(1);
     if x.dims().last() != Some(&inp) {
         return Err(candle_core::Error::Msg(format!(
             "nf4_linear: the input {:?} does not end in the weight's {inp} features",
