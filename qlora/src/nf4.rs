@@ -290,22 +290,39 @@ impl Nf4Weight {
         )?)
     }
 
-    /// Runs `f` on the packed codes and block maxima of a weight on the CPU.
+    /// Runs `f` on the packed codes and block maxima of a weight on the CPU. The maxima are
+    /// computed as [`Nf4Weight::block_maxima`] computes them, in a plain loop: a generation
+    /// step asks for them ~200 times, too often for a chain of candle ops.
     pub(crate) fn with_cpu_codes<T>(&self, f: impl FnOnce(CpuCodes) -> Result<T>) -> Result<T> {
-        let maxima: Vec<f32> = self.block_maxima()?.to_vec1()?;
-        let (storage, layout) = self.packed.storage_and_layout();
-        let (candle_core::Storage::Cpu(candle_core::CpuStorage::U8(bytes)), Some((start, end))) =
-            (&*storage, layout.contiguous_offsets())
-        else {
-            return Err(
-                candle_core::Error::Msg("NF4: packed weights are not CPU bytes".into()).into(),
-            );
-        };
-        f(CpuCodes {
-            bytes: &bytes[start..end],
-            maxima: &maxima,
+        let scales: Vec<f32> = self.absmax_scales.to_vec1()?;
+        let dynamic: Vec<f32> = self.dynamic.to_vec1()?;
+        let maxima: Vec<f32> = with_cpu_bytes(&self.absmax_codes, |codes| {
+            Ok(codes
+                .iter()
+                .enumerate()
+                .map(|(i, &code)| {
+                    dynamic[usize::from(code)] * scales[i / ABSMAX_BLOCK] + self.offset
+                })
+                .collect())
+        })?;
+        with_cpu_bytes(&self.packed, |bytes| {
+            f(CpuCodes {
+                bytes,
+                maxima: &maxima,
+            })
         })
     }
+}
+
+/// Runs `f` on the bytes of a contiguous u8 tensor on the CPU.
+fn with_cpu_bytes<T>(t: &Tensor, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
+    let (storage, layout) = t.storage_and_layout();
+    let (candle_core::Storage::Cpu(candle_core::CpuStorage::U8(bytes)), Some((start, end))) =
+        (&*storage, layout.contiguous_offsets())
+    else {
+        return Err(candle_core::Error::Msg("NF4: packed codes are not CPU bytes".into()).into());
+    };
+    f(&bytes[start..end])
 }
 
 /// Byte -> the NF4 values of its high and low nibble.
