@@ -1,4 +1,5 @@
-//! Picking the model from a directory's `config.json` (`model_type`) and the task.
+//! Picking the model from a directory's `config.json` (`model_type`), or a GGUF file's
+//! `general.architecture`, and the task.
 
 use std::path::Path;
 
@@ -9,6 +10,7 @@ use crate::bert::{BertEncoder, BertTokenClassifier, Head, LoadOptions};
 use crate::error::{QloraError, Result};
 use crate::export::{load_adapter, read_adapter_config, save_adapter, AdapterSpec, PeftTask};
 use crate::generate::{generate_greedy, GenerateOptions, Generation};
+use crate::gguf::{is_gguf, GgufFile};
 use crate::llama::LlamaDecoder;
 use crate::lora::{LoraConfig, LoraLinear, Pass};
 use crate::tasks::{CausalLm, DecoderTokenClassifier};
@@ -49,8 +51,9 @@ pub enum AutoModel {
 }
 
 impl AutoModel {
-    /// Loads the model in `dir` for `task` (`labels` classes for token classification) and
-    /// attaches fresh adapters per `lora`, seeded with `seed`.
+    /// Loads the model in `dir` (a model directory, or a `.gguf` file) for `task` (`labels`
+    /// classes for token classification) and attaches fresh adapters per `lora`, seeded with
+    /// `seed`.
     pub fn load(
         dir: &Path,
         task: Task,
@@ -93,6 +96,10 @@ impl AutoModel {
         options: &LoadOptions,
     ) -> Result<Self> {
         let seed = lora.map_or(0, |(_, seed)| seed);
+        if is_gguf(dir) {
+            let decoder = LlamaDecoder::load_gguf(GgufFile::open(dir)?, options)?;
+            return Self::decoder(decoder, task, labels, lora);
+        }
         let kind: ModelType = read_config(dir)?;
         let kind = kind.model_type.unwrap_or_default();
         let unsupported = |what: &str| QloraError::Model {
@@ -111,22 +118,32 @@ impl AutoModel {
             }
             ("bert", Task::CausalLm) => Err(unsupported("a BERT encoder is not a causal LM")),
             ("llama" | "mistral", task) => {
-                let mut decoder = LlamaDecoder::load(dir, options)?;
-                if let Some((lora, seed)) = lora {
-                    decoder.attach_lora(lora, seed)?;
-                }
-                Ok(match task {
-                    Task::TokenClassification => {
-                        let head = decoder.new_head(labels, seed)?;
-                        AutoModel::DecoderTokens(DecoderTokenClassifier { decoder, head })
-                    }
-                    Task::CausalLm => AutoModel::DecoderLm(CausalLm { decoder }),
-                })
+                Self::decoder(LlamaDecoder::load(dir, options)?, task, labels, lora)
             }
             (other, _) => Err(unsupported(&format!(
                 "model_type `{other}` is not supported (bert, llama, mistral)"
             ))),
         }
+    }
+
+    /// A decoder model for `task`, with fresh adapters per `lora`.
+    fn decoder(
+        mut decoder: LlamaDecoder,
+        task: Task,
+        labels: usize,
+        lora: Option<(&LoraConfig, u64)>,
+    ) -> Result<Self> {
+        let seed = lora.map_or(0, |(_, seed)| seed);
+        if let Some((lora, seed)) = lora {
+            decoder.attach_lora(lora, seed)?;
+        }
+        Ok(match task {
+            Task::TokenClassification => {
+                let head = decoder.new_head(labels, seed)?;
+                AutoModel::DecoderTokens(DecoderTokenClassifier { decoder, head })
+            }
+            Task::CausalLm => AutoModel::DecoderLm(CausalLm { decoder }),
+        })
     }
 
     fn parts(&self) -> Parts<'_> {

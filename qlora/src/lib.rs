@@ -9,8 +9,9 @@
 //! - [`optim`] and [`train`]: AdamW, the schedule, and a trainer with exact resume.
 //! - [`generate`]: batched greedy generation with a KV cache.
 //! - [`export`]: adapters saved and loaded in PEFT's format.
-//! - [`auto`]: the model a directory holds, for a task, with adapters.
+//! - [`auto`]: the model a directory (or GGUF file) holds, for a task, with adapters.
 //! - [`weights`]: Hugging Face model directories (config.json + safetensors, sharded too).
+//! - [`gguf`]: GGUF files (llama.cpp's format) as a model source: config, weights, tokenizer.
 
 pub mod allocator;
 pub mod auto;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod export;
 pub mod fsutil;
 pub mod generate;
+pub mod gguf;
 pub mod llama;
 pub mod lora;
 pub mod nf4;

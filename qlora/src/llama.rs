@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::bert::{Head, LoadOptions};
 use crate::error::{QloraError, Result};
+use crate::gguf::GgufFile;
 use crate::lora::{LoraConfig, LoraLinear, Pass};
 use crate::ops;
 use crate::weights::{read_config, Weights};
@@ -341,8 +342,28 @@ impl LlamaDecoder {
     /// Loads `config.json` and the (possibly sharded) safetensors of `dir`.
     pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
         let config: LlamaConfig = read_config(dir)?;
+        let w = Weights::open(dir, &options.device, options.dtype)?;
+        Self::from_weights(config, &w, &dir.join("config.json"), options)
+    }
+
+    /// Loads a Llama-architecture GGUF file: the config from its metadata, its weights
+    /// dequantised (then quantised to NF4 when `options.quantise` is set).
+    pub fn load_gguf(file: GgufFile, options: &LoadOptions) -> Result<Self> {
+        let config = file.llama_config()?;
+        let path = file.path().to_path_buf();
+        let w = Weights::open_gguf(file, &config, &options.device, options.dtype);
+        Self::from_weights(config, &w, &path, options)
+    }
+
+    /// Builds the decoder of `config` from `w`; `source` names the config in errors.
+    fn from_weights(
+        config: LlamaConfig,
+        w: &Weights,
+        source: &Path,
+        options: &LoadOptions,
+    ) -> Result<Self> {
         let bad = |message: String| QloraError::Model {
-            path: dir.join("config.json"),
+            path: source.to_path_buf(),
             message,
         };
         if let Some(s) = &config.rope_scaling {
@@ -353,16 +374,15 @@ impl LlamaDecoder {
                 )));
             }
         }
-        if !config.num_attention_heads.is_multiple_of(config.kv_heads()) {
+        if config.kv_heads() == 0 || !config.num_attention_heads.is_multiple_of(config.kv_heads()) {
             return Err(bad(
                 "num_attention_heads is not a multiple of num_key_value_heads".into(),
             ));
         }
-        let w = Weights::open(dir, &options.device, options.dtype)?;
         let h = config.hidden_size;
         let embed = w.get("model.embed_tokens.weight", &[config.vocab_size, h])?;
         let layers = (0..config.num_hidden_layers)
-            .map(|i| DecoderLayer::load(&w, &config, i, options.quantise))
+            .map(|i| DecoderLayer::load(w, &config, i, options.quantise))
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if config.tie_word_embeddings {
             None

@@ -1,6 +1,6 @@
-//! Reading a Hugging Face model directory: `config.json` and `*.safetensors` (one file, or
-//! shards listed by `model.safetensors.index.json`), every tensor checked against the shape the
-//! config implies.
+//! Reading a model's weights by their Hugging Face names: from a model directory's
+//! `*.safetensors` (one file, or shards listed by `model.safetensors.index.json`) or from a GGUF
+//! file ([`crate::gguf`]), every tensor checked against the shape the config implies.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +9,8 @@ use candle_core::{DType, Device, Tensor};
 use serde::de::DeserializeOwned;
 
 use crate::error::{QloraError, Result};
+use crate::gguf::{unpermute_rows, GgufFile, GgufNames};
+use crate::llama::LlamaConfig;
 
 /// The `config.json` of `dir`, parsed as `T`.
 pub fn read_config<T: DeserializeOwned>(dir: &Path) -> Result<T> {
@@ -23,10 +25,19 @@ pub fn read_config<T: DeserializeOwned>(dir: &Path) -> Result<T> {
     })
 }
 
-/// The safetensors weights of a model directory.
+/// Where the tensors are read from.
+enum Source {
+    /// A model directory's safetensors.
+    Safetensors(MmapedSafetensors),
+    /// A GGUF file, with the map from HF names to its names.
+    Gguf(Box<GgufFile>, GgufNames),
+}
+
+/// The weights of a model (a directory's safetensors, or a GGUF file).
 pub struct Weights {
+    /// The directory or file, for errors.
     dir: PathBuf,
-    files: MmapedSafetensors,
+    source: Source,
     /// Prefix of every name in the files (e.g. `bert.` in a BertFor* checkpoint).
     prefix: String,
     device: Device,
@@ -80,16 +91,28 @@ impl Weights {
             .map_err(|e| missing(format!("cannot read the safetensors: {e}")))?;
         Ok(Weights {
             dir: dir.to_path_buf(),
-            files,
+            source: Source::Safetensors(files),
             prefix: String::new(),
             device: device.clone(),
             dtype,
         })
     }
 
+    /// The weights of a Llama-architecture GGUF file whose config is `config`, under their
+    /// Hugging Face names, loaded to `device` as `dtype`.
+    pub fn open_gguf(file: GgufFile, config: &LlamaConfig, device: &Device, dtype: DType) -> Self {
+        Weights {
+            dir: file.path().to_path_buf(),
+            source: Source::Gguf(Box::new(file), GgufNames::new(config)),
+            prefix: String::new(),
+            device: device.clone(),
+            dtype,
+        }
+    }
+
     /// Uses `prefix` for every name if the files name their tensors with it.
     pub fn with_prefix_if_present(mut self, prefix: &str, probe: &str) -> Self {
-        if self.files.get(&format!("{prefix}{probe}")).is_ok() {
+        if self.contains(&format!("{prefix}{probe}")) {
             self.prefix = prefix.to_string();
         }
         self
@@ -107,19 +130,38 @@ impl Weights {
 
     /// Whether the files hold `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.files.get(&format!("{}{name}", self.prefix)).is_ok()
+        let full = format!("{}{name}", self.prefix);
+        match &self.source {
+            Source::Safetensors(files) => files.get(&full).is_ok(),
+            Source::Gguf(file, names) => names
+                .gguf_name(&full)
+                .is_some_and(|(gguf, _)| file.contains(&gguf)),
+        }
     }
 
     /// The tensor `name`, which must have `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let full = format!("{}{name}", self.prefix);
-        let tensor = self
-            .files
-            .load(&full, &self.device)
-            .map_err(|_| QloraError::Model {
-                path: self.dir.clone(),
-                message: format!("the weights have no tensor `{full}`"),
-            })?;
+        let missing = |what: String| QloraError::Model {
+            path: self.dir.clone(),
+            message: format!("the weights have no tensor `{what}`"),
+        };
+        let tensor = match &self.source {
+            Source::Safetensors(files) => files
+                .load(&full, &self.device)
+                .map_err(|_| missing(full.clone()))?,
+            Source::Gguf(file, names) => {
+                let (gguf, heads) = names
+                    .gguf_name(&full)
+                    .filter(|(gguf, _)| file.contains(gguf))
+                    .ok_or_else(|| missing(full.clone()))?;
+                let tensor = file.tensor(&gguf, &self.device)?;
+                match heads {
+                    Some(heads) if tensor.dims() == shape => unpermute_rows(&tensor, heads)?,
+                    _ => tensor,
+                }
+            }
+        };
         if tensor.dims() != shape {
             return Err(QloraError::Shape {
                 name: full,
