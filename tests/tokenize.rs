@@ -149,6 +149,81 @@ fn chemprot_sft_labels_mask_the_prompt_and_copy_the_completion() {
     assert_eq!(truncated, longer, "{}", run.stdout);
 }
 
+/// The SmolLM2-135M-Instruct GGUF (scripts/fetch-model.sh fetches it with MiniLM).
+fn smollm2() -> PathBuf {
+    let path = repo().join("models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "run scripts/fetch-model.sh first ({})",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn sft_with_a_gguf_tokenizer_renders_the_models_chat_template_and_masks_it() {
+    let gguf = smollm2();
+    let work = tempfile::tempdir().unwrap();
+    let input = shared_data("chemprot/both_rel_instruct_raw.jsonl");
+    let extra = format!(
+        "[split]\n[tokenize]\ntokenizer = {:?}\nmode = \"sft\"\ntemplate = \"model\"\n\
+         max_length = 4096\n",
+        gguf.display().to_string()
+    );
+    let config = write_config(work.path(), "prompt_completion", &[input], &extra);
+    let run = medtune(work.path(), &["run", "--config", config.to_str().unwrap()]).expect(0);
+    assert!(run.stdout.contains("truncated_rows 0"), "{}", run.stdout);
+    // The tokenizer the stage built from the file's metadata, to decode with.
+    let tokenizer = medtune_qlora::gguf::GgufFile::open(&gguf)
+        .unwrap()
+        .tokenizer()
+        .unwrap();
+    let prompts: HashMap<String, (String, String)> =
+        json_rows(work.path(), "SELECT id, prompt, completion FROM split")
+            .iter()
+            .map(|r| {
+                let text = |c: &str| r[c].as_str().unwrap().to_string();
+                (text("id"), (text("prompt"), text("completion")))
+            })
+            .collect();
+    let rows = json_rows(
+        work.path(),
+        "SELECT id, input_ids, labels, prompt_tokens FROM tokenized",
+    );
+    assert_eq!(rows.len(), prompts.len(), "every row keeps its completion");
+    for row in &rows {
+        let id = row["id"].as_str().unwrap();
+        let (ids, labels) = (numbers(&row["input_ids"]), numbers(&row["labels"]));
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        let p = row["prompt_tokens"].as_u64().unwrap() as usize;
+        let (prompt, completion) = &prompts[id];
+        // SmolLM2's template, as transformers' apply_chat_template(add_generation_prompt=True)
+        // renders one user message: its default system turn, the user turn, the assistant
+        // header.
+        let expected = format!(
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by \
+             Hugging Face<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n\
+             <|im_start|>assistant\n"
+        );
+        assert_eq!(
+            tokenizer.decode(&ids[..p], false).unwrap(),
+            expected,
+            "{id}"
+        );
+        assert_eq!(ids[0], 1, "{id}: the turn starts with <|im_start|>");
+        assert!(labels[..p].iter().all(|&l| l == -100), "{id}");
+        // The completion, then the model's EOS (<|im_end|> = 2), labelled.
+        assert_eq!(*ids.last().unwrap(), 2, "{id}");
+        assert_eq!(
+            tokenizer.decode(&ids[p..ids.len() - 1], false).unwrap(),
+            *completion,
+            "{id}"
+        );
+        let tail: Vec<i64> = ids[p..].iter().map(|&i| i64::from(i)).collect();
+        assert_eq!(labels[p..], tail[..], "{id}");
+    }
+}
+
 #[test]
 fn a_missing_or_bogus_tokenizer_is_a_clear_error() {
     let work = tempfile::tempdir().unwrap();

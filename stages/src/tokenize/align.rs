@@ -2,6 +2,7 @@
 
 use tokenizers::{EncodeInput, InputSequence, Tokenizer};
 
+use super::template::PromptTemplate;
 use super::{Overflow, TokenizeConfig, TruncationSide};
 
 /// Label of positions the loss ignores.
@@ -205,12 +206,13 @@ pub fn encode_words(
 /// Returns the sequence and the number of tokens truncation dropped.
 pub fn encode_sft(
     tokenizer: &Tokenizer,
+    template: &PromptTemplate,
     prompt: &str,
     completion: &str,
     eos: u32,
     cfg: &TokenizeConfig,
 ) -> Result<(Tokenized, u64), String> {
-    let rendered = cfg.template.render(prompt);
+    let rendered = template.render(prompt)?;
     let encode = |text: &str| -> Result<Vec<u32>, String> {
         Ok(tokenizer
             .encode(text, false)
@@ -218,8 +220,7 @@ pub fn encode_sft(
             .get_ids()
             .to_vec())
     };
-    let bos: Vec<u32> = cfg
-        .template
+    let bos: Vec<u32> = template
         .bos_candidates()
         .iter()
         .find_map(|t| tokenizer.token_to_id(t))

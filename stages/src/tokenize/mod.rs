@@ -29,6 +29,7 @@ use medtune_pipeline::{
     Continuation, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl, Stage,
     StageContext, WorkUnit,
 };
+use medtune_qlora::gguf::{is_gguf, GgufFile};
 use medtune_schemas::col;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -36,7 +37,7 @@ use tokenizers::Tokenizer;
 
 use self::align::{encode_sft, encode_words, Tokenized};
 pub use self::align::{LabelMap, IGNORE};
-use self::template::ChatTemplate;
+use self::template::{template_file, ChatTemplate, PromptTemplate};
 use crate::examples::ExampleRows;
 use crate::rejects::{RejectBatch, RejectRow};
 
@@ -127,8 +128,9 @@ pub struct TokenizeConfig {
     pub eos_token: Option<String>,
 }
 
-/// Loads a `tokenizer.json` with its own truncation and padding off (stages decide about
-/// length themselves; the file's settings would cut or pad silently).
+/// Loads a `tokenizer.json`, or the tokenizer in a GGUF file's metadata, with its own
+/// truncation and padding off (stages decide about length themselves; the file's settings
+/// would cut or pad silently).
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     if !path.is_file() {
         return Err(PipelineError::bad_input(
@@ -136,9 +138,15 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
             "tokenizer file not found (run scripts/fetch-model.sh for the bundled configs)",
         ));
     }
-    let mut tokenizer = Tokenizer::from_file(path).map_err(|e| {
-        PipelineError::bad_input(path, format!("not a Hugging Face tokenizer.json: {e}"))
-    })?;
+    let mut tokenizer = if is_gguf(path) {
+        GgufFile::open(path)
+            .and_then(|file| file.tokenizer())
+            .map_err(|e| PipelineError::bad_input(path, e.to_string()))?
+    } else {
+        Tokenizer::from_file(path).map_err(|e| {
+            PipelineError::bad_input(path, format!("not a Hugging Face tokenizer.json: {e}"))
+        })?
+    };
     tokenizer
         .with_truncation(None)
         .map_err(|e| PipelineError::bad_input(path, e.to_string()))?;
@@ -146,9 +154,18 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
-/// The end-of-sequence id SFT completions end with: `configured`, or the first of `</s>`,
-/// `<|eot_id|>`, `<|endoftext|>`, `[SEP]` the tokenizer (loaded from `path`) has.
+/// The end-of-sequence id SFT completions end with: `configured`, or a GGUF file's own
+/// (`tokenizer.ggml.eos_token_id`), or the first of `</s>`, `<|eot_id|>`, `<|endoftext|>`,
+/// `[SEP]` the tokenizer (loaded from `path`) has.
 pub fn eos_id(tokenizer: &Tokenizer, path: &Path, configured: Option<&str>) -> Result<u32> {
+    if configured.is_none() && is_gguf(path) {
+        if let Some(id) = GgufFile::open(path)
+            .ok()
+            .and_then(|file| file.token_id("tokenizer.ggml.eos_token_id"))
+        {
+            return Ok(id);
+        }
+    }
     let candidates: Vec<&str> = match configured {
         Some(t) => vec![t],
         None => vec!["</s>", "<|eot_id|>", "<|endoftext|>", "[SEP]"],
@@ -387,10 +404,19 @@ impl Stage for TokenizeStage {
     }
 
     fn sources(&self) -> Vec<SourceDecl> {
-        vec![SourceDecl {
+        let mut sources = vec![SourceDecl {
             written: self.config.tokenizer.clone(),
             path: self.tokenizer_path.clone(),
-        }]
+        }];
+        // The model's chat template, when it lives beside the tokenizer.
+        let template = template_file(&self.tokenizer_path);
+        if self.config.template == ChatTemplate::Model && template != self.tokenizer_path {
+            sources.push(SourceDecl {
+                written: template.display().to_string(),
+                path: template,
+            });
+        }
+        sources
     }
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
@@ -415,6 +441,13 @@ impl Stage for TokenizeStage {
         ctx.set_work_total(total, WorkUnit::Rows);
         let eos = match cfg.mode {
             Mode::Sft => Some(self.eos_id(&tokenizer)?),
+            Mode::TokenClassification => None,
+        };
+        let template = match cfg.mode {
+            Mode::Sft => Some(
+                PromptTemplate::load(cfg.template, &self.tokenizer_path, &tokenizer)
+                    .map_err(|m| PipelineError::Usage(format!("[tokenize] template: {m}")))?,
+            ),
             Mode::TokenClassification => None,
         };
         let mut windows_total = 0u64;
@@ -454,8 +487,12 @@ impl Stage for TokenizeStage {
                         (None, Some(eos)) => {
                             let prompt = ExampleRows::text(rows.prompt, row).unwrap_or("");
                             let completion = ExampleRows::text(rows.completion, row).unwrap_or("");
-                            let (t, dropped) = encode_sft(&tokenizer, prompt, completion, eos, cfg)
-                                .map_err(|m| PipelineError::Internal(format!("row {id}: {m}")))?;
+                            let template = template.as_ref().expect("SFT has a template");
+                            let (t, dropped) =
+                                encode_sft(&tokenizer, template, prompt, completion, eos, cfg)
+                                    .map_err(|m| {
+                                        PipelineError::Internal(format!("row {id}: {m}"))
+                                    })?;
                             Ok(Encoded {
                                 truncated: dropped > 0,
                                 dropped_tokens: dropped,

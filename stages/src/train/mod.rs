@@ -71,7 +71,8 @@ pub enum DeviceChoice {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSection {
-    /// A Hugging Face model directory (config.json + safetensors), relative to the config.
+    /// A Hugging Face model directory (config.json + safetensors) or a GGUF file (`.gguf`),
+    /// relative to the config.
     pub model: String,
     /// Token classification or causal LM.
     pub task: Task,
@@ -208,9 +209,16 @@ impl DeviceChoice {
     }
 }
 
-/// The files that make a model or adapter directory what it is, as stage sources: its
-/// `config.json` / `adapter_config.json` and safetensors, named `<written>/<file>`.
+/// The files that make a model or adapter what it is, as stage sources: a directory's
+/// `config.json` / `adapter_config.json` and safetensors, named `<written>/<file>`, or a model
+/// file (GGUF) itself, named `written`.
 pub(crate) fn weight_sources(dir: &std::path::Path, written: &str) -> Vec<SourceDecl> {
+    if dir.is_file() {
+        return vec![SourceDecl {
+            written: written.to_string(),
+            path: dir.to_path_buf(),
+        }];
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
