@@ -33,6 +33,17 @@ fn numbers(v: &serde_json::Value) -> Vec<i64> {
         .collect()
 }
 
+/// Each split row's prompt and completion, by row id.
+fn prompts_and_completions(work: &Path) -> HashMap<String, (String, String)> {
+    json_rows(work, "SELECT id, prompt, completion FROM split")
+        .iter()
+        .map(|r| {
+            let text = |c: &str| r[c].as_str().unwrap().to_string();
+            (text("id"), (text("prompt"), text("completion")))
+        })
+        .collect()
+}
+
 #[test]
 fn bc5cdr_first_sub_token_labels_decode_back_to_every_sentences_tags() {
     tokenizer_path();
@@ -96,14 +107,7 @@ fn chemprot_sft_labels_mask_the_prompt_and_copy_the_completion() {
         .unwrap()
         .parse()
         .unwrap();
-    let prompts: HashMap<String, (String, String)> =
-        json_rows(work.path(), "SELECT id, prompt, completion FROM split")
-            .iter()
-            .map(|r| {
-                let text = |c: &str| r[c].as_str().unwrap().to_string();
-                (text("id"), (text("prompt"), text("completion")))
-            })
-            .collect();
+    let prompts = prompts_and_completions(work.path());
     let rows = json_rows(
         work.path(),
         "SELECT id, input_ids, labels, prompt_tokens, length FROM tokenized",
@@ -178,14 +182,7 @@ fn sft_with_a_gguf_tokenizer_renders_the_models_chat_template_and_masks_it() {
         .unwrap()
         .tokenizer()
         .unwrap();
-    let prompts: HashMap<String, (String, String)> =
-        json_rows(work.path(), "SELECT id, prompt, completion FROM split")
-            .iter()
-            .map(|r| {
-                let text = |c: &str| r[c].as_str().unwrap().to_string();
-                (text("id"), (text("prompt"), text("completion")))
-            })
-            .collect();
+    let prompts = prompts_and_completions(work.path());
     let rows = json_rows(
         work.path(),
         "SELECT id, input_ids, labels, prompt_tokens FROM tokenized",

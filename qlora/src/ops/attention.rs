@@ -254,12 +254,7 @@ impl CustomOp3 for Attention {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dims = self.dims(q.shape(), k.shape())?;
         let Dims {
-            heads,
-            groups,
-            l,
-            t,
-            d,
-            ..
+            groups, l, t, d, ..
         } = dims;
         let read = |x: &Tensor| -> candle_core::Result<Vec<f32>> { x.flatten_all()?.to_vec1() };
         let (q_, k_, v_, g) = (read(q)?, read(k)?, read(v)?, read(grad)?);
@@ -268,7 +263,7 @@ impl CustomOp3 for Attention {
             vec![0f32; k_.len()],
             vec![0f32; v_.len()],
         );
-        let kv_heads = heads / groups.max(1);
+        let kv_heads = k.dim(1)?;
         let (ks, vs) = (
             KvHeads::contiguous(&k_, kv_heads, t, d),
             KvHeads::contiguous(&v_, kv_heads, t, d),
