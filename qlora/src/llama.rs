@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Embedding;
 use serde::Deserialize;
 
@@ -334,7 +334,9 @@ pub struct LlamaDecoder {
     layers: Vec<DecoderLayer>,
     norm: Tensor,
     lm_head: Option<Tensor>,
-    inverse_frequencies: Tensor,
+    /// Rotary inverse frequencies, in f64: the angles are computed on the host in f64 and
+    /// rounded once, to the model's dtype, as cosines and sines.
+    inverse_frequencies: Vec<f64>,
     dtype: DType,
 }
 
@@ -389,18 +391,12 @@ impl LlamaDecoder {
         } else {
             Some(w.get("lm_head.weight", &[config.vocab_size, h])?)
         };
-        let inverse: Vec<f32> = config
-            .inverse_frequencies()
-            .iter()
-            .map(|&f| f as f32)
-            .collect();
-        let n = inverse.len();
         Ok(LlamaDecoder {
             embed: Embedding::new(embed, h),
             norm: w.get("model.norm.weight", &[h])?,
             layers,
             lm_head,
-            inverse_frequencies: Tensor::from_vec(inverse, (1, 1, n), &options.device)?,
+            inverse_frequencies: config.inverse_frequencies(),
             dtype: options.dtype,
             config,
         })
@@ -494,16 +490,48 @@ impl LlamaDecoder {
                 )));
             }
         }
-        let positions = Tensor::from_vec(positions, (b, l), device)?
-            .to_dtype(DType::F32)?
-            .unsqueeze(2)?;
-        let angles = positions.broadcast_mul(&self.inverse_frequencies)?;
-        let angles = Tensor::cat(&[&angles, &angles], D::Minus1)?.unsqueeze(1)?;
+        let (cos, sin) = self.rotary_tables(&positions, (b, l), device)?;
         Ok(Positions {
-            cos: angles.cos()?.to_dtype(self.dtype)?,
-            sin: angles.sin()?.to_dtype(self.dtype)?,
+            cos,
+            sin,
             mask: Tensor::from_vec(additive, (b, 1, l, total), device)?.to_dtype(self.dtype)?,
         })
+    }
+
+    /// Cosines and sines (batch × 1 × length × head dim, the model's dtype) of the rotary
+    /// angles at `positions`. Each angle is a product computed in f64 and rounded once: f32
+    /// angles lose up to half an ulp of the position (~1e-4 rad at position 2,000).
+    fn rotary_tables(
+        &self,
+        positions: &[u32],
+        (b, l): (usize, usize),
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let half = &self.inverse_frequencies;
+        let d = 2 * half.len();
+        let (mut cos, mut sin) = (Vec::with_capacity(b * l * d), Vec::with_capacity(b * l * d));
+        for &p in positions {
+            let start = cos.len();
+            for &f in half {
+                let (s, c) = (p as f64 * f).sin_cos();
+                cos.push(c);
+                sin.push(s);
+            }
+            // The second half of the head repeats the first (the rotate-half layout).
+            cos.extend_from_within(start..);
+            sin.extend_from_within(start..);
+        }
+        let table = |v: Vec<f64>| -> Result<Tensor> {
+            let shape = (b, 1, l, d);
+            Ok(match self.dtype {
+                DType::F64 => Tensor::from_vec(v, shape, device)?,
+                dtype => {
+                    let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
+                    Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?
+                }
+            })
+        };
+        Ok((table(cos)?, table(sin)?))
     }
 
     /// Final hidden states (batch × length × hidden) of `input_ids`, after what `cache`

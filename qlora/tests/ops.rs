@@ -3,7 +3,7 @@
 
 mod common;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use medtune_qlora::ops::{
     attention, composed_attention, composed_cross_entropy, composed_gelu_erf, composed_layer_norm,
     composed_lora_linear, composed_rms_norm, composed_rotary, composed_silu_mul, cross_entropy,
@@ -300,4 +300,83 @@ fn nf4_linear_passes_gradients_to_an_input_that_takes_one() {
     let through_nf4 = input_gradient(&x, &nf4_linear(x.as_tensor(), &q).unwrap(), &c);
     let through_dense = input_gradient(&x, &frozen_linear(x.as_tensor(), &dense).unwrap(), &c);
     assert!(max_abs_diff(&through_nf4, &through_dense) <= 1e-6);
+}
+
+#[test]
+fn f64_inputs_keep_f64_statistics_and_softmax() {
+    // f32 statistics would leave ~1e-7 relative error; f64 throughout leaves ~1e-16.
+    let x = seeded_randn(30, "x", (3, 8), 3.0)
+        .to_dtype(DType::F64)
+        .unwrap();
+    let weight = seeded_randn(31, "weight", 8, 1.0)
+        .to_dtype(DType::F64)
+        .unwrap();
+    let normed: Vec<Vec<f64>> = rms_norm(&x, &weight, 1e-5).unwrap().to_vec2().unwrap();
+    let (rows, w): (Vec<Vec<f64>>, Vec<f64>) = (x.to_vec2().unwrap(), weight.to_vec1().unwrap());
+    for (row, got) in rows.iter().zip(&normed) {
+        let scale = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / 8.0 + 1e-5).sqrt();
+        for ((v, g), w) in row.iter().zip(got).zip(&w) {
+            assert!(
+                (v * scale * w - g).abs() < 1e-13,
+                "rms_norm: {g} vs {}",
+                v * scale * w
+            );
+        }
+    }
+
+    // One head, two queries over three keys, the second key masked for the first query.
+    let q = seeded_randn(32, "q", (1, 1, 2, 4), 2.0)
+        .to_dtype(DType::F64)
+        .unwrap();
+    let k = seeded_randn(33, "k", (1, 1, 3, 4), 2.0)
+        .to_dtype(DType::F64)
+        .unwrap();
+    let v = seeded_randn(34, "v", (1, 1, 3, 4), 2.0)
+        .to_dtype(DType::F64)
+        .unwrap();
+    let masked = f32::MIN as f64;
+    let mask = Tensor::new(&[0f64, masked, 0.0, 0.0, 0.0, 0.0], &Device::Cpu)
+        .unwrap()
+        .reshape((1, 1, 2, 3))
+        .unwrap();
+    let got: Vec<Vec<f64>> = attention(&q, &k, &v, &mask, 0.5)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let rows = |t: &Tensor| -> Vec<Vec<f64>> {
+        t.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap()
+    };
+    let (q, k, v, mask) = (
+        rows(&q),
+        rows(&k),
+        rows(&v),
+        rows(&mask.squeeze(0).unwrap()),
+    );
+    for (i, query) in q.iter().enumerate() {
+        let scores: Vec<f64> = k
+            .iter()
+            .zip(&mask[i])
+            .map(|(key, m)| 0.5 * query.iter().zip(key).map(|(a, b)| a * b).sum::<f64>() + m)
+            .collect();
+        let top = scores.iter().cloned().fold(f64::MIN, f64::max);
+        let weights: Vec<f64> = scores.iter().map(|s| (s - top).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        for d in 0..4 {
+            let expected: f64 = weights
+                .iter()
+                .zip(&v)
+                .map(|(w, row)| w / total * row[d])
+                .sum();
+            let diff = (expected - got[i][d]).abs();
+            assert!(
+                diff < 1e-13,
+                "attention [{i}][{d}]: {} vs {expected}",
+                got[i][d]
+            );
+        }
+    }
 }

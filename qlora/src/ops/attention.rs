@@ -12,12 +12,12 @@
 //! a longer buffer (a KV cache with room to grow): only their last two dimensions must be
 //! row-major.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::math;
 use super::matmul::{matmul_add_serial, matmul_into_serial, View};
-use super::{f32_slice, fused, with_f32};
+use super::{f32_slice, fused, statistics_dtype, with_f32};
 use crate::error::Result;
 
 /// `softmax(scale · q kᵀ + mask) v`. `q` is (batch, heads, queries, d), `k` and `v` are
@@ -67,7 +67,7 @@ fn rows_of_heads(t: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// The candle composition [`attention`] replaces (the softmax in f32); key/value heads are
+/// The candle composition [`attention`] replaces (the softmax in f32, or f64 for f64); key/value heads are
 /// repeated to the query heads.
 pub fn composed_attention(
     q: &Tensor,
@@ -90,7 +90,7 @@ pub fn composed_attention(
     };
     let (k, v) = (repeat(k)?, repeat(v)?);
     let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-    let probs = candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?;
+    let probs = candle_nn::ops::softmax(&scores.to_dtype(statistics_dtype(dtype))?, D::Minus1)?;
     Ok(probs.to_dtype(dtype)?.matmul(&v)?)
 }
 

@@ -39,6 +39,15 @@ fn fused(tensors: &[&Tensor]) -> bool {
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
+/// The dtype a composition computes statistics and softmax in for inputs of `dtype`: f32 for
+/// half precision and f32, f64 for f64 (so an f64 run is f64 throughout).
+fn statistics_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F64 => DType::F64,
+        _ => DType::F32,
+    }
+}
+
 /// The f32 elements of a contiguous CPU operand of op `op`.
 fn f32_slice<'a>(
     storage: &'a CpuStorage,

@@ -3,9 +3,9 @@
 //! The compositions keep five or six activation-sized copies each for the backward pass; these
 //! keep nothing but their input and recompute a row's statistics in the backward pass.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
 
-use super::{f32_slice, fused, map_rows};
+use super::{f32_slice, fused, map_rows, statistics_dtype};
 use crate::error::Result;
 
 /// LayerNorm of `x` (…, n): `(x − mean) / √(var + eps) · weight + bias`. The weight and bias
@@ -22,10 +22,10 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     )?)
 }
 
-/// The candle composition [`layer_norm`] replaces (statistics in f32).
+/// The candle composition [`layer_norm`] replaces (statistics in f32, or f64 for f64).
 pub fn composed_layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
+    let x = x.to_dtype(statistics_dtype(dtype))?;
     let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
     let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = centred.broadcast_div(&(variance + eps)?.sqrt()?)?;
@@ -45,14 +45,14 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
         .apply_op2(&weight.contiguous()?, RmsNorm { eps: eps as f32 })?)
 }
 
-/// The candle composition [`rms_norm`] replaces (statistics in f32).
+/// The candle composition [`rms_norm`] replaces (statistics in f32, or f64 for f64).
 pub fn composed_rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
-    let x32 = x.to_dtype(DType::F32)?;
-    let scale = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+    let wide = x.to_dtype(statistics_dtype(dtype))?;
+    let scale = (wide.sqr()?.mean_keepdim(D::Minus1)? + eps)?
         .sqrt()?
         .recip()?;
-    Ok(x32
+    Ok(wide
         .broadcast_mul(&scale)?
         .to_dtype(dtype)?
         .broadcast_mul(&weight.to_dtype(dtype)?)?)
