@@ -1,15 +1,44 @@
-//! Progress bars on stderr (rows/s and bytes), one per running stage.
+//! Progress bars on stderr (rows/s and bytes), one per running stage. When stderr is not a
+//! terminal (a run under `nohup`, a CI log) the bars are hidden and a plain progress line is
+//! written instead, at most every [`LOG_EVERY`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::{HumanCount, ProgressBar, ProgressStyle};
 use medtune_pipeline::{ProgressObserver, WorkUnit};
 
+/// How often a hidden bar writes its progress line.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
 struct Running {
     bar: ProgressBar,
     started: Instant,
+    /// When the last progress line was written (hidden bars only).
+    logged: Instant,
+    /// What the bar counts, once the stage has said.
+    unit: Option<WorkUnit>,
+}
+
+impl Running {
+    /// Writes `stage`'s position and message as a line when the bar is hidden and the last
+    /// line is older than [`LOG_EVERY`].
+    fn log_line(&mut self, stage: &str) {
+        if !self.bar.is_hidden() || self.logged.elapsed() < LOG_EVERY {
+            return;
+        }
+        self.logged = Instant::now();
+        let position = match self.bar.length() {
+            Some(total) => format!("{}/{}", self.bar.position(), total),
+            None => self.bar.position().to_string(),
+        };
+        eprintln!(
+            "medtune: {stage}: {position} {} ({:.0} s)",
+            self.bar.message(),
+            self.started.elapsed().as_secs_f64()
+        );
+    }
 }
 
 /// Draws a bar per running stage with rows read, rows/s and work (bytes) done.
@@ -31,12 +60,15 @@ impl ProgressObserver for Bars {
             Running {
                 bar,
                 started: Instant::now(),
+                logged: Instant::now(),
+                unit: None,
             },
         );
     }
 
     fn work_total(&self, stage: &str, total: u64, unit: WorkUnit) {
-        if let Some(r) = self.running.lock().expect("progress lock").get(stage) {
+        if let Some(r) = self.running.lock().expect("progress lock").get_mut(stage) {
+            r.unit = Some(unit);
             let template = match unit {
                 WorkUnit::Bytes => "{prefix:>10} [{bar:30}] {bytes}/{total_bytes} {msg} eta {eta}",
                 WorkUnit::Rows => "{prefix:>10} [{bar:30}] {pos}/{len} rows {msg} eta {eta}",
@@ -52,20 +84,26 @@ impl ProgressObserver for Bars {
     }
 
     fn progress(&self, stage: &str, rows: u64, work_done: u64) {
-        if let Some(r) = self.running.lock().expect("progress lock").get(stage) {
-            let secs = r.started.elapsed().as_secs_f64().max(1e-3);
+        if let Some(r) = self.running.lock().expect("progress lock").get_mut(stage) {
             r.bar.set_position(work_done);
+            if r.unit == Some(WorkUnit::Steps) {
+                // A step count: the stage's own message (loss, speed) says the rest.
+                return;
+            }
+            let secs = r.started.elapsed().as_secs_f64().max(1e-3);
             r.bar.set_message(format!(
                 "{} rows ({}/s)",
                 HumanCount(rows),
                 HumanCount((rows as f64 / secs) as u64)
             ));
+            r.log_line(stage);
         }
     }
 
     fn message(&self, stage: &str, message: &str) {
-        if let Some(r) = self.running.lock().expect("progress lock").get(stage) {
+        if let Some(r) = self.running.lock().expect("progress lock").get_mut(stage) {
             r.bar.set_message(message.to_string());
+            r.log_line(stage);
         }
     }
 
