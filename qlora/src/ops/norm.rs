@@ -72,18 +72,26 @@ fn check_width(op: &str, x: &Tensor, params: &[&Tensor]) -> Result<()> {
     Ok(())
 }
 
-/// A row's mean and 1 / √(variance + eps).
+/// A row's mean and 1 / √(variance + eps). The sums run in f64: a row is hundreds of values
+/// summed one after another, whose f32 rounding would be the norm's largest error.
 fn moments(x: &[f32], eps: f32) -> (f32, f32) {
-    let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let variance = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    (mean, 1.0 / (variance + eps).sqrt())
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let variance = x
+        .iter()
+        .map(|&v| (f64::from(v) - mean) * (f64::from(v) - mean))
+        .sum::<f64>()
+        / n;
+    (
+        mean as f32,
+        (1.0 / (variance + f64::from(eps)).sqrt()) as f32,
+    )
 }
 
-/// 1 / √(mean(x²) + eps) of a row.
+/// 1 / √(mean(x²) + eps) of a row, summed in f64 as [`moments`] does.
 fn inverse_rms(x: &[f32], eps: f32) -> f32 {
-    let mean_square = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    1.0 / (mean_square + eps).sqrt()
+    let mean_square = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / x.len() as f64;
+    (1.0 / (mean_square + f64::from(eps)).sqrt()) as f32
 }
 
 struct LayerNorm {
