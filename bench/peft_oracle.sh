@@ -34,10 +34,14 @@ elif [ $# -eq 0 ]; then
   work="${BENCH_WORK:-/tmp/medtune-peft-oracle}"
   rm -rf "$work"
   mkdir -p "$work"
-  # The bundled config, its paths made absolute, max_steps replaced.
+  # The bundled config, its paths made absolute, max_steps set under [train.schedule].
   sed "s|\"\\.\\./|\"$root/configs/../|g" configs/chemprot-smollm2.toml |
-    awk -v n="$steps" '/^ *max_steps *=/ { print "max_steps = " n; next } { print }' \
-      >"$work/chemprot-smollm2.toml"
+    awk -v n="$steps" '/^[ #]*max_steps *=/ { next } { print }
+      /^\[train\.schedule\]/ { print "max_steps = " n }' >"$work/chemprot-smollm2.toml"
+  if [ "$(grep -c "^max_steps = $steps\$" "$work/chemprot-smollm2.toml")" != 1 ]; then
+    echo "could not set max_steps in $work/chemprot-smollm2.toml" >&2
+    exit 1
+  fi
   workdir="$work/workdir"
   echo "+ medtune train ($steps steps of configs/chemprot-smollm2.toml)" >&2
   "$bin" --workdir "$workdir" train --config "$work/chemprot-smollm2.toml" >"$work/train.log"
