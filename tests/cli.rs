@@ -310,3 +310,44 @@ fn every_subcommand_has_help() {
         assert!(help.stdout.contains("--workdir"), "{sub}: {}", help.stdout);
     }
 }
+
+#[test]
+fn every_bundled_config_is_valid_for_every_stage_it_names() {
+    // `status` builds every stage a config names from its section, so a key a stage does not
+    // take, a bad value or a missing model is exit 2 here, not an hour into a run.
+    let configs = common::repo().join("configs");
+    let mut names: Vec<_> = std::fs::read_dir(&configs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 6, "bundled configs: {names:?}");
+    for config in names {
+        let work = tempfile::tempdir().unwrap();
+        let status = medtune(
+            work.path(),
+            &["status", "--config", config.to_str().unwrap()],
+        );
+        assert_eq!(
+            status.code,
+            0,
+            "{}: {}{}",
+            config.display(),
+            status.stdout,
+            status.stderr
+        );
+        let text = std::fs::read_to_string(&config).unwrap();
+        for stage in ["train", "evaluate"] {
+            if text.contains(&format!("\n[{stage}]")) {
+                assert!(
+                    status.stdout.contains(stage),
+                    "{}: {stage} not in\n{}",
+                    config.display(),
+                    status.stdout
+                );
+            }
+        }
+    }
+}
