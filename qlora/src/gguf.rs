@@ -26,6 +26,12 @@ use tokenizers::Tokenizer;
 use crate::error::{QloraError, Result};
 use crate::llama::LlamaConfig;
 
+/// The end-of-sequence id of the GGUF file at `path`: None when the file cannot be read or
+/// names none (callers fall back to their own defaults; loading the model reports a bad file).
+pub fn eos_id_of(path: &Path) -> Option<u32> {
+    GgufFile::open(path).ok()?.eos_id()
+}
+
 /// Whether `path` names a GGUF file (by its extension).
 pub fn is_gguf(path: &Path) -> bool {
     path.extension()
@@ -190,6 +196,11 @@ impl GgufFile {
     /// Token id metadata `key` (`tokenizer.ggml.eos_token_id`, …), if present.
     pub fn token_id(&self, key: &str) -> Option<u32> {
         self.count(key).ok().and_then(|n| u32::try_from(n).ok())
+    }
+
+    /// The end-of-sequence token id (`tokenizer.ggml.eos_token_id`), if the metadata names one.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.token_id("tokenizer.ggml.eos_token_id")
     }
 
     /// The tokenizer the metadata describes: byte-level BPE from `tokenizer.ggml.tokens` and

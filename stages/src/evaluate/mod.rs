@@ -31,7 +31,7 @@ use medtune_pipeline::{
 };
 use medtune_qlora::auto::{AutoModel, Task};
 use medtune_qlora::generate::GenerateOptions;
-use medtune_qlora::gguf::{is_gguf, GgufFile};
+use medtune_qlora::gguf::{eos_id_of, is_gguf};
 use medtune_qlora::weights::read_config;
 use medtune_qlora::Pass;
 use serde::{Deserialize, Serialize};
@@ -594,11 +594,7 @@ enum EosIds {
 /// names none; the model loaded from the same file, so a broken one has failed already).
 fn config_eos_ids(dir: &std::path::Path) -> Vec<u32> {
     if is_gguf(dir) {
-        return GgufFile::open(dir)
-            .ok()
-            .and_then(|file| file.token_id("tokenizer.ggml.eos_token_id"))
-            .into_iter()
-            .collect();
+        return eos_id_of(dir).into_iter().collect();
     }
     match read_config::<EosConfig>(dir)
         .ok()

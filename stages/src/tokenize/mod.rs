@@ -29,7 +29,7 @@ use medtune_pipeline::{
     Continuation, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl, Stage,
     StageContext, WorkUnit,
 };
-use medtune_qlora::gguf::{is_gguf, GgufFile};
+use medtune_qlora::gguf::{eos_id_of, is_gguf, GgufFile};
 use medtune_schemas::col;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -159,10 +159,7 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
 /// `[SEP]` the tokenizer (loaded from `path`) has.
 pub fn eos_id(tokenizer: &Tokenizer, path: &Path, configured: Option<&str>) -> Result<u32> {
     if configured.is_none() && is_gguf(path) {
-        if let Some(id) = GgufFile::open(path)
-            .ok()
-            .and_then(|file| file.token_id("tokenizer.ggml.eos_token_id"))
-        {
+        if let Some(id) = eos_id_of(path) {
             return Ok(id);
         }
     }

@@ -140,7 +140,7 @@ impl ModelTemplate {
             (
                 source,
                 name(gguf.token_id("tokenizer.ggml.bos_token_id")),
-                name(gguf.token_id("tokenizer.ggml.eos_token_id")),
+                name(gguf.eos_id()),
             )
         } else {
             let text = std::fs::read_to_string(&file).map_err(|e| {
