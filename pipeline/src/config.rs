@@ -66,6 +66,12 @@ impl Settings {
     }
 }
 
+/// `true`: the serde default of a switch that is on unless the config turns it off
+/// (`#[serde(default = "medtune_pipeline::config::default_true")]`).
+pub fn default_true() -> bool {
+    true
+}
+
 /// Checks that `[section] key = value` lies in `allowed`; the error names all three, so a
 /// setting that would fail deep inside a stage (or silently do nothing) is refused up front.
 pub fn check_range<T>(

@@ -12,6 +12,7 @@ pub mod error;
 pub mod fsutil;
 pub mod hash;
 pub mod manifest;
+pub mod output;
 pub mod progress;
 pub mod reader;
 pub mod runner;
@@ -24,10 +25,8 @@ pub use config::{PipelineConfig, Settings};
 pub use dag::Dag;
 pub use error::{ErrorClass, PipelineError, Result};
 pub use manifest::{ColumnStats, Manifest, PartFile};
+pub use output::{OutputDecl, OutputRole};
 pub use progress::{ProgressObserver, Quiet, WorkUnit};
 pub use runner::{Freshness, RunOptions, Runner, StageStatus, StageSummary};
-pub use stage::{
-    Continuation, InputChange, OutputDecl, OutputRole, PreviousOutput, SourceDecl, Stage,
-    StageContext,
-};
+pub use stage::{Continuation, InputChange, PreviousOutput, SourceDecl, Stage, StageContext};
 pub use workdir::Workdir;

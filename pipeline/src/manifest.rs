@@ -7,7 +7,7 @@ use std::path::Path;
 use arrow::datatypes::Schema;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::OutputRole;
+use crate::output::OutputRole;
 
 use crate::error::{IoContext, PipelineError, Result};
 use crate::hash::hash_file;

@@ -7,7 +7,7 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::error::{IoContext, Result};
-use crate::manifest::DatasetManifest;
+use crate::manifest::{DatasetManifest, Manifest};
 
 /// A committed dataset: its cache entry folder and manifest entry.
 #[derive(Debug, Clone)]
@@ -21,6 +21,31 @@ pub struct CommittedDataset {
 }
 
 impl CommittedDataset {
+    /// The dataset `name` of the stage output committed in `entry_dir` with `manifest`, if the
+    /// manifest lists it.
+    pub fn in_entry(entry_dir: &Path, manifest: &Manifest, name: &str) -> Option<Self> {
+        manifest.datasets.get(name).map(|dataset| CommittedDataset {
+            name: name.to_string(),
+            entry_dir: entry_dir.to_path_buf(),
+            manifest: dataset.clone(),
+        })
+    }
+
+    /// Every dataset of the stage output committed in `entry_dir` with `manifest`.
+    pub fn all_in_entry<'m>(
+        entry_dir: &'m Path,
+        manifest: &'m Manifest,
+    ) -> impl Iterator<Item = Self> + 'm {
+        manifest
+            .datasets
+            .iter()
+            .map(move |(name, dataset)| CommittedDataset {
+                name: name.clone(),
+                entry_dir: entry_dir.to_path_buf(),
+                manifest: dataset.clone(),
+            })
+    }
+
     /// Paths of its Parquet parts.
     pub fn part_paths(&self) -> impl Iterator<Item = PathBuf> + '_ {
         self.manifest

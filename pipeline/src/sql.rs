@@ -16,7 +16,7 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 
 use crate::error::{PipelineError, Result};
-use crate::stage::OutputRole;
+use crate::output::OutputRole;
 use crate::workdir::Workdir;
 
 /// The SQL table that unions every stage's rejects dataset (they share one schema).

@@ -8,59 +8,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
 use crate::error::{PipelineError, Result};
 use crate::manifest::Manifest;
+use crate::output::OutputDecl;
 use crate::progress::{ProgressObserver, WorkUnit};
 use crate::reader::CommittedDataset;
 use crate::writer::OutputSink;
-
-/// What an output dataset is for, so the runner can check the row accounting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutputRole {
-    /// The rows the stage keeps: its row count is the stage's `kept`.
-    Kept,
-    /// The rows the stage drops: its row count must equal the stage's dropped total.
-    Rejects,
-    /// Anything else (reports, side tables).
-    #[default]
-    Side,
-}
-
-/// An output dataset a stage declares.
-#[derive(Debug, Clone)]
-pub struct OutputDecl {
-    /// Dataset name (also its SQL table name).
-    pub name: String,
-    /// Arrow schema of its batches.
-    pub schema: SchemaRef,
-    /// Its role in the row accounting.
-    pub role: OutputRole,
-    /// Integer columns whose sum, minimum and maximum the writer records for every part
-    /// (e.g. `length`, so a training shard's manifest entry carries its token count).
-    pub part_stats: Vec<String>,
-}
-
-impl OutputDecl {
-    /// An output named `name` with `schema`, playing `role` in the row accounting.
-    pub fn new(name: impl Into<String>, schema: SchemaRef, role: OutputRole) -> Self {
-        OutputDecl {
-            name: name.into(),
-            schema,
-            role,
-            part_stats: Vec::new(),
-        }
-    }
-
-    /// Records per-part sum, minimum and maximum of these integer columns in the manifest.
-    pub fn with_part_stats(mut self, columns: &[&str]) -> Self {
-        self.part_stats = columns.iter().map(|c| c.to_string()).collect();
-        self
-    }
-}
 
 /// A file outside the workdir that a stage reads.
 #[derive(Debug, Clone)]
@@ -89,7 +44,8 @@ pub trait Stage: Send + Sync {
     fn sources(&self) -> Vec<SourceDecl> {
         Vec::new()
     }
-    /// Does the work.
+    /// Runs the stage: reads its inputs through `ctx`, writes every output it declared and
+    /// accounts for every row it read (kept, or dropped with a reason).
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()>;
 }
 
@@ -122,11 +78,7 @@ pub struct PreviousOutput {
 impl PreviousOutput {
     /// One of its output datasets.
     pub fn dataset(&self, name: &str) -> Option<CommittedDataset> {
-        self.manifest.datasets.get(name).map(|d| CommittedDataset {
-            name: name.to_string(),
-            entry_dir: self.entry_dir.clone(),
-            manifest: d.clone(),
-        })
+        CommittedDataset::in_entry(&self.entry_dir, &self.manifest, name)
     }
 
     /// Its artifacts folder.

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{IoContext, PipelineError, Result};
 use crate::fsutil::{sync_dir, write_atomic};
 use crate::manifest::{Manifest, ARTIFACTS_DIR, MANIFEST_FILE};
+use crate::output::OutputRole;
 use crate::reader::CommittedDataset;
-use crate::stage::OutputRole;
 
 /// A medtune workdir.
 #[derive(Debug, Clone)]
@@ -352,12 +352,8 @@ impl Workdir {
                     continue;
                 }
             };
-            match manifest.datasets.get(&name) {
-                Some(dataset) => view.datasets.push(CommittedDataset {
-                    name,
-                    entry_dir: dir,
-                    manifest: dataset.clone(),
-                }),
+            match CommittedDataset::in_entry(&dir, &manifest, &name) {
+                Some(dataset) => view.datasets.push(dataset),
                 None => view.unavailable.push(UnavailableDataset {
                     why: format!("the manifest in {} does not list it", dir.display()),
                     name,
@@ -375,13 +371,7 @@ impl Workdir {
         for (name, entry) in catalog.datasets {
             let dir = self.entry_dir(&entry.stage, &entry.key);
             let manifest = Manifest::read(&dir)?;
-            if let Some(dataset) = manifest.datasets.get(&name) {
-                out.push(CommittedDataset {
-                    name,
-                    entry_dir: dir,
-                    manifest: dataset.clone(),
-                });
-            }
+            out.extend(CommittedDataset::in_entry(&dir, &manifest, &name));
         }
         Ok(out)
     }

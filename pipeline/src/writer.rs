@@ -22,7 +22,7 @@ use crate::config::Settings;
 use crate::error::{IoContext, PipelineError, Result};
 use crate::hash::HashingWriter;
 use crate::manifest::{ColumnStats, DatasetManifest, PartFile};
-use crate::stage::OutputDecl;
+use crate::output::OutputDecl;
 
 /// Batches in flight between a stage and the writer thread of one output.
 const CHANNEL_BATCHES: usize = 2;

@@ -1,19 +1,27 @@
-//! Runs the stage graph through the cache, and explains what is fresh, stale or missing.
+//! Runs the stage graph through the cache: computes each stage's key, takes a verified cached
+//! output when there is one, and otherwise runs the stage and commits what it wrote.
+//! [`status`] says what is fresh, stale (and why) or missing without running anything;
+//! [`previous`] finds the output a stage whose inputs only grew can append to.
+
+mod previous;
+mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::{describe_changes, Settings};
+pub use self::status::{Freshness, StageStatus};
+use crate::config::Settings;
 use crate::dag::Dag;
 use crate::error::{IoContext, PipelineError, Result};
 use crate::hash::{hash_file, hash_parts, SourceHashMemo};
 use crate::manifest::{
     Accounting, Manifest, PartFile, SourceRecord, ARTIFACTS_DIR, MANIFEST_FORMAT,
 };
+use crate::output::OutputRole;
 use crate::progress::ProgressObserver;
 use crate::reader::CommittedDataset;
-use crate::stage::{InputChange, OutputRole, PreviousOutput, Stage, StageContext};
+use crate::stage::{PreviousOutput, Stage, StageContext};
 use crate::workdir::{Lookup, Workdir};
 use crate::writer::{DatasetWriter, OutputSink};
 
@@ -46,26 +54,6 @@ pub struct StageSummary {
     pub seconds: f64,
     /// Cache key of the output.
     pub key: String,
-}
-
-/// Freshness of one stage's cached output against the current config and inputs.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Freshness {
-    /// The cache holds a verified output for exactly this config and these inputs.
-    Fresh,
-    /// An older output exists; the reasons say what changed.
-    Stale(Vec<String>),
-    /// The stage has never produced an output in this workdir.
-    Missing,
-}
-
-/// Status of one stage.
-#[derive(Debug, Clone)]
-pub struct StageStatus {
-    /// Stage name.
-    pub stage: String,
-    /// Fresh, stale (why) or missing.
-    pub freshness: Freshness,
 }
 
 /// Executes a [`Dag`] against a [`Workdir`].
@@ -181,15 +169,8 @@ impl<'a> Runner<'a> {
             };
             self.workdir.publish(&manifest)?;
             let dir = self.workdir.entry_dir(stage.name(), &manifest.key);
-            for (name, dataset) in &manifest.datasets {
-                available.insert(
-                    name.clone(),
-                    CommittedDataset {
-                        name: name.clone(),
-                        entry_dir: dir.clone(),
-                        manifest: dataset.clone(),
-                    },
-                );
+            for dataset in CommittedDataset::all_in_entry(&dir, &manifest) {
+                available.insert(dataset.name.clone(), dataset);
             }
             summaries.push(StageSummary {
                 stage: stage.name().to_string(),
@@ -208,103 +189,6 @@ impl<'a> Runner<'a> {
         }
         memo.save()?;
         Ok(summaries)
-    }
-
-    /// Reports, for every stage, whether its cached output is fresh, stale (and why) or missing.
-    pub fn status(&self) -> Result<Vec<StageStatus>> {
-        let memo = SourceHashMemo::open(self.workdir.source_memo_path());
-        let mut fresh: BTreeMap<String, CommittedDataset> = BTreeMap::new();
-        let mut out = Vec::new();
-        for stage in self.dag.stages() {
-            let stage = stage.as_ref();
-            let previous = self.workdir.latest_manifest(stage.name());
-            let not_fresh: Vec<String> = stage
-                .inputs()
-                .into_iter()
-                .filter(|name| !fresh.contains_key(name))
-                .collect();
-            let freshness = if !not_fresh.is_empty() {
-                let mut reasons: Vec<String> = not_fresh
-                    .iter()
-                    .map(|name| {
-                        let up = self
-                            .dag
-                            .producer_of(name)
-                            .map(|p| self.dag.stages()[p].name().to_string())
-                            .unwrap_or_default();
-                        format!("upstream stage `{up}` is not fresh")
-                    })
-                    .collect();
-                match &previous {
-                    Some(prev) => {
-                        reasons.extend(self.own_changes(stage, prev));
-                        Freshness::Stale(reasons)
-                    }
-                    None => Freshness::Missing,
-                }
-            } else {
-                let inputs: BTreeMap<String, CommittedDataset> = stage
-                    .inputs()
-                    .into_iter()
-                    .filter_map(|n| fresh.get(&n).map(|d| (n, d.clone())))
-                    .collect();
-                match self.key_parts(stage, &inputs, &memo, false) {
-                    Err(e) => Freshness::Stale(vec![e.to_string()]),
-                    Ok(parts) => match self.workdir.lookup(stage.name(), &parts.key) {
-                        Lookup::Hit(manifest) => {
-                            let dir = self.workdir.entry_dir(stage.name(), &parts.key);
-                            for (name, ds) in manifest.datasets {
-                                fresh.insert(
-                                    name.clone(),
-                                    CommittedDataset {
-                                        name,
-                                        entry_dir: dir.clone(),
-                                        manifest: ds,
-                                    },
-                                );
-                            }
-                            Freshness::Fresh
-                        }
-                        Lookup::Corrupt(why) => Freshness::Stale(vec![format!(
-                            "cached output failed verification: {why}"
-                        )]),
-                        Lookup::Missing => match &previous {
-                            None => Freshness::Missing,
-                            Some(prev) => Freshness::Stale(explain(
-                                self.own_changes(stage, prev),
-                                prev,
-                                &parts,
-                            )),
-                        },
-                    },
-                }
-            };
-            out.push(StageStatus {
-                stage: stage.name().to_string(),
-                freshness,
-            });
-        }
-        let _ = memo.save();
-        Ok(out)
-    }
-
-    /// What changed in the stage itself (logic version, its config) since `prev`, whatever
-    /// happened upstream.
-    fn own_changes(&self, stage: &dyn Stage, prev: &Manifest) -> Vec<String> {
-        let mut reasons = Vec::new();
-        if prev.version != stage.version() {
-            reasons.push(format!(
-                "stage logic changed (version {} -> {})",
-                prev.version,
-                stage.version()
-            ));
-        }
-        reasons.extend(
-            describe_changes(&prev.config, &self.stage_config(stage))
-                .into_iter()
-                .map(|c| format!("config {c}")),
-        );
-        reasons
     }
 
     /// The part of the config a stage's cache key covers.
@@ -390,43 +274,6 @@ impl<'a> Runner<'a> {
             inputs,
             sources,
             key,
-        })
-    }
-
-    /// The stage's latest output, when it was made by the same stage version and config and
-    /// still verifies, with how each input changed since.
-    fn previous_output(
-        &self,
-        stage: &dyn Stage,
-        now: &KeyParts,
-        inputs: &BTreeMap<String, CommittedDataset>,
-    ) -> Option<PreviousOutput> {
-        let manifest = self.workdir.latest_manifest(stage.name())?;
-        if manifest.version != stage.version()
-            || manifest.config != now.config
-            || manifest.key == now.key
-            || manifest.inputs.keys().ne(inputs.keys())
-        {
-            return None;
-        }
-        let entry_dir = self.workdir.entry_dir(stage.name(), &manifest.key);
-        if let Err(why) = manifest.verify(&entry_dir) {
-            self.progress.warning(
-                stage.name(),
-                &format!("previous output failed verification ({why}); not extending it"),
-            );
-            return None;
-        }
-        let changes = inputs
-            .iter()
-            .map(|(name, dataset)| (name.clone(), input_change(&manifest.inputs[name], dataset)))
-            .collect();
-        let sources_unchanged = manifest.sources == now.sources;
-        Some(PreviousOutput {
-            manifest,
-            entry_dir,
-            inputs: changes,
-            sources_unchanged,
         })
     }
 
@@ -552,32 +399,6 @@ impl<'a> Runner<'a> {
     }
 }
 
-/// How `dataset` relates to an input whose content hash was `before`: the same, the same
-/// parts followed by new ones, or something else.
-fn input_change(before: &str, dataset: &CommittedDataset) -> InputChange {
-    let files = &dataset.manifest.files;
-    if dataset.manifest.content_hash == before {
-        return InputChange::Same;
-    }
-    let prefix_hash = |n: usize| {
-        hash_parts(
-            files[..n]
-                .iter()
-                .map(|f| (f.path.as_str(), f.blake3.as_bytes())),
-        )
-    };
-    match (1..files.len()).rev().find(|&n| prefix_hash(n) == before) {
-        Some(n) => {
-            let mut delta = dataset.clone();
-            delta.manifest.files = files[n..].to_vec();
-            delta.manifest.rows = delta.manifest.files.iter().map(|f| f.rows).sum();
-            delta.manifest.bytes = delta.manifest.files.iter().map(|f| f.bytes).sum();
-            InputChange::Appended(delta)
-        }
-        None => InputChange::Replaced,
-    }
-}
-
 /// The files under `dir` (recursively, sorted), fsynced and checksummed, with paths relative
 /// to the entry folder `entry`.
 fn collect_artifacts(entry: &Path, dir: &Path) -> Result<Vec<PartFile>> {
@@ -614,40 +435,4 @@ fn collect_artifacts(entry: &Path, dir: &Path) -> Result<Vec<PartFile>> {
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
-}
-
-/// Why the output `prev` is not what the stage would produce now: `own` (its logic and
-/// config changes), then changed input datasets and source files.
-fn explain(own: Vec<String>, prev: &Manifest, now: &KeyParts) -> Vec<String> {
-    let mut reasons = own;
-    let names: BTreeSet<&String> = prev.inputs.keys().chain(now.inputs.keys()).collect();
-    for name in names {
-        if prev.inputs.get(name) != now.inputs.get(name) {
-            reasons.push(format!("input dataset `{name}` changed"));
-        }
-    }
-    let old: BTreeMap<&str, &str> = prev
-        .sources
-        .iter()
-        .map(|s| (s.path.as_str(), s.blake3.as_str()))
-        .collect();
-    let new: BTreeMap<&str, &str> = now
-        .sources
-        .iter()
-        .map(|s| (s.path.as_str(), s.blake3.as_str()))
-        .collect();
-    for (path, hash) in &new {
-        match old.get(path) {
-            None => reasons.push(format!("new source file {path}")),
-            Some(h) if h != hash => reasons.push(format!("source file {path} changed")),
-            _ => {}
-        }
-    }
-    for path in old.keys().filter(|p| !new.contains_key(*p)) {
-        reasons.push(format!("source file {path} no longer read"));
-    }
-    if reasons.is_empty() {
-        reasons.push("the cached output was removed".into());
-    }
-    reasons
 }
