@@ -1,7 +1,6 @@
 //! `medtune`: the command-line front end. Parses arguments, draws progress, prints results
 //! and maps errors to exit codes (0 success, 2 bad input or config, 1 internal error).
 
-mod profile_report;
 mod progress;
 mod report;
 
@@ -15,6 +14,10 @@ use medtune_pipeline::sql::{query_blocking, OutputFormat, QueryOptions};
 use medtune_pipeline::{
     Dag, ErrorClass, PipelineConfig, PipelineError, RunOptions, Runner, Workdir,
 };
+use medtune_schemas::dataset::PROFILE;
+use medtune_stages::evaluate;
+use medtune_stages::profile::{self, report::ProfileReport};
+use medtune_stages::train::{self, TrainedAdapter};
 
 /// Streaming data pipeline and QLoRA trainer for medical NLP.
 #[derive(Parser)]
@@ -104,8 +107,26 @@ fn load(config: &Path) -> anyhow::Result<(PipelineConfig, Dag)> {
     Ok((config, dag))
 }
 
-/// Runs `stage` of `config` (and whatever it needs, through the cache) with progress bars, and
-/// prints the run summary. The config must have the stage's section.
+/// Runs what `options` selects of `dag` through the cache, with progress bars, and prints the
+/// run summary.
+fn run_and_summarise(
+    workdir: &Workdir,
+    config: &PipelineConfig,
+    dag: Dag,
+    options: &RunOptions,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let observer = progress::Bars::default();
+    let runner = Runner::new(workdir.clone(), dag, config.settings().clone(), &observer)
+        .with_config_path(config.path());
+    let summaries = runner.run(options)?;
+    drop(observer);
+    report::print_summary(&summaries, out)?;
+    Ok(())
+}
+
+/// Runs `stage` of `config` and whatever it needs, as [`run_and_summarise`]. The config must
+/// have the stage's section.
 fn run_one_stage(
     workdir: &Workdir,
     config: &Path,
@@ -117,16 +138,11 @@ fn run_one_stage(
     if !config.has_section(stage) {
         return Err(config.error(format!("no [{stage}] section")).into());
     }
-    let observer = progress::Bars::default();
-    let runner = Runner::new(workdir.clone(), dag, config.settings().clone(), &observer)
-        .with_config_path(config.path());
-    let summaries = runner.run(&RunOptions {
+    let options = RunOptions {
         stages: vec![stage.into()],
         force,
-    })?;
-    drop(observer);
-    report::print_summary(&summaries, out)?;
-    Ok(())
+    };
+    run_and_summarise(workdir, &config, dag, &options, out)
 }
 
 fn execute(cli: Cli) -> anyhow::Result<()> {
@@ -138,13 +154,14 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             force,
         } => {
             let (config, dag) = load(&config)?;
-            let observer = progress::Bars::default();
-            let runner = Runner::new(workdir, dag, config.settings().clone(), &observer)
-                .with_config_path(config.path());
-            let summaries = runner.run(&RunOptions { stages, force })?;
-            drop(observer);
             let mut out = std::io::stdout().lock();
-            report::print_summary(&summaries, &mut out)?;
+            run_and_summarise(
+                &workdir,
+                &config,
+                dag,
+                &RunOptions { stages, force },
+                &mut out,
+            )?;
             if let Some(peak) = report::peak_rss_bytes() {
                 writeln!(
                     out,
@@ -155,17 +172,15 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Train { config, force } => {
             let mut out = std::io::stdout().lock();
-            run_one_stage(&workdir, &config, "train", force, &mut out)?;
+            run_one_stage(&workdir, &config, train::NAME, force, &mut out)?;
             let artifacts = workdir
-                .latest_artifacts("train")
+                .latest_artifacts(train::NAME)
                 .context("the train stage committed no adapter")?;
-            let adapter = artifacts.join(medtune_stages::train::ADAPTER_DIR);
-            writeln!(out, "adapter (PEFT format): {}", adapter.display())?;
-            report::print_best_eval(&artifacts.join("train_state.json"), &mut out)?;
+            report::print_trained(&TrainedAdapter::read(&artifacts)?, &mut out)?;
         }
         Command::Eval { config, force } => {
             let mut out = std::io::stdout().lock();
-            run_one_stage(&workdir, &config, "evaluate", force, &mut out)?;
+            run_one_stage(&workdir, &config, evaluate::NAME, force, &mut out)?;
             report::print_evaluation(&workdir, &mut out)?;
         }
         Command::Status { config } => {
@@ -183,23 +198,21 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Profile { config } => {
             let config = PipelineConfig::load(&config)?;
             let dag = Dag::new(medtune_stages::build_with_profile(&config)?)?;
-            let observer = progress::Bars::default();
-            let runner = Runner::new(workdir.clone(), dag, config.settings().clone(), &observer)
-                .with_config_path(config.path());
-            let summaries = runner.run(&RunOptions {
-                stages: vec!["profile".into()],
+            let options = RunOptions {
+                stages: vec![profile::NAME.into()],
                 force: false,
-            })?;
-            drop(observer);
+            };
             let mut out = std::io::stdout().lock();
-            report::print_summary(&summaries, &mut out)?;
+            run_and_summarise(&workdir, &config, dag, &options, &mut out)?;
             let dataset = workdir
                 .catalog_datasets()?
                 .into_iter()
-                .find(|d| d.name == medtune_stages::profile::PROFILE)
+                .find(|d| d.name == PROFILE)
                 .context("the profile stage committed no `profile` dataset")?;
-            let profile = profile_report::Profile::read(&dataset)?;
-            profile.print(&mut out)?;
+            let profile = ProfileReport::read(&dataset)?;
+            for table in profile.tables() {
+                writeln!(out, "{table}")?;
+            }
             for path in profile.write(workdir.root())? {
                 writeln!(out, "wrote {}", path.display())?;
             }

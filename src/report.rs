@@ -7,6 +7,8 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, Table};
 use medtune_pipeline::sql::{query_blocking, OutputFormat, QueryOptions};
 use medtune_pipeline::{Freshness, StageStatus, StageSummary, Workdir};
+use medtune_stages::evaluate::{self, tables::headline_query, REPORT_FILE};
+use medtune_stages::train::TrainedAdapter;
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
@@ -154,53 +156,39 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Prints the best evaluation loss of a training run from its `train_state.json`.
-pub fn print_best_eval(path: &std::path::Path, out: &mut impl Write) -> anyhow::Result<()> {
-    let Ok(text) = std::fs::read(path) else {
-        return Ok(());
-    };
-    let state: serde_json::Value = serde_json::from_slice(&text)?;
-    if let Some(best) = state.get("best").filter(|b| !b.is_null()) {
-        let loss = best["loss"]
-            .as_str()
-            .and_then(|s| s.parse::<f64>().ok())
-            .or_else(|| best["loss"].as_f64());
-        if let Some(loss) = loss {
-            writeln!(
-                out,
-                "best evaluation loss {loss:.4} at step {} (the adapter saved)",
-                best["step"]
-            )?;
-        }
+/// Prints where a training run's adapter is and the evaluation it was kept at.
+pub fn print_trained(trained: &TrainedAdapter, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "adapter (PEFT format): {}",
+        trained.adapter_dir.display()
+    )?;
+    if let Some(best) = &trained.best {
+        writeln!(
+            out,
+            "best evaluation loss {:.4} at step {} (the adapter saved)",
+            best.loss, best.step
+        )?;
     }
     writeln!(
         out,
         "next: `medtune eval --config ...` scores it on the test split"
-    )?;
-    Ok(())
+    )
 }
 
 /// Prints the headline numbers of the latest evaluation (from the `metrics` dataset) and where
 /// its report is.
 pub fn print_evaluation(workdir: &Workdir, out: &mut impl Write) -> anyhow::Result<()> {
-    let headline = "SELECT family, \"group\", metric, model, value FROM metrics \
-        WHERE (family IN ('entity_default', 'entity_strict', 'extraction') \
-               AND \"group\" IN ('micro avg', 'macro avg') AND metric = 'f1') \
-           OR (family = 'token' AND \"group\" = 'weighted avg' AND metric = 'f1') \
-           OR (family = 'text' AND metric IN ('rouge_l', 'bleu_1')) \
-           OR (family = 'lm' AND metric IN ('perplexity', 'cross_entropy')) \
-           OR (family = 'throughput' AND metric IN ('samples_per_second', 'sequences_per_second')) \
-        ORDER BY family, \"group\", metric, model";
     query_blocking(
         workdir,
-        headline,
+        &headline_query(),
         QueryOptions::new(OutputFormat::Table, None),
         out,
     )?;
     let artifacts = workdir
-        .latest_artifacts("evaluate")
+        .latest_artifacts(evaluate::NAME)
         .context("the evaluate stage committed no report")?;
-    writeln!(out, "report: {}", artifacts.join("report.md").display())?;
+    writeln!(out, "report: {}", artifacts.join(REPORT_FILE).display())?;
     writeln!(
         out,
         "every number: medtune query \"SELECT * FROM metrics\"; per row: SELECT * FROM predictions"

@@ -7,7 +7,7 @@
 
 mod common;
 
-use medtune_stages::metrics::entities::{entity_report, Mode, Report, Scores};
+use medtune_stages::shared::metrics::entities::{entity_report, Mode, Report, Scores};
 
 const TAGS: [&str; 7] = [
     "O",

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use common::*;
-use medtune_stages::loader::{
+use medtune_stages::shared::loader::{
     shard_lengths, Batch, BatchLoader, Batching, LoaderOptions, Padding, Position, ShardSet,
 };
 

@@ -25,7 +25,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use medtune_stages::metrics::text::{bleu1, corpus_bleu1, rouge_l, tokens};
+use medtune_stages::shared::metrics::text::{bleu1, corpus_bleu1, rouge_l, tokens};
 
 const REFERENCES: usize = 300;
 const TOLERANCE: f64 = 1e-9;

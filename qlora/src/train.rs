@@ -61,7 +61,7 @@ fn default_clip() -> f64 {
 /// Training hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TrainConfig {
+pub struct ScheduleConfig {
     /// Passes over the training batches.
     pub epochs: u64,
     /// Peak learning rate.
@@ -151,7 +151,7 @@ pub struct TrainState {
     pub config: String,
 }
 
-fn config_text(config: &TrainConfig) -> String {
+fn config_text(config: &ScheduleConfig) -> String {
     serde_json::to_string(config).expect("config serialises")
 }
 
@@ -178,7 +178,7 @@ const STATE_FILE: &str = "state.json";
 /// Trains `model` on `train`, evaluating on `eval`, checkpointing into `out`.
 pub struct Trainer<'a, M: TrainModel> {
     model: &'a M,
-    config: TrainConfig,
+    config: ScheduleConfig,
     out: PathBuf,
     vars: Vec<(String, Var)>,
     optimiser: AdamW,
@@ -193,7 +193,7 @@ impl<'a, M: TrainModel> Trainer<'a, M> {
     pub fn new(
         model: &'a M,
         train: &dyn BatchSource,
-        config: TrainConfig,
+        config: ScheduleConfig,
         out: &Path,
     ) -> Result<Self> {
         if config.grad_accum == 0 || config.epochs == 0 {

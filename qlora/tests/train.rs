@@ -9,7 +9,7 @@ use medtune_qlora::bert::LoadOptions;
 use medtune_qlora::export::{load_adapter, save_adapter, AdapterSpec, PeftTask};
 use medtune_qlora::llama::{LlamaDecoder, LLAMA_TARGETS};
 use medtune_qlora::tasks::{masked_cross_entropy, CausalLm};
-use medtune_qlora::train::{BatchSource, TrainBatch, TrainConfig, TrainModel, Trainer};
+use medtune_qlora::train::{BatchSource, ScheduleConfig, TrainBatch, TrainModel, Trainer};
 use medtune_qlora::{LoraConfig, Pass, QloraError, Result};
 
 use common::{max_abs_diff, tiny_decoder};
@@ -87,7 +87,7 @@ fn lora() -> LoraConfig {
     }
 }
 
-fn config(checkpoint_every: u64) -> TrainConfig {
+fn config(checkpoint_every: u64) -> ScheduleConfig {
     serde_json::from_value(serde_json::json!({
         "epochs": 3, "learning_rate": 5e-3, "warmup_steps": 2, "grad_accum": 2,
         "seed": 11, "eval_every": 4, "checkpoint_every": checkpoint_every,

@@ -1,13 +1,24 @@
-//! Arrow schemas of the medtune datasets.
+//! Arrow schemas and names of the medtune datasets.
 //!
-//! Every dataset kind has exactly one schema, defined here and nowhere else, so that
-//! stages, the SQL catalog and downstream tools agree on column names and types.
-//! Column names that users and scripts rely on (see `docs/ARCHITECTURE.md`) are
-//! exported as constants.
+//! Every dataset has exactly one schema and one name, defined here and nowhere else, so that
+//! stages, the SQL catalog and downstream tools agree on names, columns and types. Column names
+//! that users and scripts rely on (see `docs/ARCHITECTURE.md`) are exported as constants.
+//! - [`dataset`]: the dataset names (the SQL table names);
+//! - the example-row schemas below: [`examples`], [`rejects`], [`split_examples`],
+//!   [`near_duplicates`], [`profile`];
+//! - [`training`]: the tokenized sequences, the label map and the training log;
+//! - [`evaluation`]: the metric rows and per-row predictions.
 
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+pub mod dataset;
+pub mod evaluation;
+pub mod training;
+
+pub use evaluation::{generation_predictions, metrics, tag_predictions};
+pub use training::{label_map, tokenized, train_log, IGNORED_LABEL};
 
 /// Column names of the `examples` schema (the `ingested` dataset and its descendants).
 pub mod col {
@@ -55,9 +66,21 @@ pub mod col {
     pub const MATCHED_ID: &str = "matched_id";
     /// Estimated Jaccard similarity of a near-duplicate to its matched row (near_duplicates schema).
     pub const SIMILARITY: &str = "similarity";
+    /// Window number of a sequence cut from one row (tokenized schema; 0 without windows).
+    pub const WINDOW: &str = "window";
+    /// Token ids of a sequence (tokenized schema).
+    pub const INPUT_IDS: &str = "input_ids";
+    /// Label per token, -100 where the loss ignores it (tokenized schema).
+    pub const LABELS: &str = "labels";
+    /// Tokens in a sequence (tokenized schema; the shard loader plans batches from it).
+    pub const LENGTH: &str = "length";
+    /// Tokens of a sequence that belong to the prompt (tokenized schema; 0 for tagging).
+    pub const PROMPT_TOKENS: &str = "prompt_tokens";
+    /// Which model variant a figure or prediction belongs to: `base` or `adapter`.
+    pub const MODEL: &str = "model";
 }
 
-fn utf8_list() -> DataType {
+pub(crate) fn utf8_list() -> DataType {
     DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
 }
 
@@ -188,6 +211,16 @@ mod tests {
         validate(&rejects(), &rejects()).unwrap();
         validate(&split_examples(), &split_examples()).unwrap();
         validate(&near_duplicates(), &near_duplicates()).unwrap();
+        for schema in [
+            tokenized(),
+            label_map(),
+            train_log(),
+            metrics(),
+            tag_predictions(),
+            generation_predictions(),
+        ] {
+            validate(&schema, &schema).unwrap();
+        }
     }
 
     #[test]

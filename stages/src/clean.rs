@@ -7,21 +7,16 @@ use arrow::array::Array;
 use medtune_pipeline::{
     Continuation, OutputDecl, PipelineConfig, Result, Stage, StageContext, WorkUnit,
 };
+use medtune_schemas::dataset::{CLEANED, CLEAN_REJECTS};
 use serde::{Deserialize, Serialize};
 
-use crate::convert::{ENTITY_TASKS, RELATION_TASK};
-use crate::examples::ExampleRows;
-use crate::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
+use crate::shared::chemprot::{ENTITY_TASKS, RELATION_TASK};
+use crate::shared::examples::ExampleRows;
+use crate::shared::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
 use medtune_formats::text::bounded_raw;
 
-/// Name of the kept-rows dataset.
-pub const CLEANED: &str = "cleaned";
-/// Name of the dropped-rows dataset.
-pub const CLEAN_REJECTS: &str = "clean_rejects";
-
-fn yes() -> bool {
-    true
-}
+/// The stage name: its `[clean]` config section and its cache folder.
+pub const NAME: &str = "clean";
 
 fn default_max_raw_bytes() -> usize {
     4096
@@ -32,13 +27,13 @@ fn default_max_raw_bytes() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct CleanConfig {
     /// Drop rows whose prompt is missing or blank.
-    #[serde(default = "yes")]
+    #[serde(default = "medtune_pipeline::config::default_true")]
     pub drop_empty_prompt: bool,
     /// Drop rows whose completion is present but blank.
-    #[serde(default = "yes")]
+    #[serde(default = "medtune_pipeline::config::default_true")]
     pub drop_empty_completion: bool,
     /// Drop extraction rows (ChemProt tasks) whose completion lists no item.
-    #[serde(default = "yes")]
+    #[serde(default = "medtune_pipeline::config::default_true")]
     pub drop_no_entities: bool,
     /// Drop BIO sentences without any B-/I- tag.
     #[serde(default)]
@@ -97,7 +92,7 @@ impl CleanStage {
     /// Builds the stage from `[clean]`, reading the dataset `input`.
     pub fn from_config(config: &PipelineConfig, input: &str) -> Result<Self> {
         Ok(CleanStage {
-            config: config.section("clean")?,
+            config: config.section(NAME)?,
             input: input.to_string(),
         })
     }
@@ -105,7 +100,7 @@ impl CleanStage {
 
 impl Stage for CleanStage {
     fn name(&self) -> &str {
-        "clean"
+        NAME
     }
 
     fn version(&self) -> u32 {
@@ -145,7 +140,7 @@ impl Stage for CleanStage {
                         ExampleRows::text(rows.completion, row).unwrap_or("")
                     );
                     rejects.push(RejectRow {
-                        stage: "clean",
+                        stage: NAME,
                         source_file: rows.source_file.value(row),
                         line: rows.line.value(row),
                         id: rows.id.value(row),
@@ -168,7 +163,7 @@ impl Stage for CleanStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::batch::{ExampleBatch, FileInfo};
+    use crate::shared::example_batch::{ExampleBatch, FileInfo};
     use medtune_formats::record::Example;
 
     fn verdicts(examples: &[Example], cfg: &CleanConfig) -> Vec<Option<&'static str>> {

@@ -7,7 +7,7 @@
 //! item at all, is kept unchanged and counted. Rows of other tasks pass through untouched.
 
 use std::collections::HashSet;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use arrow::array::{ArrayRef, StringBuilder};
 use arrow::record_batch::RecordBatch;
@@ -15,35 +15,29 @@ use medtune_pipeline::{
     Continuation, OutputDecl, OutputRole, PipelineConfig, Result, Stage, StageContext, WorkUnit,
 };
 use medtune_schemas::col;
-use regex::Regex;
+use medtune_schemas::dataset::CONVERTED;
 use serde::{Deserialize, Serialize};
 
-use crate::examples::ExampleRows;
+use crate::shared::chemprot::{
+    item_text, normalize_entity, ENTITY_TASKS, RELATION_LINE, RELATION_TASK,
+};
+use crate::shared::examples::ExampleRows;
 
-/// Name of the output dataset.
-pub const CONVERTED: &str = "converted";
-
-/// Tasks whose completions are entity lists.
-pub const ENTITY_TASKS: &[&str] = &["chemicals", "diseases"];
-/// Task whose completions are relation lists.
-pub const RELATION_TASK: &str = "influences";
-
-fn yes() -> bool {
-    true
-}
+/// The stage name: its `[convert]` config section and its cache folder.
+pub const NAME: &str = "convert";
 
 /// The `[convert]` config section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConvertConfig {
     /// Rewrite `- Chemical X influences disease Y` lines as `- x | y`.
-    #[serde(default = "yes")]
+    #[serde(default = "medtune_pipeline::config::default_true")]
     pub relations: bool,
     /// Normalise entity strings.
-    #[serde(default = "yes")]
+    #[serde(default = "medtune_pipeline::config::default_true")]
     pub normalize_entities: bool,
     /// Remove repeated entities (and relations) within one completion.
-    #[serde(default = "yes")]
+    #[serde(default = "medtune_pipeline::config::default_true")]
     pub dedupe_entities: bool,
 }
 
@@ -55,29 +49,6 @@ impl Default for ConvertConfig {
             dedupe_entities: true,
         }
     }
-}
-
-pub(crate) static RELATION: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)^\s*[-*•]?\s*chemical\s+(.+?)\s+influences\s+disease\s+(.+?)\s*$")
-        .expect("valid regex")
-});
-
-/// Lower-cases, folds whitespace and straightens typographic quotes; hyphens are kept.
-pub fn normalize_entity(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for word in text.split_whitespace() {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        for c in word.chars() {
-            match c {
-                '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}' | '\u{2032}' => out.push('\''),
-                '\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{201F}' | '\u{2033}' => out.push('"'),
-                c => out.extend(c.to_lowercase()),
-            }
-        }
-    }
-    out
 }
 
 /// What happened to the lines of converted completions.
@@ -125,16 +96,6 @@ impl ConvertCounts {
     }
 }
 
-/// A list item's text: the line without its bullet, if it has one.
-pub(crate) fn item_text(line: &str) -> Option<&str> {
-    let t = line.trim_start();
-    let rest = t
-        .strip_prefix('-')
-        .or_else(|| t.strip_prefix('*'))
-        .or_else(|| t.strip_prefix('•'))?;
-    Some(rest.trim())
-}
-
 /// Converts one completion of an extraction task; `relation_task` says every item should be a
 /// relation.
 pub fn convert_completion(
@@ -160,7 +121,7 @@ pub fn convert_completion(
             counts.blank_lines_removed += 1;
             continue;
         }
-        let item = if let (true, Some(c)) = (config.relations, RELATION.captures(line)) {
+        let item = if let (true, Some(c)) = (config.relations, RELATION_LINE.captures(line)) {
             counts.relation_lines_converted += 1;
             let (x, y) = (normalize(&c[1], counts), normalize(&c[2], counts));
             format!("- {x} | {y}")
@@ -207,7 +168,7 @@ impl ConvertStage {
     /// Builds the stage from `[convert]`, reading the dataset `input`.
     pub fn from_config(config: &PipelineConfig, input: &str) -> Result<Self> {
         Ok(ConvertStage {
-            config: config.section("convert")?,
+            config: config.section(NAME)?,
             input: input.to_string(),
         })
     }
@@ -245,7 +206,7 @@ impl ConvertStage {
 
 impl Stage for ConvertStage {
     fn name(&self) -> &str {
-        "convert"
+        NAME
     }
 
     fn version(&self) -> u32 {

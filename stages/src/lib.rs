@@ -1,30 +1,174 @@
-//! The medtune stages. [`build`] turns a config into the stages it names, chained in pipeline
-//! order: each stage reads the kept rows of the stage before it in [`KNOWN_STAGES`].
+//! The medtune stages, on two floors:
+//!
+//! - **stages** (`ingest`, `dedup`, `convert`, `clean`, `split`, `profile`, `tokenize`,
+//!   `shard`, `train`, `evaluate`): one module each, named after its config section. A stage
+//!   imports the engine, `medtune-schemas`, `medtune-qlora` and [`shared`], never another stage.
+//! - **[`shared`]**: the foundations more than one stage needs (example rows, rejects, grouping,
+//!   the ChemProt vocabulary, the tokenizer and model a config names, the shard loader, metrics,
+//!   plots).
+//!
+//! [`build`] turns a config into the stages it names, in pipeline order ([`STAGES`]): each row
+//! stage reads the kept rows of the last stage before it that keeps rows, read from the
+//! outputs that stage declares.
+
+pub mod shared;
 
 pub mod clean;
 pub mod convert;
 pub mod dedup;
 pub mod evaluate;
-pub mod examples;
 pub mod ingest;
-pub mod loader;
-pub mod metrics;
-pub mod plot;
 pub mod profile;
-pub mod rejects;
 pub mod shard;
 pub mod split;
-pub mod state;
 pub mod tokenize;
 pub mod train;
 
-use medtune_pipeline::{PipelineConfig, Result, Stage};
+use medtune_pipeline::{OutputDecl, OutputRole, PipelineConfig, Result, Stage};
+use medtune_schemas::dataset::{NEAR_DUPLICATES, SHARDS, TOKENIZED};
 
-/// Stage sections a config may hold, in pipeline order.
-pub const KNOWN_STAGES: &[&str] = &[
-    "ingest", "dedup", "convert", "clean", "split", "profile", "tokenize", "shard", "train",
-    "evaluate",
+/// A stage medtune can build: its name (which is its config section) and how to build it from
+/// the config and what the stages before it write.
+pub struct StageKind {
+    /// The stage's name and config section.
+    pub name: &'static str,
+    build: fn(&PipelineConfig, &Upstream<'_>) -> Result<Box<dyn Stage>>,
+}
+
+/// Every stage, in pipeline order.
+pub static STAGES: [StageKind; 10] = [
+    StageKind {
+        name: ingest::NAME,
+        build: |config, _| Ok(Box::new(ingest::IngestStage::from_config(config)?)),
+    },
+    StageKind {
+        name: dedup::NAME,
+        build: |config, up| {
+            let rows = up.rows(dedup::NAME)?;
+            Ok(Box::new(dedup::DedupStage::from_config(config, rows)?))
+        },
+    },
+    StageKind {
+        name: convert::NAME,
+        build: |config, up| {
+            let rows = up.rows(convert::NAME)?;
+            Ok(Box::new(convert::ConvertStage::from_config(config, rows)?))
+        },
+    },
+    StageKind {
+        name: clean::NAME,
+        build: |config, up| {
+            let rows = up.rows(clean::NAME)?;
+            Ok(Box::new(clean::CleanStage::from_config(config, rows)?))
+        },
+    },
+    StageKind {
+        name: split::NAME,
+        build: |config, up| {
+            let rows = up.rows(split::NAME)?;
+            let clusters = up.written(NEAR_DUPLICATES);
+            Ok(Box::new(split::SplitStage::from_config(
+                config, rows, clusters,
+            )?))
+        },
+    },
+    StageKind {
+        name: profile::NAME,
+        build: |config, up| {
+            let rows = up.rows(profile::NAME)?;
+            let clusters = up.written(NEAR_DUPLICATES);
+            Ok(Box::new(profile::ProfileStage::from_config(
+                config,
+                rows,
+                up.rejects(),
+                clusters,
+            )?))
+        },
+    },
+    StageKind {
+        name: tokenize::NAME,
+        build: |config, up| {
+            let rows = up.rows(tokenize::NAME)?;
+            Ok(Box::new(tokenize::TokenizeStage::from_config(
+                config, rows,
+            )?))
+        },
+    },
+    StageKind {
+        name: shard::NAME,
+        build: |config, up| {
+            up.require(shard::NAME, TOKENIZED, tokenize::NAME)?;
+            Ok(Box::new(shard::ShardStage::from_config(config, TOKENIZED)?))
+        },
+    },
+    StageKind {
+        name: train::NAME,
+        build: |config, up| {
+            up.require(train::NAME, SHARDS, shard::NAME)?;
+            Ok(Box::new(train::TrainStage::from_config(config)?))
+        },
+    },
+    StageKind {
+        name: evaluate::NAME,
+        build: |config, up| {
+            up.require(evaluate::NAME, SHARDS, shard::NAME)?;
+            Ok(Box::new(evaluate::EvaluateStage::from_config(config)?))
+        },
+    },
 ];
+
+/// What the stages built so far declare they write.
+struct Upstream<'a> {
+    config: &'a PipelineConfig,
+    outputs: Vec<OutputDecl>,
+}
+
+impl Upstream<'_> {
+    /// The kept rows of the last stage that keeps rows: what the row stage `reader` reads.
+    fn rows(&self, reader: &str) -> Result<&str> {
+        self.outputs
+            .iter()
+            .rev()
+            .find(|o| o.role == OutputRole::Kept)
+            .map(|o| o.name.as_str())
+            .ok_or_else(|| {
+                self.config.error(format!(
+                    "[{reader}] reads the output of an earlier stage, but the config has none \
+                     (add [{}])",
+                    ingest::NAME
+                ))
+            })
+    }
+
+    /// Fails unless a stage before `reader` writes `dataset`, naming the section `writer` that
+    /// would: checked before `reader` is built, so that its own checks do not hide the cause.
+    fn require(&self, reader: &str, dataset: &str, writer: &str) -> Result<()> {
+        match self.written(dataset) {
+            Some(_) => Ok(()),
+            None => Err(self.config.error(format!(
+                "[{reader}] reads `{dataset}`, which [{writer}] writes, but the config has no \
+                 [{writer}] section"
+            ))),
+        }
+    }
+
+    /// `dataset`, if a stage before writes it.
+    fn written(&self, dataset: &str) -> Option<&str> {
+        self.outputs
+            .iter()
+            .find(|o| o.name == dataset)
+            .map(|o| o.name.as_str())
+    }
+
+    /// Every rejects dataset written so far.
+    fn rejects(&self) -> Vec<String> {
+        self.outputs
+            .iter()
+            .filter(|o| o.role == OutputRole::Rejects)
+            .map(|o| o.name.clone())
+            .collect()
+    }
+}
 
 /// Builds the stages named by the config's sections.
 pub fn build(config: &PipelineConfig) -> Result<Vec<Box<dyn Stage>>> {
@@ -37,100 +181,46 @@ pub fn build_with_profile(config: &PipelineConfig) -> Result<Vec<Box<dyn Stage>>
     build_stages(config, true)
 }
 
+fn known() -> String {
+    STAGES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+}
+
 fn build_stages(config: &PipelineConfig, with_profile: bool) -> Result<Vec<Box<dyn Stage>>> {
     for name in config.section_names() {
-        if !KNOWN_STAGES.contains(&name) {
+        if !STAGES.iter().any(|s| s.name == name) {
             return Err(config.error(format!(
                 "unknown stage section [{name}] (known: {})",
-                KNOWN_STAGES.join(", ")
+                known()
             )));
         }
     }
+    let mut upstream = Upstream {
+        config,
+        outputs: Vec::new(),
+    };
     let mut stages: Vec<Box<dyn Stage>> = Vec::new();
-    // The kept dataset of the last stage built: the next stage's input.
-    let mut upstream: Option<&'static str> = None;
-    let mut near_duplicates = None;
-    let mut rejects: Vec<String> = Vec::new();
-    let wanted = |n: &&&str| config.has_section(n) || (with_profile && **n == "profile");
-    for &name in KNOWN_STAGES.iter().filter(wanted) {
-        let input = || {
-            upstream.ok_or_else(|| {
-                config.error(format!(
-                    "[{name}] reads the output of an earlier stage, but the config has none \
-                     (add [ingest])"
-                ))
-            })
-        };
-        let stage: Box<dyn Stage> = match name {
-            "ingest" => {
-                rejects.push(ingest::REJECTS.to_string());
-                Box::new(ingest::IngestStage::from_config(config)?)
+    let wanted =
+        |s: &&StageKind| config.has_section(s.name) || (with_profile && s.name == profile::NAME);
+    for kind in STAGES.iter().filter(wanted) {
+        let stage = (kind.build)(config, &upstream)?;
+        for input in stage.inputs() {
+            if upstream.written(&input).is_none() {
+                return Err(config.error(format!(
+                    "[{}] reads `{input}`, which no earlier section of the config writes \
+                     (sections in pipeline order: {})",
+                    kind.name,
+                    known()
+                )));
             }
-            "dedup" => {
-                near_duplicates = Some(dedup::NEAR_DUPLICATES);
-                rejects.push(dedup::DEDUP_REJECTS.to_string());
-                Box::new(dedup::DedupStage::from_config(config, input()?)?)
-            }
-            "convert" => Box::new(convert::ConvertStage::from_config(config, input()?)?),
-            "clean" => {
-                rejects.push(clean::CLEAN_REJECTS.to_string());
-                Box::new(clean::CleanStage::from_config(config, input()?)?)
-            }
-            "split" => Box::new(split::SplitStage::from_config(
-                config,
-                input()?,
-                near_duplicates,
-            )?),
-            "tokenize" => Box::new(tokenize::TokenizeStage::from_config(config, input()?)?),
-            "shard" => {
-                if !config.has_section("tokenize") {
-                    return Err(config.error(
-                        "[shard] cuts the tokenized rows into shards, but the config has no \
-                         [tokenize] section",
-                    ));
-                }
-                Box::new(shard::ShardStage::from_config(config, tokenize::TOKENIZED)?)
-            }
-            "train" => {
-                if !config.has_section("shard") {
-                    return Err(config.error(
-                        "[train] reads the training shards, but the config has no [shard] section",
-                    ));
-                }
-                Box::new(train::TrainStage::from_config(config)?)
-            }
-            "evaluate" => {
-                if !config.has_section("shard") {
-                    return Err(config.error(
-                        "[evaluate] scores a split of the shards, but the config has no [shard] \
-                         section",
-                    ));
-                }
-                Box::new(evaluate::EvaluateStage::from_config(config)?)
-            }
-            "profile" => Box::new(profile::ProfileStage::from_config(
-                config,
-                input()?,
-                rejects.clone(),
-                near_duplicates,
-            )?),
-            _ => unreachable!("checked against KNOWN_STAGES above"),
-        };
-        upstream = Some(match name {
-            "ingest" => ingest::INGESTED,
-            "dedup" => dedup::DEDUPED,
-            "convert" => convert::CONVERTED,
-            "clean" => clean::CLEANED,
-            "split" => split::SPLIT,
-            // profile, tokenize, shard, train and evaluate keep no example rows: a later stage reads the split.
-            _ => upstream.unwrap_or(split::SPLIT),
-        });
+        }
+        upstream.outputs.extend(stage.outputs());
         stages.push(stage);
     }
     if stages.is_empty() {
         return Err(config.error(format!(
-            "no stage sections; add at least [ingest] (known: {})",
-            KNOWN_STAGES.join(", ")
+            "no stage sections; add at least [{}] (known: {})",
+            ingest::NAME,
+            known()
         )));
     }
     Ok(stages)

@@ -8,7 +8,7 @@
 //!
 //! The shards are the parts of the `shards` dataset. The manifest records, per part, the split
 //! as its label and the sum / min / max of `length` (the shard's token count and length range)
-//! next to its rows and checksum; [`crate::loader`] reads them from there.
+//! next to its rows and checksum; [`crate::shared::loader`] reads them from there.
 
 use std::collections::BTreeMap;
 
@@ -20,16 +20,14 @@ use medtune_pipeline::{
     StageContext, WorkUnit,
 };
 use medtune_schemas::col;
+use medtune_schemas::col::LENGTH;
+use medtune_schemas::dataset::SHARDS;
 use serde::{Deserialize, Serialize};
 
-use crate::examples::typed_column;
-use crate::tokenize::tokenized_schema;
+use crate::shared::examples::typed_column;
 
-/// Name of the output dataset.
-pub const SHARDS: &str = "shards";
-
-/// Column whose per-shard sum is the shard's token count.
-pub const LENGTH: &str = "length";
+/// The stage name: its `[shard]` config section and its cache folder.
+pub const NAME: &str = "shard";
 
 fn default_shard_mib() -> u64 {
     64
@@ -54,7 +52,7 @@ pub struct ShardStage {
 impl ShardStage {
     /// Builds the stage from `[shard]`, reading the tokenized dataset `input`.
     pub fn from_config(config: &PipelineConfig, input: &str) -> Result<Self> {
-        let section: ShardConfig = config.section("shard")?;
+        let section: ShardConfig = config.section(NAME)?;
         if section.shard_mib == 0 {
             return Err(config.error("[shard]: `shard_mib` must be at least 1"));
         }
@@ -146,7 +144,7 @@ impl<'a> SequenceColumns<'a> {
 
 impl Stage for ShardStage {
     fn name(&self) -> &str {
-        "shard"
+        NAME
     }
 
     fn version(&self) -> u32 {
@@ -159,7 +157,7 @@ impl Stage for ShardStage {
 
     fn outputs(&self) -> Vec<OutputDecl> {
         vec![
-            OutputDecl::new(SHARDS, tokenized_schema(), OutputRole::Kept)
+            OutputDecl::new(SHARDS, medtune_schemas::tokenized(), OutputRole::Kept)
                 .with_part_stats(&[LENGTH]),
         ]
     }

@@ -15,22 +15,20 @@ use arrow::record_batch::RecordBatch;
 use medtune_pipeline::{
     Continuation, OutputDecl, OutputRole, PipelineConfig, Result, Stage, StageContext, WorkUnit,
 };
+use medtune_schemas::dataset::{DEDUPED, DEDUP_REJECTS, NEAR_DUPLICATES};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use self::minhash::{similarity, LshIndex, MinHasher};
 use self::resume::DedupState;
-use crate::examples::{check_text_columns, ExampleRows};
-use crate::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
+use crate::shared::examples::{check_text_columns, ExampleRows};
+use crate::shared::grouping::UnionFind;
+use crate::shared::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
 use medtune_formats::normalize::{key_hash, Normalization};
 use medtune_formats::text::bounded_raw;
 
-/// Name of the kept-rows dataset.
-pub const DEDUPED: &str = "deduped";
-/// Name of the dropped-rows dataset.
-pub const DEDUP_REJECTS: &str = "dedup_rejects";
-/// Name of the near-duplicate clusters dataset.
-pub const NEAR_DUPLICATES: &str = "near_duplicates";
+/// The stage name: its `[dedup]` config section and its cache folder.
+pub const NAME: &str = "dedup";
 
 /// What happens to a row that is a near-duplicate of an earlier kept row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,7 +109,7 @@ pub struct DedupStage {
 impl DedupStage {
     /// Builds the stage from `[dedup]`, reading the dataset `input`.
     pub fn from_config(config: &PipelineConfig, input: &str) -> Result<Self> {
-        let section: DedupConfig = config.section("dedup")?;
+        let section: DedupConfig = config.section(NAME)?;
         check_text_columns("dedup", &section.columns).map_err(|m| config.error(m))?;
         let near = &section.near;
         if near.enabled {
@@ -145,7 +143,8 @@ struct NearState {
     index: LshIndex,
     ids: Vec<String>,
     groups: Vec<String>,
-    parent: Vec<u32>,
+    /// The clusters; an entry's cluster is named after its first (smallest) entry.
+    clusters: UnionFind,
     matched: Vec<Option<(u32, f64)>>,
     /// The earlier entries each entry was joined with.
     edges: Vec<Vec<u32>>,
@@ -154,22 +153,6 @@ struct NearState {
 }
 
 impl NearState {
-    fn find(&mut self, mut x: u32) -> u32 {
-        while self.parent[x as usize] != x {
-            let up = self.parent[self.parent[x as usize] as usize];
-            self.parent[x as usize] = up;
-            x = up;
-        }
-        x
-    }
-
-    fn union(&mut self, a: u32, b: u32) {
-        let (ra, rb) = (self.find(a), self.find(b));
-        // The earlier entry becomes the root, so a cluster is named after its first row.
-        let (root, child) = if ra < rb { (ra, rb) } else { (rb, ra) };
-        self.parent[child as usize] = root;
-    }
-
     /// Earlier entries at or above `threshold`, best first.
     fn matches(&self, signature: &[u32], threshold: f64) -> Vec<(u32, f64)> {
         let mut found: Vec<(u32, f64)> = self
@@ -187,19 +170,20 @@ impl NearState {
         let entry = self.index.insert(signature);
         self.ids.push(id.to_string());
         self.groups.push(group.to_string());
-        self.parent.push(entry);
+        let pushed = self.clusters.push();
+        debug_assert_eq!(pushed, entry, "one cluster element per index entry");
         self.matched.push(matches.first().copied());
         self.edges
             .push(matches.iter().map(|&(other, _)| other).collect());
         for &(other, _) in matches {
-            self.union(entry, other);
+            self.clusters.union(entry, other);
         }
     }
 
     /// The `near_duplicates` rows: every member of every cluster of two or more.
     fn clusters(&mut self) -> Result<(RecordBatch, u64, u64)> {
         let n = self.ids.len() as u32;
-        let roots: Vec<u32> = (0..n).map(|e| self.find(e)).collect();
+        let roots: Vec<u32> = (0..n).map(|e| self.clusters.find(e)).collect();
         let mut size: HashMap<u32, u32> = HashMap::new();
         for &r in &roots {
             *size.entry(r).or_default() += 1;
@@ -245,7 +229,7 @@ impl NearState {
 
 impl Stage for DedupStage {
     fn name(&self) -> &str {
-        "dedup"
+        NAME
     }
 
     fn version(&self) -> u32 {
@@ -356,7 +340,7 @@ impl Stage for DedupStage {
                 if let Some((reason, detail, of, raw)) = dropped {
                     ctx.count_dropped(&reason, 1);
                     rejects.push(RejectRow {
-                        stage: "dedup",
+                        stage: NAME,
                         source_file: rows.source_file.value(row),
                         line: rows.line.value(row),
                         id,

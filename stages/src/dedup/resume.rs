@@ -22,8 +22,9 @@ use medtune_pipeline::{PipelineError, Result};
 use medtune_pipeline::fsutil::link_or_copy;
 
 use super::{NearDuplicateConfig, NearState};
-use crate::examples::typed_column as column;
-use crate::state::{read_table, write_table};
+use crate::shared::append_state::{read_table, write_table};
+use crate::shared::examples::typed_column as column;
+use crate::shared::grouping::UnionFind;
 
 /// Folder of the state inside the stage's artifacts.
 const DIR: &str = "dedup_state";
@@ -217,13 +218,13 @@ fn load_near(dir: &Path, chunks: usize, cfg: &NearDuplicateConfig) -> Result<Opt
                     .ok_or_else(|| PipelineError::Internal(format!("{name}: bad `joined`")))?;
                 state.ids.push(ids.value(row).to_string());
                 state.groups.push(groups.value(row).to_string());
-                state.parent.push(entry);
+                state.clusters.push();
                 state.matched.push(
                     (!matched.is_null(row)).then(|| (matched.value(row), similarity.value(row))),
                 );
                 state.edges.push(edges.values().to_vec());
                 for &other in edges.values() {
-                    state.union(entry, other);
+                    state.clusters.union(entry, other);
                 }
                 entry += 1;
             }
@@ -241,7 +242,7 @@ impl NearState {
             index: super::LshIndex::new(cfg.bands, cfg.rows),
             ids: Vec::new(),
             groups: Vec::new(),
-            parent: Vec::new(),
+            clusters: UnionFind::default(),
             matched: Vec::new(),
             edges: Vec::new(),
             loaded: 0,

@@ -6,7 +6,7 @@
 //!   greedily, batched with left padding and a KV cache, until EOS or `max_new_tokens`;
 //!   decoded with the tokenizer (special tokens skipped) and compared with the reference
 //!   completion from the split dataset: ROUGE-L F1 and BLEU-1 for every row, and for the
-//!   extraction tasks the set-level scores of [`crate::metrics::extraction`].
+//!   extraction tasks the set-level scores of [`crate::shared::metrics::extraction`].
 //!
 //! Rows are generated longest prompt first, so a batch that does not fit fails at once.
 
@@ -21,15 +21,17 @@ use medtune_qlora::auto::AutoModel;
 use medtune_qlora::generate::{GenerateOptions, Generation, StopReason};
 use medtune_qlora::train::TrainModel;
 use medtune_schemas::col;
+use medtune_schemas::dataset::PREDICTIONS;
 use tokenizers::Tokenizer;
 
-use super::tables::{generation_predictions_schema, MetricSink, MACRO, MICRO};
-use super::{Bars, Confusion, Outcome, Sample, Variant, PREDICTIONS};
-use crate::examples::ExampleRows;
-use crate::loader::BatchLoader;
-use crate::metrics::extraction::{is_extraction_task, parse_list, ExtractionScorer, SetCounts};
-use crate::metrics::text::{bleu1, corpus_bleu1, perplexity, rouge_l};
-use crate::train::to_tensors;
+use super::tables::{family, MetricSink, MACRO, MICRO};
+use super::{Bars, Confusion, Outcome, Sample, Variant};
+use crate::shared::examples::ExampleRows;
+use crate::shared::loader::BatchLoader;
+use crate::shared::metrics::extraction::{
+    is_extraction_task, parse_list, ExtractionScorer, SetCounts,
+};
+use crate::shared::metrics::text::{bleu1, corpus_bleu1, perplexity, rouge_l};
 
 /// A row's reference, from the split dataset.
 pub(super) struct Reference {
@@ -173,7 +175,7 @@ pub(super) fn evaluate_generation(
         let clock = Instant::now();
         let (mut loss_sum, mut scored_tokens) = (0f64, 0u64);
         for batch in loss_loader.epoch(0) {
-            let t = to_tensors(&batch?, device).map_err(internal)?;
+            let t = batch?.to_tensors(device).map_err(internal)?;
             let (loss, n) = model.loss(&t, variant.pass).map_err(internal)?;
             if n > 0 {
                 let mean: f32 = loss.to_scalar().map_err(internal)?;
@@ -182,15 +184,20 @@ pub(super) fn evaluate_generation(
             }
         }
         let loss_seconds = clock.elapsed().as_secs_f64();
-        sink.push("lm", "all", "loss", loss_sum / scored_tokens.max(1) as f64);
         sink.push(
-            "lm",
+            family::LM,
+            "all",
+            "loss",
+            loss_sum / scored_tokens.max(1) as f64,
+        );
+        sink.push(
+            family::LM,
             "all",
             "perplexity",
             perplexity(loss_sum, scored_tokens),
         );
-        sink.push("lm", "all", "tokens", scored_tokens as f64);
-        sink.push("lm", "all", "seconds", loss_seconds);
+        sink.push(family::LM, "all", "tokens", scored_tokens as f64);
+        sink.push(family::LM, "all", "seconds", loss_seconds);
 
         // Greedy generation.
         let clock = Instant::now();
@@ -237,10 +244,10 @@ pub(super) fn evaluate_generation(
             });
         }
         let n = rows.len().max(1) as f64;
-        sink.push("text", "all", "rouge_l", rouge_sum / n);
-        sink.push("text", "all", "bleu_1", bleu_sum / n);
+        sink.push(family::TEXT, "all", "rouge_l", rouge_sum / n);
+        sink.push(family::TEXT, "all", "bleu_1", bleu_sum / n);
         sink.push(
-            "text",
+            family::TEXT,
             "all",
             "corpus_bleu_1",
             corpus_bleu1(pairs.iter().map(|(c, r)| (c.as_str(), *r))),
@@ -248,21 +255,21 @@ pub(super) fn evaluate_generation(
         if !extraction.tasks().is_empty() {
             let report = extraction.report();
             for (task, s) in &report.per_type {
-                sink.scores("extraction", task, s);
+                sink.scores(family::EXTRACTION, task, s);
                 let tally = &extraction.tasks()[task];
-                sink.push("extraction", task, "mean_row_f1", tally.mean_row_f1());
-                sink.push("extraction", task, "rows", tally.rows as f64);
+                sink.push(family::EXTRACTION, task, "mean_row_f1", tally.mean_row_f1());
+                sink.push(family::EXTRACTION, task, "rows", tally.rows as f64);
                 sink.push(
-                    "extraction",
+                    family::EXTRACTION,
                     task,
                     "unparsed_lines",
                     tally.unparsed_lines as f64,
                 );
             }
-            sink.scores("extraction", MICRO, &report.micro);
-            sink.scores("extraction", MACRO, &report.macro_avg);
+            sink.scores(family::EXTRACTION, MICRO, &report.micro);
+            sink.scores(family::EXTRACTION, MACRO, &report.macro_avg);
             sink.push(
-                "extraction",
+                family::EXTRACTION,
                 MACRO,
                 "mean_row_f1",
                 extraction.macro_mean_row_f1(),
@@ -285,22 +292,32 @@ pub(super) fn evaluate_generation(
             .iter()
             .filter(|s| s.generation.stop == StopReason::Eos)
             .count();
-        sink.push("throughput", "all", "rows", rows.len() as f64);
-        sink.push("throughput", "all", "seconds", seconds);
+        sink.push(family::THROUGHPUT, "all", "rows", rows.len() as f64);
+        sink.push(family::THROUGHPUT, "all", "seconds", seconds);
         sink.push(
-            "throughput",
+            family::THROUGHPUT,
             "all",
             "samples_per_second",
             rows.len() as f64 / seconds,
         );
-        sink.push("throughput", "all", "generated_tokens", generated as f64);
         sink.push(
-            "throughput",
+            family::THROUGHPUT,
+            "all",
+            "generated_tokens",
+            generated as f64,
+        );
+        sink.push(
+            family::THROUGHPUT,
             "all",
             "tokens_per_second",
             generated as f64 / seconds,
         );
-        sink.push("throughput", "all", "stopped_at_eos", at_eos as f64 / n);
+        sink.push(
+            family::THROUGHPUT,
+            "all",
+            "stopped_at_eos",
+            at_eos as f64 / n,
+        );
         ctx.write(
             PREDICTIONS,
             predictions_batch(&variant.name, &rows, &scored, references)?,
@@ -364,7 +381,7 @@ fn pick_samples(rows: &[PromptRow], n: usize) -> Vec<usize> {
 fn entity_task(row: &PromptRow) -> Option<&str> {
     row.task
         .as_deref()
-        .filter(|t| crate::convert::ENTITY_TASKS.contains(t))
+        .filter(|t| crate::shared::chemprot::ENTITY_TASKS.contains(t))
 }
 
 /// Gold entities per (article, entity task), from the references of the rows scored.
@@ -472,7 +489,7 @@ fn predictions_batch(
         Arc::new(bleu.finish()),
     ];
     Ok(RecordBatch::try_new(
-        generation_predictions_schema(),
+        medtune_schemas::generation_predictions(),
         columns,
     )?)
 }

@@ -34,39 +34,26 @@ use medtune_qlora::generate::GenerateOptions;
 use medtune_qlora::gguf::{eos_id_of, is_gguf};
 use medtune_qlora::weights::read_config;
 use medtune_qlora::Pass;
+use medtune_schemas::dataset::{LABEL_MAP, METRICS, PREDICTIONS, SHARDS, SPLIT, TRAIN_LOG};
 use serde::{Deserialize, Serialize};
 
 use self::generation::{evaluate_generation, read_references, GenerationSettings};
-use self::tables::{
-    generation_predictions_schema, metrics_batch, metrics_schema, tag_predictions_schema, MetricRow,
+use self::tables::{metrics_batch, MetricRow};
+use crate::shared::loader::{BatchLoader, Batching, LoaderOptions, Padding, ShardSet};
+use crate::shared::model::{
+    model_error, read_label_names, weight_sources, DeviceChoice, TrainConfig, ADAPTER_DIR,
 };
-use crate::loader::{BatchLoader, Batching, LoaderOptions, Padding, ShardSet};
-use crate::shard::SHARDS;
-use crate::split::SPLIT;
-use crate::tokenize::{eos_id, load_tokenizer, Mode, TokenizeConfig, LABEL_MAP};
-use crate::train::{
-    model_error, read_label_names, weight_sources, DeviceChoice, TrainSection, ADAPTER_DIR,
-    TRAIN_LOG,
-};
+use crate::shared::tokenizer::{eos_id, load_tokenizer, Mode, TokenizeConfig};
 
-/// Name of the per-row predictions dataset.
-pub const PREDICTIONS: &str = "predictions";
-/// Name of the metrics dataset.
-pub const METRICS: &str = "metrics";
+/// The stage name: its `[evaluate]` config section and its cache folder.
+pub const NAME: &str = "evaluate";
 /// The Markdown report artifact.
 pub const REPORT_FILE: &str = "report.md";
 /// Token classification: predictions as JSON lines.
 pub const PREDICTIONS_JSONL: &str = "predictions.jsonl";
 /// Token classification: the scores per variant.
 pub const SCORES_JSON: &str = "scores.json";
-/// Family of seqeval's default-mode entity scores.
-pub const ENTITY_DEFAULT: &str = "entity_default";
-/// Family of seqeval's strict IOB2 entity scores.
-pub const ENTITY_STRICT: &str = "entity_strict";
 
-fn yes() -> bool {
-    true
-}
 fn default_max_new_tokens() -> usize {
     256
 }
@@ -80,7 +67,7 @@ fn default_samples() -> usize {
 /// The `[evaluate]` config section. Unset fields come from `[train]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EvaluateSection {
+pub struct EvaluateConfig {
     /// A Hugging Face model directory (default: `[train] model`).
     #[serde(default)]
     pub model: Option<String>,
@@ -95,7 +82,7 @@ pub struct EvaluateSection {
     #[serde(default)]
     pub split: Option<String>,
     /// Score the base model (adapters off) beside the adapted one.
-    #[serde(default = "yes")]
+    #[serde(default = "medtune_pipeline::config::default_true")]
     pub compare_base: bool,
     /// Causal LM: the most tokens generated per row.
     #[serde(default = "default_max_new_tokens")]
@@ -224,9 +211,9 @@ pub struct EvaluateStage {
 impl EvaluateStage {
     /// Builds the stage from `[evaluate]` (and `[train]`, `[tokenize]`).
     pub fn from_config(config: &PipelineConfig) -> Result<Self> {
-        let section: EvaluateSection = config.section("evaluate")?;
-        let train: Option<TrainSection> = if config.has_section("train") {
-            Some(config.section("train")?)
+        let section: EvaluateConfig = config.section(NAME)?;
+        let train: Option<TrainConfig> = if config.has_section(TrainConfig::SECTION) {
+            Some(config.section(TrainConfig::SECTION)?)
         } else {
             None
         };
@@ -265,12 +252,12 @@ impl EvaluateStage {
                  scored on the whole split",
             ));
         }
-        if !config.has_section("tokenize") {
+        if !config.has_section(TokenizeConfig::SECTION) {
             return Err(config.error(
                 "[evaluate] scores the tokenized shards, but the config has no [tokenize] section",
             ));
         }
-        let tokenize: TokenizeConfig = config.section("tokenize")?;
+        let tokenize: TokenizeConfig = config.section(TokenizeConfig::SECTION)?;
         let wanted = match task {
             Task::TokenClassification => Mode::TokenClassification,
             Task::CausalLm => Mode::Sft,
@@ -404,7 +391,7 @@ impl EvaluateStage {
             }
         }
         let path = ctx.artifacts_dir()?.join("loss.png");
-        match crate::plot::loss_curve(&train, &eval, &path) {
+        match crate::shared::plot::loss_curve(&train, &eval, &path) {
             Ok(_) => Ok(Some("loss.png")),
             Err(e) => {
                 ctx.warn(format!("loss curve not drawn: {e}"));
@@ -416,7 +403,7 @@ impl EvaluateStage {
 
 impl Stage for EvaluateStage {
     fn name(&self) -> &str {
-        "evaluate"
+        NAME
     }
 
     fn version(&self) -> u32 {
@@ -437,12 +424,12 @@ impl Stage for EvaluateStage {
 
     fn outputs(&self) -> Vec<OutputDecl> {
         let predictions = match self.settings.task {
-            Task::TokenClassification => tag_predictions_schema(),
-            Task::CausalLm => generation_predictions_schema(),
+            Task::TokenClassification => medtune_schemas::tag_predictions(),
+            Task::CausalLm => medtune_schemas::generation_predictions(),
         };
         vec![
             OutputDecl::new(PREDICTIONS, predictions, OutputRole::Side),
-            OutputDecl::new(METRICS, metrics_schema(), OutputRole::Side),
+            OutputDecl::new(METRICS, medtune_schemas::metrics(), OutputRole::Side),
         ]
     }
 
@@ -542,7 +529,7 @@ impl Stage for EvaluateStage {
         let artifacts = ctx.artifacts_dir()?.to_path_buf();
         let mut images = Vec::new();
         if let Some(bars) = &outcome.bars {
-            match crate::plot::grouped_bars(
+            match crate::shared::plot::grouped_bars(
                 &bars.title,
                 &bars.categories,
                 &bars.series,

@@ -6,8 +6,9 @@ use std::fmt::Write;
 
 use medtune_qlora::auto::Task;
 
-use super::tables::MetricRow;
+use super::tables::{family, MetricRow};
 use super::Outcome;
+use crate::shared::markdown;
 
 /// What the report says about the run.
 pub struct Header<'a> {
@@ -30,30 +31,30 @@ pub struct Header<'a> {
 /// Families in report order, with their section titles.
 const FAMILIES: &[(&str, &str)] = &[
     (
-        "entity_default",
+        family::ENTITY_DEFAULT,
         "Entity scores, seqeval default mode (conlleval rules: a stray I- starts an entity)",
     ),
     (
-        "entity_strict",
+        family::ENTITY_STRICT,
         "Entity scores, seqeval strict mode (IOB2: a stray I- is no entity)",
     ),
     (
-        "token",
+        family::TOKEN,
         "Word-tag scores (scikit-learn's classification report over word tags)",
     ),
     (
-        "extraction",
+        family::EXTRACTION,
         "Extraction: set-level scores per task (counts pooled over rows; mean_row_f1 averages each row's F1)",
     ),
     (
-        "text",
+        family::TEXT,
         "Generation against the reference (ROUGE-L F1 and BLEU-1, mean over rows; corpus BLEU-1)",
     ),
     (
-        "lm",
+        family::LM,
         "Loss over the reference tokens (teacher forcing)",
     ),
-    ("throughput", "Throughput of this evaluation"),
+    (family::THROUGHPUT, "Throughput of this evaluation"),
 ];
 
 /// Metrics shown as whole numbers.
@@ -120,10 +121,10 @@ fn family_table(out: &mut String, rows: &[&MetricRow], variants: &[&str]) {
     if delta {
         header.push(format!("Δ f1 ({} − {})", variants[1], variants[0]));
     }
-    let _ = writeln!(out, "| {} |", header.join(" | "));
+    let _ = writeln!(out, "{}", markdown::escaped_row(&header));
     let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
     for g in &groups {
-        let mut cells = vec![g.to_string()];
+        let mut cells = vec![markdown::cell(g)];
         for m in &metrics {
             let show = |v: &str| value(g, m, v).map_or("".into(), |x| format_value(m, x));
             if shared(m) || variants.len() == 1 {
@@ -139,7 +140,7 @@ fn family_table(out: &mut String, rows: &[&MetricRow], variants: &[&str]) {
             };
             cells.push(d);
         }
-        let _ = writeln!(out, "| {} |", cells.join(" | "));
+        let _ = writeln!(out, "{}", markdown::row(&cells));
     }
     out.push('\n');
 }
@@ -198,24 +199,20 @@ pub fn render(header: &Header<'_>, outcome: &Outcome, images: &[(&str, &str)]) -
         }
         let rows: BTreeSet<&str> = c.counts.keys().map(|(r, _)| r.as_str()).collect();
         let cols: BTreeSet<&str> = c.counts.keys().map(|(_, c)| c.as_str()).collect();
-        let _ = writeln!(
-            out,
-            "| | {} |",
-            cols.iter().copied().collect::<Vec<_>>().join(" | ")
-        );
+        let mut head = vec![String::new()];
+        head.extend(cols.iter().map(|c| markdown::cell(c)));
+        let _ = writeln!(out, "{}", markdown::row(&head));
         let _ = writeln!(out, "|{}", "---|".repeat(cols.len() + 1));
         for r in &rows {
-            let cells: Vec<String> = cols
-                .iter()
-                .map(|col| {
-                    c.counts
-                        .get(&(r.to_string(), col.to_string()))
-                        .copied()
-                        .unwrap_or(0)
-                        .to_string()
-                })
-                .collect();
-            let _ = writeln!(out, "| **{r}** | {} |", cells.join(" | "));
+            let mut cells = vec![format!("**{}**", markdown::cell(r))];
+            cells.extend(cols.iter().map(|col| {
+                c.counts
+                    .get(&(r.to_string(), col.to_string()))
+                    .copied()
+                    .unwrap_or(0)
+                    .to_string()
+            }));
+            let _ = writeln!(out, "{}", markdown::row(&cells));
         }
         out.push('\n');
     }
@@ -228,14 +225,11 @@ pub fn render(header: &Header<'_>, outcome: &Outcome, images: &[(&str, &str)]) -
                 s.id,
                 s.task.as_deref().unwrap_or("no task")
             );
-            let _ = writeln!(
-                out,
-                "Prompt (end):\n\n```text\n{}\n```\n",
-                tail(&s.prompt, 400)
-            );
-            let _ = writeln!(out, "Reference:\n\n```text\n{}\n```\n", s.reference);
+            let block = |text: &str| markdown::code_block("text", text);
+            let _ = writeln!(out, "Prompt (end):\n\n{}\n", block(&tail(&s.prompt, 400)));
+            let _ = writeln!(out, "Reference:\n\n{}\n", block(&s.reference));
             for (variant, text) in &s.outputs {
-                let _ = writeln!(out, "Generated ({variant}):\n\n```text\n{text}\n```\n");
+                let _ = writeln!(out, "Generated ({variant}):\n\n{}\n", block(text));
             }
         }
     }

@@ -4,10 +4,8 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Builder, RecordBatch, StringBuilder};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use medtune_schemas::col;
 
-use crate::metrics::entities::{Report, Scores};
+use crate::shared::metrics::entities::{Report, Scores};
 
 /// One number of the evaluation: `value` of `metric` for `group` (an entity type, a task, an
 /// average, `all`) in `family`, for the model variant `model` (`base` or `adapter`).
@@ -68,24 +66,47 @@ impl<'a> MetricSink<'a> {
     }
 }
 
+/// The metric families: the `family` column of `metrics`, one report section each.
+pub mod family {
+    /// Entity scores, seqeval default mode.
+    pub const ENTITY_DEFAULT: &str = "entity_default";
+    /// Entity scores, seqeval strict IOB2 mode.
+    pub const ENTITY_STRICT: &str = "entity_strict";
+    /// Word-tag scores.
+    pub const TOKEN: &str = "token";
+    /// Set-level extraction scores per task.
+    pub const EXTRACTION: &str = "extraction";
+    /// ROUGE-L and BLEU-1 against the reference.
+    pub const TEXT: &str = "text";
+    /// Loss and perplexity over the reference tokens.
+    pub const LM: &str = "lm";
+    /// Rows, tokens and seconds of the evaluation.
+    pub const THROUGHPUT: &str = "throughput";
+}
+
+/// The SQL that selects the headline figures of an evaluation from `metrics`: the averaged
+/// F1 scores, ROUGE-L and BLEU-1, perplexity and cross-entropy, and the speed.
+pub fn headline_query() -> String {
+    use family::*;
+    format!(
+        "SELECT family, \"group\", metric, model, value FROM metrics \
+         WHERE (family IN ('{ENTITY_DEFAULT}', '{ENTITY_STRICT}', '{EXTRACTION}') \
+                AND \"group\" IN ('{MICRO}', '{MACRO}') AND metric = 'f1') \
+            OR (family = '{TOKEN}' AND \"group\" = '{WEIGHTED}' AND metric = 'f1') \
+            OR (family = '{TEXT}' AND metric IN ('rouge_l', 'bleu_1')) \
+            OR (family = '{LM}' AND metric IN ('perplexity', 'cross_entropy')) \
+            OR (family = '{THROUGHPUT}' \
+                AND metric IN ('samples_per_second', 'sequences_per_second')) \
+         ORDER BY family, \"group\", metric, model"
+    )
+}
+
 /// Group name of the micro average.
 pub const MICRO: &str = "micro avg";
 /// Group name of the macro average.
 pub const MACRO: &str = "macro avg";
 /// Group name of the support-weighted average.
 pub const WEIGHTED: &str = "weighted avg";
-
-/// The `metrics` schema.
-pub fn metrics_schema() -> SchemaRef {
-    let s = |n: &str| Field::new(n, DataType::Utf8, false);
-    Arc::new(Schema::new(vec![
-        s("model"),
-        s("family"),
-        s("group"),
-        s("metric"),
-        Field::new("value", DataType::Float64, false),
-    ]))
-}
 
 /// Metric rows as a record batch.
 pub fn metrics_batch(rows: &[MetricRow]) -> arrow::error::Result<RecordBatch> {
@@ -105,43 +126,5 @@ pub fn metrics_batch(rows: &[MetricRow]) -> arrow::error::Result<RecordBatch> {
         .map(|mut b| Arc::new(b.finish()) as ArrayRef)
         .collect();
     columns.push(Arc::new(value.finish()));
-    RecordBatch::try_new(metrics_schema(), columns)
-}
-
-fn tag_list() -> DataType {
-    DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
-}
-
-/// `predictions` of a token classifier: per sequence and model, the true and predicted tag of
-/// every labelled word.
-pub fn tag_predictions_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new(col::ID, DataType::Utf8, false),
-        Field::new("window", DataType::UInt32, false),
-        Field::new("model", DataType::Utf8, false),
-        Field::new("truth", tag_list(), false),
-        Field::new("predicted", tag_list(), false),
-    ]))
-}
-
-/// `predictions` of a causal LM: per row and model, the raw generation, the reference and the
-/// row's scores (the extraction counts only for extraction tasks).
-pub fn generation_predictions_schema() -> SchemaRef {
-    let u = |n: &str, null: bool| Field::new(n, DataType::UInt32, null);
-    let f = |n: &str| Field::new(n, DataType::Float64, false);
-    Arc::new(Schema::new(vec![
-        Field::new(col::ID, DataType::Utf8, false),
-        Field::new(col::TASK, DataType::Utf8, true),
-        Field::new("model", DataType::Utf8, false),
-        u("prompt_tokens", false),
-        u("generated_tokens", false),
-        Field::new("stop", DataType::Utf8, false),
-        Field::new("generation", DataType::Utf8, false),
-        Field::new("reference", DataType::Utf8, false),
-        u("correct", true),
-        u("predicted", true),
-        u("gold", true),
-        f("rouge_l"),
-        f("bleu_1"),
-    ]))
+    RecordBatch::try_new(medtune_schemas::metrics(), columns)
 }

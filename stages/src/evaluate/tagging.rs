@@ -13,15 +13,12 @@ use medtune_pipeline::{PipelineError, Result, StageContext};
 use medtune_qlora::auto::AutoModel;
 use medtune_qlora::tasks::masked_cross_entropy;
 use medtune_qlora::Pass;
+use medtune_schemas::dataset::PREDICTIONS;
 
-use super::tables::{tag_predictions_schema, MetricSink, MICRO};
-use super::{
-    Bars, Confusion, Outcome, Variant, ENTITY_DEFAULT, ENTITY_STRICT, PREDICTIONS,
-    PREDICTIONS_JSONL, SCORES_JSON,
-};
-use crate::loader::BatchLoader;
-use crate::metrics::entities::{entity_report, token_report, Mode, Report};
-use crate::train::to_tensors;
+use super::tables::{family, MetricSink, MICRO};
+use super::{Bars, Confusion, Outcome, Variant, PREDICTIONS_JSONL, SCORES_JSON};
+use crate::shared::loader::BatchLoader;
+use crate::shared::metrics::entities::{entity_report, token_report, Mode, Report};
 
 /// Per-word tags of one sequence: truth and prediction.
 pub struct TaggedSequence {
@@ -69,7 +66,7 @@ pub fn predict_tags(
     let (mut loss_sum, mut labelled) = (0f64, 0u64);
     for batch in loader.epoch(0) {
         let batch = batch.map_err(|e| e.to_string())?;
-        let t = to_tensors(&batch, device).map_err(|e| e.to_string())?;
+        let t = batch.to_tensors(device).map_err(|e| e.to_string())?;
         let logits = model
             .logits(&t.input_ids, &t.attention_mask, pass)
             .map_err(|e| e.to_string())?;
@@ -172,18 +169,23 @@ pub(super) fn evaluate_tags(
         let seconds = clock.elapsed().as_secs_f64().max(1e-9);
         let scores = score(&tagged.sequences);
         let mut sink = MetricSink::new(&variant.name, &mut outcome.metrics);
-        sink.report(ENTITY_DEFAULT, &scores.lenient);
-        sink.report(ENTITY_STRICT, &scores.strict);
-        sink.report("token", &scores.tokens);
+        sink.report(family::ENTITY_DEFAULT, &scores.lenient);
+        sink.report(family::ENTITY_STRICT, &scores.strict);
+        sink.report(family::TOKEN, &scores.tokens);
         let mean_loss = tagged.loss_sum / tagged.labelled.max(1) as f64;
-        sink.push("lm", "all", "cross_entropy", mean_loss);
-        sink.push("lm", "all", "labelled_tokens", tagged.labelled as f64);
+        sink.push(family::LM, "all", "cross_entropy", mean_loss);
+        sink.push(family::LM, "all", "labelled_tokens", tagged.labelled as f64);
         let n = tagged.sequences.len() as f64;
-        sink.push("throughput", "all", "sequences", n);
-        sink.push("throughput", "all", "seconds", seconds);
-        sink.push("throughput", "all", "sequences_per_second", n / seconds);
+        sink.push(family::THROUGHPUT, "all", "sequences", n);
+        sink.push(family::THROUGHPUT, "all", "seconds", seconds);
         sink.push(
-            "throughput",
+            family::THROUGHPUT,
+            "all",
+            "sequences_per_second",
+            n / seconds,
+        );
+        sink.push(
+            family::THROUGHPUT,
             "all",
             "tokens_per_second",
             loader.shards().tokens() as f64 / seconds,
@@ -283,5 +285,8 @@ fn predictions_batch(model: &str, sequences: &[TaggedSequence]) -> Result<Record
         Arc::new(truth.finish()),
         Arc::new(predicted.finish()),
     ];
-    Ok(RecordBatch::try_new(tag_predictions_schema(), columns)?)
+    Ok(RecordBatch::try_new(
+        medtune_schemas::tag_predictions(),
+        columns,
+    )?)
 }

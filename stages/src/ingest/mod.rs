@@ -4,7 +4,6 @@
 //! Formats: prompt/completion JSON (ChemProt style), alpaca JSON (`instruction`, `input`,
 //! `output`), BIO JSON, each as a JSON array or as JSON lines; and CoNLL TSV.
 
-pub(crate) mod batch;
 mod resume;
 
 use std::fs::File;
@@ -23,22 +22,21 @@ use medtune_formats::framing::JsonRecords;
 use medtune_formats::json_records::{self, Origin};
 use medtune_formats::record::{ReadItem, Reject, RejectReason};
 use medtune_formats::text::bounded_raw;
+use medtune_schemas::dataset::{INGESTED, INGEST_REJECTS};
 
-use self::batch::{ExampleBatch, FileInfo};
 use self::resume::Resume;
-use crate::rejects::{RejectBatch, RejectRow};
+use crate::shared::example_batch::{self, ExampleBatch, FileInfo};
+use crate::shared::rejects::{RejectBatch, RejectRow};
+
+/// The stage name: its `[ingest]` config section and its cache folder.
+pub const NAME: &str = "ingest";
 
 pub use medtune_formats::framing::{JsonRecords as JsonRecordReader, RawRecord};
 pub use medtune_formats::json_records::{chemprot_body, chemprot_task};
 
-/// Name of the kept-rows dataset.
-pub const INGESTED: &str = "ingested";
 /// A batch is sent on once it holds this much text, even before `batch_rows` rows, so memory
 /// stays bounded however long the records are.
 const BATCH_TEXT_BYTES: usize = 4 << 20;
-
-/// Name of the rejected-rows dataset.
-pub const REJECTS: &str = "ingest_rejects";
 
 /// Input formats the ingest stage reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,19 +105,19 @@ pub struct IngestStage {
 impl IngestStage {
     /// Builds the stage from the `[ingest]` section of `config`.
     pub fn from_config(config: &PipelineConfig) -> Result<Self> {
-        let section: IngestConfig = config.section("ingest")?;
+        let section: IngestConfig = config.section(NAME)?;
         if section.inputs.is_empty() {
             return Err(config.error("[ingest]: `inputs` lists no files"));
         }
         // `{}` is the shortest JSON record; a smaller bound would reject every record.
         config.check_range(
-            "ingest",
+            NAME,
             "max_record_bytes",
             section.max_record_bytes,
             2..=usize::MAX,
         )?;
         config.check_range(
-            "ingest",
+            NAME,
             "max_sentence_words",
             section.max_sentence_words,
             1..=usize::MAX,
@@ -187,7 +185,7 @@ struct FileRun<'a> {
 
 impl Stage for IngestStage {
     fn name(&self) -> &str {
-        "ingest"
+        NAME
     }
 
     fn version(&self) -> u32 {
@@ -198,7 +196,11 @@ impl Stage for IngestStage {
     fn outputs(&self) -> Vec<OutputDecl> {
         vec![
             OutputDecl::new(INGESTED, medtune_schemas::examples(), OutputRole::Kept),
-            OutputDecl::new(REJECTS, medtune_schemas::rejects(), OutputRole::Rejects),
+            OutputDecl::new(
+                INGEST_REJECTS,
+                medtune_schemas::rejects(),
+                OutputRole::Rejects,
+            ),
         ]
     }
 
@@ -432,7 +434,7 @@ impl IngestStage {
                     run.clean_end = false;
                 }
                 ctx.count_dropped(reject.reason.code(), 1);
-                let id = batch::row_id(run.info.file_name, ordinal);
+                let id = example_batch::row_id(run.info.file_name, ordinal);
                 run.rejects.push(RejectRow {
                     stage: self.name(),
                     source_file: run.info.source_file,
@@ -460,7 +462,7 @@ impl IngestStage {
             ctx.write(INGESTED, run.examples.finish()?)?;
         }
         if run.rejects.rows() > 0 && (all || run.rejects.rows() >= ctx.batch_rows()) {
-            ctx.write(REJECTS, run.rejects.finish()?)?;
+            ctx.write(INGEST_REJECTS, run.rejects.finish()?)?;
         }
         Ok(())
     }

@@ -21,16 +21,19 @@ use medtune_pipeline::{
     Stage, StageContext, WorkUnit,
 };
 use medtune_schemas::col;
+use medtune_schemas::dataset::SPLIT;
 use serde::{Deserialize, Serialize};
 
 use self::assign::{assign, Group, SPLIT_NAMES};
 use self::leakage::{find_leaks, RowKeys};
 use self::resume::{AppendPlan, NewRows, PlacedRow};
-use crate::examples::{check_text_columns, ExampleRows, TEXT_COLUMNS};
+use crate::shared::examples::{check_text_columns, ExampleRows, TEXT_COLUMNS};
+use crate::shared::grouping::UnionFind;
 use medtune_formats::normalize::{key_hash, Normalization};
 
-/// Name of the output dataset.
-pub const SPLIT: &str = "split";
+/// The stage name: its `[split]` config section and its cache folder.
+pub const NAME: &str = "split";
+
 /// Stratify pseudo-column: the sorted entity types of a BIO sentence (`Chemical+Disease`).
 pub const ENTITY_TYPES: &str = "entity_types";
 
@@ -104,7 +107,7 @@ impl SplitStage {
         input: &str,
         near_duplicates: Option<&str>,
     ) -> Result<Self> {
-        let section: SplitConfig = config.section("split")?;
+        let section: SplitConfig = config.section(NAME)?;
         let f = section.fractions;
         let shares = [f.train, f.validation, f.test];
         if shares.iter().any(|s| !(0.0..=1.0).contains(s))
@@ -179,31 +182,20 @@ impl SplitStage {
     }
 }
 
-/// Union-find over row indices.
-struct Components(Vec<u32>);
-
-impl Components {
-    fn find(&mut self, mut x: u32) -> u32 {
-        while self.0[x as usize] != x {
-            let up = self.0[self.0[x as usize] as usize];
-            self.0[x as usize] = up;
-            x = up;
-        }
-        x
-    }
-
-    fn union(&mut self, a: u32, b: u32) {
-        let (ra, rb) = (self.find(a), self.find(b));
-        if ra != rb {
-            let (root, child) = if ra < rb { (ra, rb) } else { (rb, ra) };
-            self.0[child as usize] = root;
-        }
-    }
+/// Joins rows sharing a group key, a normalised text or a near-duplicate cluster: each set
+/// of the result is one split group, rooted at its first row.
+fn join_shared_keys(keys: &[RowKeys]) -> UnionFind {
+    let mut groups = UnionFind::new(keys.len());
+    let indexed = || keys.iter().enumerate().map(|(i, k)| (i as u32, k));
+    groups.join_by_key(indexed().map(|(i, k)| (i, k.group.as_str())));
+    groups.join_by_key(indexed().map(|(i, k)| (i, k.text_hash)));
+    groups.join_by_key(indexed().filter_map(|(i, k)| Some((i, k.cluster.as_deref()?))));
+    groups
 }
 
 impl Stage for SplitStage {
     fn name(&self) -> &str {
-        "split"
+        NAME
     }
 
     fn version(&self) -> u32 {
@@ -347,24 +339,7 @@ impl SplitStage {
             })
             .collect();
 
-        // Join rows sharing a group key, a text or a near-duplicate cluster.
-        let mut components = Components((0..keys.len() as u32).collect());
-        {
-            let mut by_group: HashMap<&str, u32> = HashMap::new();
-            let mut by_text: HashMap<u128, u32> = HashMap::new();
-            let mut by_cluster: HashMap<&str, u32> = HashMap::new();
-            for (i, k) in keys.iter().enumerate() {
-                let i = i as u32;
-                let g = *by_group.entry(&k.group).or_insert(i);
-                components.union(g, i);
-                let t = *by_text.entry(k.text_hash).or_insert(i);
-                components.union(t, i);
-                if let Some(c) = &k.cluster {
-                    let c = *by_cluster.entry(c).or_insert(i);
-                    components.union(c, i);
-                }
-            }
-        }
+        let mut components = join_shared_keys(&keys);
         let mut group_of_root: HashMap<u32, usize> = HashMap::new();
         let mut groups: Vec<Group> = Vec::new();
         let mut row_group = Vec::with_capacity(keys.len());
@@ -397,7 +372,7 @@ impl SplitStage {
         if !leaks.is_empty() {
             let shown: Vec<String> = leaks.iter().take(20).map(|l| format!("  {l}")).collect();
             return Err(PipelineError::CheckFailed {
-                stage: "split".into(),
+                stage: NAME.into(),
                 message: format!(
                     "{} leaks between splits:\n{}{}",
                     leaks.len(),

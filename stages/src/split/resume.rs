@@ -20,10 +20,10 @@ use arrow::record_batch::RecordBatch;
 use medtune_pipeline::Result;
 
 use super::assign::{assign_onto, Group};
+use super::join_shared_keys;
 use super::leakage::{find_leaks, RowKeys};
-use super::Components;
-use crate::examples::typed_column as column;
-use crate::state::{read_table, write_table};
+use crate::shared::append_state::{read_table, write_table};
+use crate::shared::examples::typed_column as column;
 
 const TABLE: &str = "split_rows";
 
@@ -155,20 +155,7 @@ pub(crate) fn plan(
 
     // The new rows' components, and the old groups each one touches.
     let n = new.keys.len();
-    let mut components = Components((0..n as u32).collect());
-    {
-        let mut first_key: HashMap<&str, u32> = HashMap::new();
-        let mut first_text: HashMap<u128, u32> = HashMap::new();
-        let mut first_cluster: HashMap<&str, u32> = HashMap::new();
-        for (i, k) in new.keys.iter().enumerate() {
-            let i = i as u32;
-            components.union(*first_key.entry(&k.group).or_insert(i), i);
-            components.union(*first_text.entry(k.text_hash).or_insert(i), i);
-            if let Some(c) = &k.cluster {
-                components.union(*first_cluster.entry(c).or_insert(i), i);
-            }
-        }
-    }
+    let mut components = join_shared_keys(&new.keys);
     let mut touched: HashMap<u32, BTreeSet<usize>> = HashMap::new();
     for (i, k) in new.keys.iter().enumerate() {
         let set = touched.entry(components.find(i as u32)).or_default();

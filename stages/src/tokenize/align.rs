@@ -2,11 +2,10 @@
 
 use tokenizers::{EncodeInput, InputSequence, Tokenizer};
 
-use super::template::PromptTemplate;
-use super::{Overflow, TokenizeConfig, TruncationSide};
+use medtune_schemas::IGNORED_LABEL as IGNORE;
 
-/// Label of positions the loss ignores.
-pub const IGNORE: i32 = -100;
+use crate::shared::tokenizer::template::PromptTemplate;
+use crate::shared::tokenizer::{Overflow, TokenizeConfig, TruncationSide};
 
 /// One encoded sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,170 +13,41 @@
 //! dropped tokens and dropped entities are counted, never lost silently.
 
 mod align;
-pub mod template;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, Int32Builder, ListBuilder, StringArray, StringBuilder, UInt32Builder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
 use arrow::record_batch::RecordBatch;
 use medtune_formats::text::bounded_raw;
 use medtune_pipeline::{
     Continuation, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl, Stage,
     StageContext, WorkUnit,
 };
-use medtune_qlora::gguf::{eos_id_of, is_gguf, GgufFile};
+
 use medtune_schemas::col;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+
+use medtune_schemas::dataset::{LABEL_MAP, TOKENIZED, TOKENIZE_REJECTS};
 use tokenizers::Tokenizer;
 
-use self::align::{encode_sft, encode_words, Tokenized};
-pub use self::align::{LabelMap, IGNORE};
-use self::template::{template_file, ChatTemplate, PromptTemplate};
-use crate::examples::ExampleRows;
-use crate::rejects::{RejectBatch, RejectRow};
+use self::align::{encode_sft, encode_words, LabelMap, Tokenized};
+use crate::shared::examples::ExampleRows;
+use crate::shared::rejects::{RejectBatch, RejectRow};
+use crate::shared::tokenizer::template::{template_file, ChatTemplate, PromptTemplate};
+use crate::shared::tokenizer::{eos_id, load_tokenizer, Mode, Overflow, TokenizeConfig};
 
-/// Name of the output dataset.
-pub const TOKENIZED: &str = "tokenized";
-/// Name of the label map dataset.
-pub const LABEL_MAP: &str = "label_map";
-/// Name of the dataset of rows left with no labelled token.
-pub const TOKENIZE_REJECTS: &str = "tokenize_rejects";
+/// The stage name: its `[tokenize]` config section and its cache folder.
+pub const NAME: &str = TokenizeConfig::SECTION;
+
 /// Drop reason of a row none of whose sequences has a token the loss counts.
 pub const NO_LABELLED_TOKENS: &str = "no_labelled_tokens";
 /// Bound on the raw text a reject keeps.
 const REJECT_RAW_BYTES: usize = 4096;
-
-/// What the model learns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// One label per word (BIO rows).
-    TokenClassification,
-    /// Completion given prompt (prompt/completion and alpaca rows).
-    Sft,
-}
-
-/// What happens to inputs longer than `max_length`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Overflow {
-    /// Keep the first `max_length` tokens (counted).
-    Truncate,
-    /// Sliding windows of `max_length` tokens overlapping by `stride` (token classification).
-    Window,
-}
-
-/// Which end of an over-long sequence truncation cuts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TruncationSide {
-    /// Keep the start: the end of an SFT completion (or of a sentence) is cut.
-    #[default]
-    Right,
-    /// Keep the end: an SFT prompt loses its start (after the BOS) so that the completion,
-    /// which carries the labels, survives; a sentence loses its first tokens.
-    Left,
-}
-
-fn default_max_length() -> usize {
-    512
-}
-
-fn default_stride() -> usize {
-    64
-}
-
-/// The `[tokenize]` config section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenizeConfig {
-    /// A Hugging Face `tokenizer.json`, relative to the config's folder.
-    pub tokenizer: String,
-    /// Token classification or SFT.
-    pub mode: Mode,
-    /// Longest sequence, special tokens included.
-    #[serde(default = "default_max_length")]
-    pub max_length: usize,
-    /// Truncate or window.
-    #[serde(default = "truncate")]
-    pub overflow: Overflow,
-    /// Which end `overflow = "truncate"` cuts.
-    #[serde(default)]
-    pub truncation_side: TruncationSide,
-    /// Tokens shared by consecutive windows.
-    #[serde(default = "default_stride")]
-    pub stride: usize,
-    /// Label every sub-token (the I- form after the first) instead of -100.
-    #[serde(default)]
-    pub label_all_tokens: bool,
-    /// A fixed label map, in id order (say, the one a trained head was built with); a tag
-    /// outside it is an error naming the row. Default: built from the data.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<Vec<String>>,
-    /// Chat template of SFT prompts.
-    #[serde(default)]
-    pub template: ChatTemplate,
-    /// The end-of-sequence token appended to SFT completions (default: the tokenizer's
-    /// `</s>`, `<|eot_id|>`, `<|endoftext|>` or `[SEP]`, whichever it has).
-    #[serde(default)]
-    pub eos_token: Option<String>,
-}
-
-/// Loads a `tokenizer.json`, or the tokenizer in a GGUF file's metadata, with its own
-/// truncation and padding off (stages decide about length themselves; the file's settings
-/// would cut or pad silently).
-pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
-    if !path.is_file() {
-        return Err(PipelineError::bad_input(
-            path,
-            "tokenizer file not found (run scripts/fetch-model.sh for the bundled configs)",
-        ));
-    }
-    let mut tokenizer = if is_gguf(path) {
-        GgufFile::open(path)
-            .and_then(|file| file.tokenizer())
-            .map_err(|e| PipelineError::bad_input(path, e.to_string()))?
-    } else {
-        Tokenizer::from_file(path).map_err(|e| {
-            PipelineError::bad_input(path, format!("not a Hugging Face tokenizer.json: {e}"))
-        })?
-    };
-    tokenizer
-        .with_truncation(None)
-        .map_err(|e| PipelineError::bad_input(path, e.to_string()))?;
-    tokenizer.with_padding(None);
-    Ok(tokenizer)
-}
-
-/// The end-of-sequence id SFT completions end with: `configured`, or a GGUF file's own
-/// (`tokenizer.ggml.eos_token_id`), or the first of `</s>`, `<|eot_id|>`, `<|endoftext|>`,
-/// `[SEP]` the tokenizer (loaded from `path`) has.
-pub fn eos_id(tokenizer: &Tokenizer, path: &Path, configured: Option<&str>) -> Result<u32> {
-    if configured.is_none() && is_gguf(path) {
-        if let Some(id) = eos_id_of(path) {
-            return Ok(id);
-        }
-    }
-    let candidates: Vec<&str> = match configured {
-        Some(t) => vec![t],
-        None => vec!["</s>", "<|eot_id|>", "<|endoftext|>", "[SEP]"],
-    };
-    candidates
-        .iter()
-        .find_map(|t| tokenizer.token_to_id(t))
-        .ok_or_else(|| {
-            PipelineError::bad_input(
-                path,
-                format!("the tokenizer has none of the end-of-sequence tokens {candidates:?}"),
-            )
-        })
-}
 
 /// Why a row has no labelled token, with the setting that would keep it.
 fn no_labels_detail(cfg: &TokenizeConfig, dropped_tokens: u64) -> String {
@@ -202,10 +73,6 @@ fn raw_text(rows: &ExampleRows<'_>, row: usize) -> String {
     }
 }
 
-fn truncate() -> Overflow {
-    Overflow::Truncate
-}
-
 /// The tokenize stage.
 pub struct TokenizeStage {
     config: TokenizeConfig,
@@ -216,7 +83,7 @@ pub struct TokenizeStage {
 impl TokenizeStage {
     /// Builds the stage from `[tokenize]`, reading the dataset `input`.
     pub fn from_config(config: &PipelineConfig, input: &str) -> Result<Self> {
-        let section: TokenizeConfig = config.section("tokenize")?;
+        let section: TokenizeConfig = config.section(NAME)?;
         if section.max_length < 4 {
             return Err(config.error("[tokenize]: `max_length` must be at least 4"));
         }
@@ -274,7 +141,7 @@ impl TokenizeStage {
         }
         LabelMap::from_tags(tags.iter().map(String::as_str)).map_err(|m| {
             PipelineError::CheckFailed {
-                stage: "tokenize".into(),
+                stage: NAME.into(),
                 message: m,
             }
         })
@@ -296,29 +163,6 @@ fn same_labels_as_before(ctx: &StageContext<'_>, map: &LabelMap) -> Result<bool>
         labels.extend(names.iter().map(|n| n.unwrap_or_default().to_string()));
     }
     Ok(labels == map.labels())
-}
-
-/// The `tokenized` schema.
-pub fn tokenized_schema() -> SchemaRef {
-    let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
-    Arc::new(Schema::new(vec![
-        Field::new(col::ID, DataType::Utf8, false),
-        Field::new(col::TASK, DataType::Utf8, true),
-        Field::new(col::SPLIT, DataType::Utf8, false),
-        Field::new("window", DataType::UInt32, false),
-        Field::new("input_ids", list(DataType::UInt32), false),
-        Field::new("labels", list(DataType::Int32), false),
-        Field::new("length", DataType::UInt32, false),
-        Field::new("prompt_tokens", DataType::UInt32, false),
-    ]))
-}
-
-/// The `label_map` schema.
-pub fn label_map_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("label_id", DataType::Int32, false),
-        Field::new("label", DataType::Utf8, false),
-    ]))
 }
 
 #[derive(Default)]
@@ -358,7 +202,7 @@ impl TokenizedBatch {
             Arc::new(self.length.finish()),
             Arc::new(self.prompt_tokens.finish()),
         ];
-        Ok(RecordBatch::try_new(tokenized_schema(), columns)?)
+        Ok(RecordBatch::try_new(medtune_schemas::tokenized(), columns)?)
     }
 }
 
@@ -372,7 +216,7 @@ struct Encoded {
 
 impl Stage for TokenizeStage {
     fn name(&self) -> &str {
-        "tokenize"
+        NAME
     }
 
     fn version(&self) -> u32 {
@@ -386,8 +230,8 @@ impl Stage for TokenizeStage {
 
     fn outputs(&self) -> Vec<OutputDecl> {
         vec![
-            OutputDecl::new(TOKENIZED, tokenized_schema(), OutputRole::Side),
-            OutputDecl::new(LABEL_MAP, label_map_schema(), OutputRole::Side),
+            OutputDecl::new(TOKENIZED, medtune_schemas::tokenized(), OutputRole::Side),
+            OutputDecl::new(LABEL_MAP, medtune_schemas::label_map(), OutputRole::Side),
             OutputDecl::new(
                 TOKENIZE_REJECTS,
                 medtune_schemas::rejects(),
@@ -511,7 +355,7 @@ impl Stage for TokenizeStage {
                     ctx.count_dropped(NO_LABELLED_TOKENS, 1);
                     rejected += 1;
                     rejects.push(RejectRow {
-                        stage: "tokenize",
+                        stage: NAME,
                         source_file: rows.source_file.value(row),
                         line: rows.line.value(row),
                         id: rows.id.value(row),
@@ -565,7 +409,7 @@ impl Stage for TokenizeStage {
             let columns: Vec<ArrayRef> = vec![Arc::new(id.finish()), Arc::new(name.finish())];
             ctx.write(
                 LABEL_MAP,
-                RecordBatch::try_new(label_map_schema(), columns)?,
+                RecordBatch::try_new(medtune_schemas::label_map(), columns)?,
             )?;
         }
         Ok(())

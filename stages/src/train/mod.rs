@@ -14,100 +14,65 @@
 
 mod source;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, AsArray, Float64Builder, RecordBatch, UInt64Builder};
-use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
-use candle_core::Device;
+use arrow::array::{ArrayRef, Float64Builder, RecordBatch, UInt64Builder};
 use medtune_pipeline::{
     OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl, Stage, StageContext,
     WorkUnit,
 };
 use medtune_qlora::auto::{AutoModel, Task};
-use medtune_qlora::bert::LoadOptions;
-use medtune_qlora::train::{StepLog, TrainConfig, TrainState, Trainer};
-use medtune_qlora::{LoraConfig, QloraError};
-use serde::{Deserialize, Serialize};
+use medtune_qlora::train::{EvalLog, StepLog, TrainState, Trainer};
+use medtune_schemas::dataset::{LABEL_MAP, SHARDS, TRAIN_LOG};
 
-pub use self::source::{to_tensors, ShardBatches};
-use crate::loader::{BatchLoader, Batching, LoaderOptions, Padding, ShardSet};
-use crate::plot::Points;
-use crate::shard::SHARDS;
-use crate::tokenize::LABEL_MAP;
+use self::source::ShardBatches;
+use crate::shared::loader::{BatchLoader, Batching, LoaderOptions, Padding, ShardSet};
+use crate::shared::model::{
+    model_error, read_label_names, weight_sources, TrainConfig, ADAPTER_DIR,
+};
+use crate::shared::plot::Points;
 
-/// Name of the per-step log dataset.
-pub const TRAIN_LOG: &str = "train_log";
-/// Artifact folder of the trained adapter.
-pub const ADAPTER_DIR: &str = "adapter";
+/// The stage name: its `[train]` config section and its cache folder.
+pub const NAME: &str = TrainConfig::SECTION;
+/// The artifact holding the whole training state (steps, evaluations, the best one).
+pub const STATE_FILE: &str = "train_state.json";
 
-fn default_max_tokens() -> usize {
-    4096
-}
-fn default_eval_split() -> String {
-    "validation".into()
-}
-fn yes() -> bool {
-    true
-}
-fn default_test_split() -> String {
-    "test".into()
+/// What a committed training run left in its artifacts folder.
+#[derive(Debug, Clone)]
+pub struct TrainedAdapter {
+    /// The adapter folder (PEFT format).
+    pub adapter_dir: PathBuf,
+    /// The evaluation whose weights the adapter holds, if the run evaluated.
+    pub best: Option<EvalLog>,
 }
 
-/// Where the model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceChoice {
-    /// The CPU, f32.
-    #[default]
-    Cpu,
-    /// The first CUDA GPU, bf16 compute (needs the `cuda` feature).
-    Cuda,
-}
-
-/// The `[train]` config section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainSection {
-    /// A Hugging Face model directory (config.json + safetensors) or a GGUF file (`.gguf`),
-    /// relative to the config.
-    pub model: String,
-    /// Token classification or causal LM.
-    pub task: Task,
-    /// NF4 base weights (QLoRA); off trains LoRA over full-precision weights.
-    #[serde(default = "yes")]
-    pub quantise: bool,
-    /// Padded tokens per batch.
-    #[serde(default = "default_max_tokens")]
-    pub max_tokens: usize,
-    /// Split whose loss is evaluated (and picks the best checkpoint).
-    #[serde(default = "default_eval_split")]
-    pub eval_split: String,
-    /// The held-out split: what the evaluate stage scores unless `[evaluate] split` says
-    /// otherwise.
-    #[serde(default = "default_test_split")]
-    pub test_split: String,
-    /// CPU or CUDA.
-    #[serde(default)]
-    pub device: DeviceChoice,
-    /// Optimisation: epochs, learning rate, schedule, accumulation, seed...
-    pub schedule: TrainConfig,
-    /// The adapters.
-    pub lora: LoraConfig,
+impl TrainedAdapter {
+    /// Reads what the train stage committed into `artifacts` (its cache entry's artifacts).
+    pub fn read(artifacts: &Path) -> Result<Self> {
+        let path = artifacts.join(STATE_FILE);
+        let text = std::fs::read(&path).map_err(|e| PipelineError::io(&path, e))?;
+        let state: TrainState = serde_json::from_slice(&text).map_err(|e| {
+            PipelineError::Internal(format!("{}: not a training state: {e}", path.display()))
+        })?;
+        Ok(TrainedAdapter {
+            adapter_dir: artifacts.join(ADAPTER_DIR),
+            best: state.best,
+        })
+    }
 }
 
 /// The train stage.
 pub struct TrainStage {
-    config: TrainSection,
+    config: TrainConfig,
     model_dir: PathBuf,
 }
 
 impl TrainStage {
     /// Builds the stage from `[train]`.
     pub fn from_config(config: &PipelineConfig) -> Result<Self> {
-        let section: TrainSection = config.section("train")?;
+        let section: TrainConfig = config.section("train")?;
         if section.max_tokens == 0 {
             return Err(config.error("[train]: `max_tokens` must be positive"));
         }
@@ -181,109 +146,6 @@ impl TrainStage {
     }
 }
 
-impl DeviceChoice {
-    /// The candle device (CUDA needs the `cuda` feature and a GPU).
-    pub fn device(self) -> Result<Device> {
-        match self {
-            DeviceChoice::Cpu => Ok(Device::Cpu),
-            DeviceChoice::Cuda => Device::new_cuda(0).map_err(|e| {
-                PipelineError::Usage(format!(
-                    "device = \"cuda\": {e} (build with `--features cuda` on a machine with a GPU)"
-                ))
-            }),
-        }
-    }
-
-    /// How models load on this device: f32 on the CPU, bf16 compute on CUDA.
-    pub fn load_options(self, quantise: bool) -> Result<LoadOptions> {
-        let device = self.device()?;
-        Ok(LoadOptions {
-            quantise,
-            dtype: if device.is_cuda() {
-                candle_core::DType::BF16
-            } else {
-                candle_core::DType::F32
-            },
-            device,
-        })
-    }
-}
-
-/// The files that make a model or adapter what it is, as stage sources: a directory's
-/// `config.json` / `adapter_config.json` and safetensors, named `<written>/<file>`, or a model
-/// file (GGUF) itself, named `written`.
-pub(crate) fn weight_sources(dir: &std::path::Path, written: &str) -> Vec<SourceDecl> {
-    if dir.is_file() {
-        return vec![SourceDecl {
-            written: written.to_string(),
-            path: dir.to_path_buf(),
-        }];
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n == "config.json" || n == "adapter_config.json" || n.ends_with(".safetensors"))
-        .collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|name| SourceDecl {
-            written: format!("{written}/{name}"),
-            path: dir.join(name),
-        })
-        .collect()
-}
-
-/// The label names of the `label_map` input, by id.
-pub(crate) fn read_label_names(ctx: &StageContext<'_>) -> Result<Vec<String>> {
-    let mut names = BTreeMap::new();
-    for batch in ctx.read(LABEL_MAP)? {
-        let batch = batch?;
-        let ids = batch.column(0).as_primitive::<Int32Type>();
-        let labels = batch.column(1).as_string::<i32>();
-        for row in 0..batch.num_rows() {
-            names.insert(ids.value(row), labels.value(row).to_string());
-        }
-    }
-    Ok(names.into_values().collect())
-}
-
-/// A qlora error as a pipeline error: bad models and configs are the user's to fix (exit 2).
-pub(crate) fn model_error(dir: &std::path::Path, e: QloraError) -> PipelineError {
-    match e {
-        QloraError::Model { path, message } => PipelineError::bad_input(path, message),
-        QloraError::Shape { .. } | QloraError::Config(_) | QloraError::Quantise { .. } => {
-            PipelineError::bad_input(dir, e.to_string())
-        }
-        QloraError::Data(m) => PipelineError::Internal(m),
-        QloraError::NotFinite { .. } => PipelineError::CheckFailed {
-            stage: "train".into(),
-            message: e.to_string(),
-        },
-        QloraError::Candle(e) => PipelineError::Internal(format!("candle: {e}")),
-    }
-}
-
-/// The `train_log` schema.
-pub fn train_log_schema() -> SchemaRef {
-    let u = |n: &str| Field::new(n, DataType::UInt64, false);
-    let f = |n: &str, null: bool| Field::new(n, DataType::Float64, null);
-    Arc::new(Schema::new(vec![
-        u("step"),
-        u("epoch"),
-        f("loss", false),
-        u("labelled_tokens"),
-        f("learning_rate", false),
-        f("grad_norm", false),
-        u("tokens"),
-        f("seconds", false),
-        f("eval_loss", true),
-    ]))
-}
-
 fn log_batch(state: &TrainState) -> Result<RecordBatch> {
     let (mut step, mut epoch, mut tokens) = (
         UInt64Builder::new(),
@@ -325,7 +187,7 @@ fn log_batch(state: &TrainState) -> Result<RecordBatch> {
         secs,
         eval,
     ];
-    Ok(RecordBatch::try_new(train_log_schema(), columns)?)
+    Ok(RecordBatch::try_new(medtune_schemas::train_log(), columns)?)
 }
 
 /// (step, loss) of the training steps and of the evaluations.
@@ -354,7 +216,7 @@ fn rss_mib() -> Option<u64> {
 
 impl Stage for TrainStage {
     fn name(&self) -> &str {
-        "train"
+        NAME
     }
 
     fn version(&self) -> u32 {
@@ -372,7 +234,7 @@ impl Stage for TrainStage {
     fn outputs(&self) -> Vec<OutputDecl> {
         vec![OutputDecl::new(
             TRAIN_LOG,
-            train_log_schema(),
+            medtune_schemas::train_log(),
             OutputRole::Side,
         )]
     }
@@ -454,11 +316,15 @@ impl Stage for TrainStage {
             .save_adapter(&artifacts.join(ADAPTER_DIR), &cfg.lora, &cfg.model)
             .map_err(|e| model_error(&self.model_dir, e))?;
         let state_json = serde_json::to_vec_pretty(&state).expect("state serialises");
-        let state_path = artifacts.join("train_state.json");
+        let state_path = artifacts.join(STATE_FILE);
         std::fs::write(&state_path, state_json).map_err(|e| PipelineError::io(&state_path, e))?;
         ctx.write(TRAIN_LOG, log_batch(&state)?)?;
         let (train_points, eval_points) = loss_points(&state);
-        match crate::plot::loss_curve(&train_points, &eval_points, &artifacts.join("loss.png")) {
+        match crate::shared::plot::loss_curve(
+            &train_points,
+            &eval_points,
+            &artifacts.join("loss.png"),
+        ) {
             Ok(true) => {}
             Ok(false) => ctx.warn("no TrueType font found: loss.png is drawn without labels"),
             Err(e) => ctx.warn(format!("loss curve not drawn: {e}")),

@@ -1,10 +1,10 @@
 //! The batch loader as the trainer's batch source: loader batches become tensors.
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use medtune_qlora::train::{BatchSource, TrainBatch};
 use medtune_qlora::QloraError;
 
-use crate::loader::{Batch, BatchLoader, Position};
+use crate::shared::loader::{BatchLoader, Position};
 
 /// Batches of one split of the shards, on a device.
 pub struct ShardBatches {
@@ -24,19 +24,6 @@ impl ShardBatches {
     }
 }
 
-/// A loader batch as tensors: ids and mask u32, labels i64.
-pub fn to_tensors(batch: &Batch, device: &Device) -> candle_core::Result<TrainBatch> {
-    let shape = (batch.rows(), batch.seq_len);
-    let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
-    Ok(TrainBatch {
-        input_ids: Tensor::from_slice(&batch.input_ids, shape, device)?,
-        attention_mask: Tensor::from_slice(&batch.attention_mask, shape, device)?,
-        labelled: labels.iter().filter(|&&l| l >= 0).count(),
-        labels: Tensor::from_vec(labels, shape, device)?,
-        tokens: batch.tokens(),
-    })
-}
-
 impl BatchSource for ShardBatches {
     fn batches(
         &self,
@@ -49,7 +36,7 @@ impl BatchSource for ShardBatches {
                 .resume(Position { epoch, step })
                 .map(move |batch| {
                     let batch = batch.map_err(|e| QloraError::Data(e.to_string()))?;
-                    Ok(to_tensors(&batch, &device)?)
+                    Ok(batch.to_tensors(&device)?)
                 }),
         )
     }

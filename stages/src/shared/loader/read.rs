@@ -7,12 +7,9 @@ use arrow::array::{Array, AsArray, ListArray, RecordBatch, StringArray, UInt32Ar
 use arrow::compute::concat_batches;
 use arrow::datatypes::{Int32Type, UInt32Type};
 use medtune_pipeline::{PipelineError, Result};
-use medtune_schemas::col;
+use medtune_schemas::col::{self, LENGTH};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
-
-use crate::shard::LENGTH;
-use crate::tokenize::tokenized_schema;
 
 /// Rows read at a time from a shard file.
 const READ_ROWS: usize = 8192;
@@ -58,7 +55,7 @@ impl ShardRows {
     pub fn read(path: &Path) -> Result<Self> {
         let reader = open(path)?.with_batch_size(READ_ROWS).build()?;
         let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
-        let expected = tokenized_schema();
+        let expected = medtune_schemas::tokenized();
         if let Some(first) = batches.first() {
             if first.schema().fields() != expected.fields() {
                 return Err(bad(

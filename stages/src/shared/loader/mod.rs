@@ -16,17 +16,19 @@
 
 mod plan;
 mod read;
+mod tensors;
 
 use std::path::{Path, PathBuf};
 
 use medtune_pipeline::reader::CommittedDataset;
 use medtune_pipeline::{PipelineError, Result, Workdir};
+use medtune_schemas::col::LENGTH;
+use medtune_schemas::dataset::SHARDS;
+use medtune_schemas::IGNORED_LABEL as IGNORE;
 use serde::{Deserialize, Serialize};
 
 pub use self::plan::{plan_batches, stream, Batching};
 pub use self::read::{shard_lengths, ShardRows};
-use crate::shard::{LENGTH, SHARDS};
-use crate::tokenize::IGNORE;
 
 /// One training shard, as its manifest entry describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]

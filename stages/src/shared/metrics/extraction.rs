@@ -14,8 +14,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::convert::{item_text, normalize_entity, ENTITY_TASKS, RELATION, RELATION_TASK};
-use crate::metrics::entities::{averages, Report, Scores};
+use crate::shared::chemprot::{
+    item_text, normalize_entity, ENTITY_TASKS, RELATION_LINE, RELATION_TASK,
+};
+use crate::shared::metrics::entities::{averages, Report, Scores};
 
 /// Whether `task` is scored as an extraction task.
 pub fn is_extraction_task(task: &str) -> bool {
@@ -54,7 +56,7 @@ pub fn parse_list(text: &str, task: &str) -> ParsedList {
 }
 
 fn relation_item(line: &str) -> Option<String> {
-    if let Some(c) = RELATION.captures(line) {
+    if let Some(c) = RELATION_LINE.captures(line) {
         return Some(format!(
             "{} | {}",
             normalize_entity(&c[1]),

@@ -1,27 +1,29 @@
-//! Renders the `profile` dataset: a table per section on stdout, and the same figures as
-//! `reports/profile.json` and `reports/profile.md` in the workdir.
+//! The profile report, rendered from the committed `profile` dataset: a table per section for
+//! the terminal, and the same figures as `reports/profile.json` and `reports/profile.md` in the
+//! workdir.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use arrow::array::{AsArray, Float64Array};
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, Table};
 use medtune_pipeline::fsutil::write_atomic;
 use medtune_pipeline::reader::CommittedDataset;
+use medtune_pipeline::{PipelineError, Result};
+
+use crate::shared::markdown;
 
 /// section -> key -> metric -> value, in first-seen order of metrics.
-pub struct Profile {
+pub struct ProfileReport {
     sections: BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>,
     metric_order: BTreeMap<String, Vec<String>>,
 }
 
-impl Profile {
+impl ProfileReport {
     /// Reads every row of the committed `profile` dataset.
-    pub fn read(dataset: &CommittedDataset) -> anyhow::Result<Self> {
-        let mut profile = Profile {
+    pub fn read(dataset: &CommittedDataset) -> Result<Self> {
+        let mut profile = ProfileReport {
             sections: BTreeMap::new(),
             metric_order: BTreeMap::new(),
         };
@@ -56,8 +58,9 @@ impl Profile {
         }
     }
 
-    /// Prints a table per section.
-    pub fn print(&self, out: &mut dyn Write) -> std::io::Result<()> {
+    /// A table per section, for the terminal.
+    pub fn tables(&self) -> Vec<Table> {
+        let mut tables = Vec::new();
         for (section, keys) in &self.sections {
             let metrics = &self.metric_order[section];
             let mut t = Table::new();
@@ -75,9 +78,9 @@ impl Profile {
                     column.set_cell_alignment(CellAlignment::Right);
                 }
             }
-            writeln!(out, "{t}")?;
+            tables.push(t);
         }
-        Ok(())
+        tables
     }
 
     /// The figures as Markdown: a heading and a table per section.
@@ -85,27 +88,31 @@ impl Profile {
         let mut md = String::from("# Data profile\n");
         for (section, keys) in &self.sections {
             let metrics = &self.metric_order[section];
+            let mut header = vec![section.as_str()];
+            header.extend(metrics.iter().map(String::as_str));
             md.push_str(&format!(
-                "\n## {section}\n\n| {section} | {} |\n",
-                metrics.join(" | ")
+                "\n## {section}\n\n{}\n",
+                markdown::escaped_row(&header)
             ));
             md.push_str(&format!("|---|{}\n", "---:|".repeat(metrics.len())));
             for (key, values) in keys {
-                let cells: Vec<String> =
-                    metrics.iter().map(|m| Self::cell(values.get(m))).collect();
-                md.push_str(&format!("| {key} | {} |\n", cells.join(" | ")));
+                let mut cells = vec![key.clone()];
+                cells.extend(metrics.iter().map(|m| Self::cell(values.get(m))));
+                md.push_str(&format!("{}\n", markdown::escaped_row(&cells)));
             }
         }
         md
     }
 
     /// Writes `profile.json` and `profile.md` into `<workdir>/reports/`, each atomically.
-    pub fn write(&self, workdir: &Path) -> anyhow::Result<[PathBuf; 2]> {
+    pub fn write(&self, workdir: &Path) -> Result<[PathBuf; 2]> {
         let dir = workdir.join("reports");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|e| PipelineError::io(&dir, e))?;
         let json = dir.join("profile.json");
         let md = dir.join("profile.md");
-        write_atomic(&json, &serde_json::to_vec_pretty(&self.sections)?)?;
+        let figures = serde_json::to_vec_pretty(&self.sections)
+            .map_err(|e| PipelineError::Internal(format!("profile as JSON: {e}")))?;
+        write_atomic(&json, &figures)?;
         write_atomic(&md, self.markdown().as_bytes())?;
         Ok([json, md])
     }

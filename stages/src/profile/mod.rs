@@ -8,6 +8,8 @@
 //! found in more than one split). The output is the `profile` dataset, one figure per row;
 //! `medtune profile` prints it and writes it as JSON and Markdown.
 
+pub mod report;
+
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
@@ -17,13 +19,14 @@ use medtune_pipeline::{
     OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, Stage, StageContext,
 };
 use medtune_schemas::col;
+use medtune_schemas::dataset::PROFILE;
 use polars::prelude as pl;
 use serde::{Deserialize, Serialize};
 
-use crate::examples::ExampleRows;
+use crate::shared::examples::ExampleRows;
 
-/// Name of the output dataset.
-pub const PROFILE: &str = "profile";
+/// The stage name: its `[profile]` config section and its cache folder.
+pub const NAME: &str = "profile";
 
 /// The `[profile]` config section (no settings yet; the section switches the stage on).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -48,7 +51,7 @@ impl ProfileStage {
         near_duplicates: Option<&str>,
     ) -> Result<Self> {
         Ok(ProfileStage {
-            config: config.section("profile")?,
+            config: config.section(NAME)?,
             rows: rows.to_string(),
             rejects,
             near_duplicates: near_duplicates.map(str::to_string),
@@ -403,7 +406,7 @@ impl ProfileStage {
 
 impl Stage for ProfileStage {
     fn name(&self) -> &str {
-        "profile"
+        NAME
     }
 
     fn version(&self) -> u32 {
