@@ -34,7 +34,7 @@ pub fn print_summary(summaries: &[StageSummary], out: &mut dyn Write) -> std::io
         let reasons: Vec<String> = a.dropped.iter().map(|(r, n)| format!("{r}: {n}")).collect();
         t.add_row(vec![
             s.stage.clone(),
-            match (s.cache_hit, s.extended) {
+            match (s.cache_hit, s.appended) {
                 (true, _) => "hit",
                 (false, true) => "appended",
                 (false, false) => "ran",

@@ -102,7 +102,7 @@ impl<R: BufRead> JsonRecords<R> {
     /// Frames `reader` positioned inside a stream read before: just after an array element
     /// (before the `,` or `]` that follows it) when `array`, else at the start of a line.
     /// `line` is the line the reader is on.
-    pub fn resume(reader: R, line: u64, array: bool, max_record_bytes: usize) -> Self {
+    pub fn starting_at(reader: R, line: u64, array: bool, max_record_bytes: usize) -> Self {
         JsonRecords {
             reader,
             state: if array {
@@ -488,7 +488,7 @@ mod tests {
     #[test]
     fn a_resumed_array_reads_on_from_just_after_an_element() {
         let resumed = |text: &str| -> Vec<_> {
-            JsonRecords::resume(text.as_bytes(), 5, true, 64)
+            JsonRecords::starting_at(text.as_bytes(), 5, true, 64)
                 .map(|r| match r.unwrap() {
                     Ok(rec) => Ok((rec.line, String::from_utf8(rec.bytes).unwrap())),
                     Err(rej) => Err((rej.line, rej.reason)),

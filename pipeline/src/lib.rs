@@ -4,7 +4,7 @@
 //! executes them through a content-addressed cache in a [`Workdir`], committing every output
 //! atomically with a [`Manifest`] of checksums and row accounting; [`sql`] queries every
 //! committed dataset by name. A stage whose inputs only grew may extend its previous output
-//! instead of starting over ([`StageContext::continue_previous`]).
+//! instead of starting over ([`StageContext::append_to_previous`]).
 
 pub mod config;
 pub mod dag;
@@ -28,5 +28,5 @@ pub use manifest::{ColumnStats, Manifest, PartFile};
 pub use output::{OutputDecl, OutputRole};
 pub use progress::{ProgressObserver, Quiet, WorkUnit};
 pub use runner::{Freshness, RunOptions, Runner, StageStatus, StageSummary};
-pub use stage::{Continuation, InputChange, PreviousOutput, SourceDecl, Stage, StageContext};
+pub use stage::{AppendOptions, InputChange, PreviousOutput, SourceDecl, Stage, StageContext};
 pub use workdir::Workdir;

@@ -181,10 +181,12 @@ pub struct Manifest {
     /// Files the stage wrote besides datasets (a trained adapter, say), under `artifacts/`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<PartFile>,
-    /// The key of the output this one extends: its parts lead this one's and only rows
+    /// The key of the output this one appends to (stored as `extends`, the name earlier
+    /// manifests use): its parts lead this one's and only rows
     /// appended to the inputs since were processed (absent for a full run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub extends: Option<String>,
+    #[serde(rename = "extends")]
+    pub appends_to: Option<String>,
     /// Row accounting.
     pub accounting: Accounting,
     /// Stage-specific counts (repairs, truncations, ...).

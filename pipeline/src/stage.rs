@@ -62,7 +62,7 @@ pub enum InputChange {
 
 /// The latest committed output of a stage, made with the same stage version and config as the
 /// run at hand, offered so that a stage whose inputs only grew can extend it instead of
-/// starting over (see [`StageContext::continue_previous`]).
+/// starting over (see [`StageContext::append_to_previous`]).
 #[derive(Debug, Clone)]
 pub struct PreviousOutput {
     /// Its manifest.
@@ -92,9 +92,9 @@ impl PreviousOutput {
     }
 }
 
-/// What a stage asks of [`StageContext::continue_previous`].
+/// What a stage asks of [`StageContext::append_to_previous`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Continuation<'s> {
+pub struct AppendOptions<'s> {
     /// Outputs the stage writes whole again (the rest start with their previous parts).
     pub rewrite: &'s [&'s str],
     /// Inputs the stage reads whole whatever changed in them (the rest must only have grown,
@@ -118,7 +118,7 @@ pub struct StageContext<'a> {
     warnings: Vec<String>,
     progress: &'a dyn ProgressObserver,
     previous: Option<PreviousOutput>,
-    extends: Option<String>,
+    appends_to: Option<String>,
 }
 
 /// What a stage leaves behind once it has run: its sinks and its accounting.
@@ -128,7 +128,7 @@ pub(crate) struct StageOutcome {
     pub dropped: BTreeMap<String, u64>,
     pub counters: BTreeMap<String, u64>,
     pub warnings: Vec<String>,
-    pub extends: Option<String>,
+    pub appends_to: Option<String>,
 }
 
 impl<'a> StageContext<'a> {
@@ -154,7 +154,7 @@ impl<'a> StageContext<'a> {
             warnings: Vec::new(),
             progress,
             previous,
-            extends: None,
+            appends_to: None,
         }
     }
 
@@ -165,7 +165,7 @@ impl<'a> StageContext<'a> {
             dropped: self.dropped,
             counters: self.counters,
             warnings: self.warnings,
-            extends: self.extends,
+            appends_to: self.appends_to,
         }
     }
 
@@ -181,8 +181,8 @@ impl<'a> StageContext<'a> {
     /// stage adds; [`Self::set_count`] overrides), and reads of inputs not in `how.whole`
     /// return only their appended parts. Returns `false`, changing nothing, when there is no
     /// previous output or an input did more than grow; the stage then does a full run.
-    pub fn continue_previous(&mut self, how: Continuation<'_>) -> Result<bool> {
-        if self.extends.is_some() {
+    pub fn append_to_previous(&mut self, how: AppendOptions<'_>) -> Result<bool> {
+        if self.appends_to.is_some() {
             return Err(PipelineError::Internal(format!(
                 "stage `{}` continued its previous output twice",
                 self.stage
@@ -229,13 +229,13 @@ impl<'a> StageContext<'a> {
             *self.counters.entry(counter.clone()).or_default() += n;
         }
         self.inputs.extend(deltas);
-        self.extends = Some(previous.manifest.key.clone());
+        self.appends_to = Some(previous.manifest.key.clone());
         Ok(true)
     }
 
-    /// Whether this run extends the previous output (see [`Self::continue_previous`]).
-    pub fn is_continuation(&self) -> bool {
-        self.extends.is_some()
+    /// Whether this run appends to the previous output (see [`Self::append_to_previous`]).
+    pub fn is_appending(&self) -> bool {
+        self.appends_to.is_some()
     }
 
     /// The folder for files the stage commits besides datasets (created on first use). They are

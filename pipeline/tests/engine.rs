@@ -8,7 +8,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use medtune_pipeline::sql::{query_blocking, OutputFormat, QueryOptions};
 use medtune_pipeline::{
-    Continuation, Dag, Freshness, OutputDecl, OutputRole, PipelineError, ProgressObserver, Result,
+    AppendOptions, Dag, Freshness, OutputDecl, OutputRole, PipelineError, ProgressObserver, Result,
     RunOptions, Runner, Settings, SourceDecl, Stage, StageContext, StageSummary, Workdir,
 };
 
@@ -71,9 +71,9 @@ impl Stage for Numbers {
         let read_before = ctx.previous().map_or(0, |p| p.counter("bytes")) as usize;
         let grew = self.appendable && read_before > 0 && text.len() > read_before;
         let start = if grew
-            && ctx.continue_previous(Continuation {
+            && ctx.append_to_previous(AppendOptions {
                 sources_checked: true,
-                ..Continuation::default()
+                ..AppendOptions::default()
             })? {
             read_before
         } else {
@@ -119,7 +119,7 @@ impl Stage for Scale {
     }
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
         if self.appendable {
-            ctx.continue_previous(Continuation::default())?;
+            ctx.append_to_previous(AppendOptions::default())?;
         }
         let input = values(ctx, "numbers");
         ctx.count_in(input.len() as u64);
@@ -555,7 +555,7 @@ fn growing_dag(f: &Fixture, factor: i64) -> Dag {
 fn extended(summaries: &[StageSummary]) -> Vec<(&str, bool, bool)> {
     summaries
         .iter()
-        .map(|s| (s.stage.as_str(), s.cache_hit, s.extended))
+        .map(|s| (s.stage.as_str(), s.cache_hit, s.appended))
         .collect()
 }
 
@@ -605,6 +605,6 @@ fn stages_extend_their_previous_output_when_inputs_only_grew() {
             force: true,
         },
     );
-    assert!(forced.iter().all(|s| !s.cache_hit && !s.extended));
+    assert!(forced.iter().all(|s| !s.cache_hit && !s.appended));
     assert_eq!(f.total(), "total\n1900\n");
 }

@@ -5,7 +5,7 @@
 
 use arrow::array::Array;
 use medtune_pipeline::{
-    Continuation, OutputDecl, PipelineConfig, Result, Stage, StageContext, WorkUnit,
+    AppendOptions, OutputDecl, PipelineConfig, Result, Stage, StageContext, WorkUnit,
 };
 use medtune_schemas::dataset::{CLEANED, CLEAN_REJECTS};
 use serde::{Deserialize, Serialize};
@@ -121,7 +121,7 @@ impl Stage for CleanStage {
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
         // Row by row: an input that only grew extends the previous output with its new rows.
-        ctx.continue_previous(Continuation::default())?;
+        ctx.append_to_previous(AppendOptions::default())?;
         ctx.set_work_total(ctx.input(&self.input)?.manifest.rows, WorkUnit::Rows);
         let mut done = 0;
         for batch in ctx.read(&self.input)? {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, StringBuilder};
 use arrow::record_batch::RecordBatch;
 use medtune_pipeline::{
-    Continuation, OutputDecl, OutputRole, PipelineConfig, Result, Stage, StageContext, WorkUnit,
+    AppendOptions, OutputDecl, OutputRole, PipelineConfig, Result, Stage, StageContext, WorkUnit,
 };
 use medtune_schemas::col;
 use medtune_schemas::dataset::CONVERTED;
@@ -231,7 +231,7 @@ impl Stage for ConvertStage {
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
         // Row by row: an input that only grew extends the previous output with its new rows.
-        ctx.continue_previous(Continuation::default())?;
+        ctx.append_to_previous(AppendOptions::default())?;
         ctx.set_work_total(ctx.input(&self.input)?.manifest.rows, WorkUnit::Rows);
         let mut counts = ConvertCounts::default();
         let mut done = 0;

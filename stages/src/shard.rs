@@ -16,7 +16,7 @@ use arrow::array::{Array, BooleanArray, StringArray, UInt32Array};
 use arrow::compute::{filter_record_batch, interleave_record_batch};
 use arrow::record_batch::RecordBatch;
 use medtune_pipeline::{
-    Continuation, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, Stage,
+    AppendOptions, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, Stage,
     StageContext, WorkUnit,
 };
 use medtune_schemas::col;
@@ -168,7 +168,7 @@ impl Stage for ShardStage {
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
         // An input that only grew adds shards of its new rows after the previous shards.
-        ctx.continue_previous(Continuation::default())?;
+        ctx.append_to_previous(AppendOptions::default())?;
         let total = ctx.input(&self.input)?.manifest.rows;
         ctx.set_work_total(total, WorkUnit::Rows);
         let limit = self.shard_bytes();

@@ -43,7 +43,7 @@ pub struct StageSummary {
     pub cache_hit: bool,
     /// Whether the stage ran only over rows appended to its inputs, extending its previous
     /// output.
-    pub extended: bool,
+    pub appended: bool,
     /// Rows in, kept, dropped by reason.
     pub accounting: Accounting,
     /// Rows of every output dataset.
@@ -175,7 +175,7 @@ impl<'a> Runner<'a> {
             summaries.push(StageSummary {
                 stage: stage.name().to_string(),
                 cache_hit,
-                extended: !cache_hit && manifest.extends.is_some(),
+                appended: !cache_hit && manifest.appends_to.is_some(),
                 accounting: manifest.accounting.clone(),
                 output_rows: manifest
                     .datasets
@@ -379,7 +379,7 @@ impl<'a> Runner<'a> {
             sources: parts.sources,
             datasets,
             artifacts,
-            extends: outcome.extends,
+            appends_to: outcome.appends_to,
             accounting,
             counters: outcome.counters,
             warnings: outcome.warnings,

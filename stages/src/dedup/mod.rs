@@ -5,22 +5,22 @@
 //! 128-bit hash and one id per distinct row, plus (with near-duplicate detection) one 32-bit
 //! MinHash signature per kept row; the rows themselves stream through.
 
+mod append;
 pub mod minhash;
-mod resume;
 
 use std::collections::HashMap;
 
 use arrow::array::{ArrayRef, Float64Builder, StringBuilder};
 use arrow::record_batch::RecordBatch;
 use medtune_pipeline::{
-    Continuation, OutputDecl, OutputRole, PipelineConfig, Result, Stage, StageContext, WorkUnit,
+    AppendOptions, OutputDecl, OutputRole, PipelineConfig, Result, Stage, StageContext, WorkUnit,
 };
 use medtune_schemas::dataset::{DEDUPED, DEDUP_REJECTS, NEAR_DUPLICATES};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use self::append::DedupState;
 use self::minhash::{similarity, LshIndex, MinHasher};
-use self::resume::DedupState;
 use crate::shared::examples::{check_text_columns, ExampleRows};
 use crate::shared::grouping::UnionFind;
 use crate::shared::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
@@ -259,19 +259,19 @@ impl Stage for DedupStage {
         let near_cfg = cfg.near.enabled.then_some(&cfg.near);
         // Rows appended since the previous output are checked against its saved state; the
         // near-duplicate clusters are written whole again (a new row can join two).
-        let mut resumed = None;
+        let mut kept_state = None;
         if let Some(previous) = ctx.previous() {
-            resumed = resume::load(&previous.artifacts_dir(), near_cfg)?;
+            kept_state = append::load(&previous.artifacts_dir(), near_cfg)?;
         }
-        if resumed.is_some()
-            && !ctx.continue_previous(Continuation {
+        if kept_state.is_some()
+            && !ctx.append_to_previous(AppendOptions {
                 rewrite: &[NEAR_DUPLICATES],
-                ..Continuation::default()
+                ..AppendOptions::default()
             })?
         {
-            resumed = None;
+            kept_state = None;
         }
-        let mut dedup = resumed.unwrap_or_else(|| DedupState::new(near_cfg));
+        let mut dedup = kept_state.unwrap_or_else(|| DedupState::new(near_cfg));
         let (first_seen, near) = (&mut dedup.seen, &mut dedup.near);
         ctx.set_work_total(ctx.input(&self.input)?.manifest.rows, WorkUnit::Rows);
         let key_name = cfg.columns.join("+");

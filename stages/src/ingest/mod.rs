@@ -4,15 +4,15 @@
 //! Formats: prompt/completion JSON (ChemProt style), alpaca JSON (`instruction`, `input`,
 //! `output`), BIO JSON, each as a JSON array or as JSON lines; and CoNLL TSV.
 
-mod resume;
+mod append;
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use medtune_pipeline::{
-    Continuation, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl, Stage,
-    StageContext, WorkUnit,
+    AppendOptions, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl,
+    Stage, StageContext, WorkUnit,
 };
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +24,7 @@ use medtune_formats::record::{ReadItem, Reject, RejectReason};
 use medtune_formats::text::bounded_raw;
 use medtune_schemas::dataset::{INGESTED, INGEST_REJECTS};
 
-use self::resume::Resume;
+use self::append::AppendStart;
 use crate::shared::example_batch::{self, ExampleBatch, FileInfo};
 use crate::shared::rejects::{RejectBatch, RejectRow};
 
@@ -190,7 +190,8 @@ impl Stage for IngestStage {
 
     fn version(&self) -> u32 {
         // 2: row ids are `file:record ordinal`, not `file:line`.
-        2
+        // 3: the append points artifact is `append_points.json` (was `resume.json`).
+        3
     }
 
     fn outputs(&self) -> Vec<OutputDecl> {
@@ -214,14 +215,14 @@ impl Stage for IngestStage {
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
         // Files that only grew since the previous output are read from where it stopped.
-        let resumes: Vec<Option<Resume>> = match self.resumes(ctx)? {
-            Some(resumes)
-                if ctx.continue_previous(Continuation {
+        let starts: Vec<Option<AppendStart>> = match self.append_starts(ctx)? {
+            Some(starts)
+                if ctx.append_to_previous(AppendOptions {
                     sources_checked: true,
-                    ..Continuation::default()
+                    ..AppendOptions::default()
                 })? =>
             {
-                resumes.into_iter().map(Some).collect()
+                starts.into_iter().map(Some).collect()
             }
             _ => self.sources.iter().map(|_| None).collect(),
         };
@@ -229,7 +230,7 @@ impl Stage for IngestStage {
         let to_read: Vec<u64> = self
             .sources
             .iter()
-            .zip(&resumes)
+            .zip(&starts)
             .map(|(s, r)| {
                 let len = std::fs::metadata(&s.path).map_or(0, |m| m.len());
                 len.saturating_sub(r.as_ref().map_or(0, |r| r.start))
@@ -238,7 +239,7 @@ impl Stage for IngestStage {
         ctx.set_work_total(to_read.iter().sum(), WorkUnit::Bytes);
         let mut done_before = 0;
         let mut points = Vec::new();
-        for ((source, resume), bytes) in self.sources.iter().zip(resumes).zip(to_read) {
+        for ((source, start), bytes) in self.sources.iter().zip(starts).zip(to_read) {
             let name = file_name(&source.path);
             let mut run = FileRun {
                 info: FileInfo {
@@ -249,12 +250,12 @@ impl Stage for IngestStage {
                 kept: 0,
                 rejected: 0,
                 first_reject: None,
-                records: resume.as_ref().map_or(0, |r| r.records),
+                records: start.as_ref().map_or(0, |r| r.records),
                 examples: ExampleBatch::default(),
                 rejects: RejectBatch::default(),
                 clean_end: true,
             };
-            let input = match &resume {
+            let input = match &start {
                 Some(r) => open_at(&source.path, r.start)?,
                 None => self.open(&source.path)?,
             };
@@ -271,9 +272,9 @@ impl Stage for IngestStage {
                     }
                 }
                 format => {
-                    let mut iter = match &resume {
+                    let mut iter = match &start {
                         Some(r) => {
-                            JsonRecords::resume(input, r.line, r.array, cfg.max_record_bytes)
+                            JsonRecords::starting_at(input, r.line, r.array, cfg.max_record_bytes)
                         }
                         None => JsonRecords::new(input, cfg.max_record_bytes),
                     };
@@ -304,7 +305,7 @@ impl Stage for IngestStage {
             }
             self.flush(ctx, &mut run, true)?;
             done_before += bytes;
-            let kept_before = resume.as_ref().map_or(0, |r| r.kept);
+            let kept_before = start.as_ref().map_or(0, |r| r.kept);
             if run.kept + kept_before == 0 {
                 if let Some(first) = run.first_reject {
                     return Err(PipelineError::bad_input(
@@ -322,17 +323,17 @@ impl Stage for IngestStage {
                 }
             }
             if run.clean_end && self.config.format != InputFormat::Conll {
-                points.extend(resume::point_after(
+                points.extend(append::point_after(
                     &source.path,
                     &source.written,
                     array,
                     run.kept + kept_before,
                     run.records,
-                    resume.map(|r| r.prefix),
+                    start.map(|r| r.prefix),
                 )?);
             }
         }
-        resume::save(ctx.artifacts_dir()?, &points)
+        append::save(ctx.artifacts_dir()?, &points)
     }
 }
 
@@ -357,32 +358,32 @@ fn open_at(path: &Path, start: u64) -> Result<Input> {
 }
 
 impl IngestStage {
-    /// Where to carry on reading every input, when the previous output left resume points
+    /// Where to carry on reading every input, when the previous output left append points
     /// and every input only grew past its point.
-    fn resumes(&self, ctx: &StageContext<'_>) -> Result<Option<Vec<Resume>>> {
+    fn append_starts(&self, ctx: &StageContext<'_>) -> Result<Option<Vec<AppendStart>>> {
         if self.config.format == InputFormat::Conll {
             return Ok(None);
         }
         let Some(points) = ctx
             .previous()
-            .and_then(|p| resume::load(&p.artifacts_dir()))
+            .and_then(|p| append::load(&p.artifacts_dir()))
         else {
             return Ok(None);
         };
         if points.len() != self.sources.len() {
             return Ok(None);
         }
-        let mut resumes = Vec::with_capacity(points.len());
+        let mut starts = Vec::with_capacity(points.len());
         for (source, point) in self.sources.iter().zip(&points) {
             if point.source != source.written {
                 return Ok(None);
             }
-            match resume::check(&source.path, point)? {
-                Some(r) => resumes.push(r),
+            match append::check(&source.path, point)? {
+                Some(r) => starts.push(r),
                 None => return Ok(None),
             }
         }
-        Ok(Some(resumes))
+        Ok(Some(starts))
     }
 }
 

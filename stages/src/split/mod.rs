@@ -7,9 +7,9 @@
 //! (the group table is the only state that grows with the input), once to stream the rows out
 //! with their `split` column.
 
+mod append;
 pub mod assign;
 pub mod leakage;
-mod resume;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,16 +17,16 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, AsArray, StringArray};
 use arrow::record_batch::RecordBatch;
 use medtune_pipeline::{
-    Continuation, InputChange, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result,
+    AppendOptions, InputChange, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result,
     Stage, StageContext, WorkUnit,
 };
 use medtune_schemas::col;
 use medtune_schemas::dataset::SPLIT;
 use serde::{Deserialize, Serialize};
 
+use self::append::{AppendPlan, NewRows, PlacedRow};
 use self::assign::{assign, Group, SPLIT_NAMES};
 use self::leakage::{find_leaks, RowKeys};
-use self::resume::{AppendPlan, NewRows, PlacedRow};
 use crate::shared::examples::{check_text_columns, ExampleRows, TEXT_COLUMNS};
 use crate::shared::grouping::UnionFind;
 use medtune_formats::normalize::{key_hash, Normalization};
@@ -279,12 +279,12 @@ impl SplitStage {
             Some(InputChange::Appended(delta)) => delta.clone(),
             _ => return Ok(None),
         };
-        let Some(old) = resume::load(&previous.artifacts_dir())? else {
+        let Some(old) = append::load(&previous.artifacts_dir())? else {
             return Ok(None);
         };
         ctx.set_work_total(2 * delta.manifest.rows, WorkUnit::Rows);
         let new = self.read_keys(delta.batches(ctx.batch_rows()), clusters, ctx)?;
-        match resume::plan(old, new, clusters, self.fractions(), self.config.seed) {
+        match append::plan(old, new, clusters, self.fractions(), self.config.seed) {
             Ok(plan) => Ok(Some(plan)),
             Err(why) => {
                 ctx.warn(format!(
@@ -299,9 +299,9 @@ impl SplitStage {
     /// Extends the previous output with the appended rows placed by `plan`.
     fn run_append(&self, ctx: &mut StageContext<'_>, plan: AppendPlan) -> Result<()> {
         let whole: Vec<&str> = self.near_duplicates.iter().map(String::as_str).collect();
-        if !ctx.continue_previous(Continuation {
+        if !ctx.append_to_previous(AppendOptions {
             whole: &whole,
-            ..Continuation::default()
+            ..AppendOptions::default()
         })? {
             return Err(PipelineError::Internal(
                 "split planned an append its previous output does not allow".into(),
@@ -317,7 +317,7 @@ impl SplitStage {
             plan.strata,
             plan.rows.iter().map(|r| r.split),
         );
-        resume::save(ctx.artifacts_dir()?, &plan.rows)
+        append::save(ctx.artifacts_dir()?, &plan.rows)
     }
 
     /// Splits every row.
@@ -399,7 +399,7 @@ impl SplitStage {
                 split: row_split[i],
             })
             .collect();
-        resume::save(ctx.artifacts_dir()?, &placed)?;
+        append::save(ctx.artifacts_dir()?, &placed)?;
         drop(placed);
 
         // Pass 2: stream the rows out with their split.

@@ -25,8 +25,8 @@ use arrow::array::{
 use arrow::record_batch::RecordBatch;
 use medtune_formats::text::bounded_raw;
 use medtune_pipeline::{
-    Continuation, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl, Stage,
-    StageContext, WorkUnit,
+    AppendOptions, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl,
+    Stage, StageContext, WorkUnit,
 };
 
 use medtune_schemas::col;
@@ -273,9 +273,9 @@ impl Stage for TokenizeStage {
             .as_ref()
             .map_or(Ok(true), |map| same_labels_as_before(ctx, map))?
         {
-            ctx.continue_previous(Continuation {
+            ctx.append_to_previous(AppendOptions {
                 rewrite: &[LABEL_MAP],
-                ..Continuation::default()
+                ..AppendOptions::default()
             })?;
         }
         let total = ctx.input(&self.input)?.manifest.rows;

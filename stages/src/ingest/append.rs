@@ -1,6 +1,6 @@
 //! Reading only what was appended to a JSON input since the previous ingest.
 //!
-//! After ingesting a JSON file that parsed to its end cleanly, the stage records a resume
+//! After ingesting a JSON file that parsed to its end cleanly, the stage records an append
 //! point: the offset where its records end (just past the last element of an array; the end
 //! of a JSON lines file), the BLAKE3 of the bytes before it, the line there and the number of
 //! records read (so row ids, record ordinals, carry on). On the next run, a file
@@ -15,13 +15,13 @@ use std::path::Path;
 use medtune_pipeline::{PipelineError, Result};
 use serde::{Deserialize, Serialize};
 
-const FILE: &str = "resume.json";
-/// How far past a resume point the stage looks for the `,` that continues an array.
+const FILE: &str = "append_points.json";
+/// How far past a append point the stage looks for the `,` that continues an array.
 const LOOKAHEAD: usize = 64 * 1024;
 
 /// Where the records of one input file ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct ResumePoint {
+pub(crate) struct AppendPoint {
     /// The input as written in the config.
     pub source: String,
     /// Offset of the end of the records (just past the last array element; the end of a JSON
@@ -40,7 +40,7 @@ pub(crate) struct ResumePoint {
 }
 
 /// Where to carry on reading a file that only grew.
-pub(crate) struct Resume {
+pub(crate) struct AppendStart {
     /// Offset to read from.
     pub start: u64,
     /// The line at `start`.
@@ -51,21 +51,21 @@ pub(crate) struct Resume {
     pub kept: u64,
     /// Records read from the file before, kept or rejected.
     pub records: u64,
-    /// The hash of the bytes before the previous resume point, and that point's offset and
-    /// line, from which the next resume point is hashed on.
+    /// The hash of the bytes before the previous append point, and that point's offset and
+    /// line, from which the next append point is hashed on.
     pub prefix: (blake3::Hasher, u64, u64),
 }
 
-/// The resume points saved in `dir`, if any.
-pub(crate) fn load(dir: &Path) -> Option<Vec<ResumePoint>> {
+/// The append points saved in `dir`, if any.
+pub(crate) fn load(dir: &Path) -> Option<Vec<AppendPoint>> {
     let bytes = std::fs::read(dir.join(FILE)).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Saves resume points into `dir`.
-pub(crate) fn save(dir: &Path, points: &[ResumePoint]) -> Result<()> {
+/// Saves append points into `dir`.
+pub(crate) fn save(dir: &Path, points: &[AppendPoint]) -> Result<()> {
     let path = dir.join(FILE);
-    let bytes = serde_json::to_vec_pretty(points).expect("resume points serialise");
+    let bytes = serde_json::to_vec_pretty(points).expect("append points serialise");
     std::fs::write(&path, bytes).map_err(|e| PipelineError::io(&path, e))
 }
 
@@ -92,7 +92,7 @@ fn hash_span(
 }
 
 /// How to carry on reading `path` from `point`, or `None` when the file changed otherwise.
-pub(crate) fn check(path: &Path, point: &ResumePoint) -> Result<Option<Resume>> {
+pub(crate) fn check(path: &Path, point: &AppendPoint) -> Result<Option<AppendStart>> {
     let io = |e| super::unreadable(path, e);
     let mut file = File::open(path).map_err(io)?;
     let mut hasher = blake3::Hasher::new();
@@ -122,7 +122,7 @@ pub(crate) fn check(path: &Path, point: &ResumePoint) -> Result<Option<Resume>> 
     if !carries_on {
         return Ok(None);
     }
-    Ok(Some(Resume {
+    Ok(Some(AppendStart {
         start: point.offset,
         line: point.line,
         array: point.array,
@@ -132,7 +132,7 @@ pub(crate) fn check(path: &Path, point: &ResumePoint) -> Result<Option<Resume>> 
     }))
 }
 
-/// The resume point of `path` after it was read to its end cleanly: hashed from `from` (the
+/// The append point of `path` after it was read to its end cleanly: hashed from `from` (the
 /// hash, offset and line of an earlier point) or from the start.
 pub(crate) fn point_after(
     path: &Path,
@@ -141,7 +141,7 @@ pub(crate) fn point_after(
     kept: u64,
     records: u64,
     from: Option<(blake3::Hasher, u64, u64)>,
-) -> Result<Option<ResumePoint>> {
+) -> Result<Option<AppendPoint>> {
     let io = |e| super::unreadable(path, e);
     let mut file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
@@ -161,7 +161,7 @@ pub(crate) fn point_after(
     let Some(newlines) = hash_span(&mut file, offset - start, &mut hasher).map_err(io)? else {
         return Ok(None);
     };
-    Ok(Some(ResumePoint {
+    Ok(Some(AppendPoint {
         source: source.to_string(),
         offset,
         prefix_blake3: hasher.finalize().to_hex().to_string(),
@@ -192,7 +192,7 @@ mod tests {
 
     use super::*;
 
-    fn point(dir: &Path, text: &str, array: bool) -> (PathBuf, ResumePoint) {
+    fn point(dir: &Path, text: &str, array: bool) -> (PathBuf, AppendPoint) {
         let path = dir.join("input.json");
         std::fs::write(&path, text).unwrap();
         let point = point_after(&path, "input.json", array, 2, 2, None)
@@ -208,13 +208,13 @@ mod tests {
         assert_eq!(p.offset, 20); // just past `{"a": 2}`
         assert_eq!(p.line, 3);
         std::fs::write(&path, "[\n{\"a\": 1},\n{\"a\": 2},\n{\"a\": 3}\n]\n").unwrap();
-        let resume = check(&path, &p).unwrap().unwrap();
+        let start = check(&path, &p).unwrap().unwrap();
         assert_eq!(
-            (resume.start, resume.line, resume.kept, resume.records),
+            (start.start, start.line, start.kept, start.records),
             (20, 3, 2, 2)
         );
         // Hashing on from the old point gives the point a full read would.
-        let next = point_after(&path, "input.json", true, 3, 3, Some(resume.prefix))
+        let next = point_after(&path, "input.json", true, 3, 3, Some(start.prefix))
             .unwrap()
             .unwrap();
         let full = point_after(&path, "input.json", true, 3, 3, None)
@@ -224,11 +224,11 @@ mod tests {
     }
 
     #[test]
-    fn an_unchanged_array_resumes_at_its_bracket_and_an_edited_one_does_not_resume() {
+    fn an_unchanged_array_appends_at_its_bracket_and_an_edited_one_does_not() {
         let dir = tempfile::tempdir().unwrap();
         let (path, p) = point(dir.path(), "[{\"a\": 1}, {\"a\": 2}]", true);
-        let resume = check(&path, &p).unwrap().unwrap();
-        assert_eq!(resume.start, p.offset);
+        let start = check(&path, &p).unwrap().unwrap();
+        assert_eq!(start.start, p.offset);
         std::fs::write(&path, "[{\"a\": 9}, {\"a\": 2}, {\"a\": 3}]").unwrap();
         assert!(check(&path, &p).unwrap().is_none());
         // Something other than `,` or `]` after the last element: not a continuation.
@@ -237,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn json_lines_resume_only_at_a_line_end() {
+    fn json_lines_append_only_at_a_line_end() {
         let dir = tempfile::tempdir().unwrap();
         let (path, p) = point(dir.path(), "{\"a\": 1}\n{\"a\": 2}", false);
         assert_eq!((p.offset, p.line), (17, 2));
