@@ -18,7 +18,7 @@ use crate::error::{QloraError, Result};
 use crate::lora::{LoraConfig, LoraLinear, Pass};
 use crate::ops;
 use crate::rng::stream;
-use crate::weights::{read_config, Weights};
+use crate::weights::{read_config, Bias, Scope, Weights};
 
 /// The fields of a BERT `config.json` the encoder uses.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -82,21 +82,12 @@ impl LayerNorm {
     }
 }
 
-fn layer_norm(w: &Weights, path: &str, size: usize, eps: f64) -> Result<LayerNorm> {
+fn layer_norm(w: &Scope<'_>, size: usize, eps: f64) -> Result<LayerNorm> {
     Ok(LayerNorm {
-        weight: w.get(&format!("{path}.weight"), &[size])?,
-        bias: w.get(&format!("{path}.bias"), &[size])?,
+        weight: w.get("weight", &[size])?,
+        bias: w.get("bias", &[size])?,
         eps,
     })
-}
-
-fn linear(w: &Weights, path: &str, out: usize, inp: usize, quantise: bool) -> Result<LoraLinear> {
-    LoraLinear::new(
-        path,
-        w.get(&format!("{path}.weight"), &[out, inp])?,
-        Some(w.get(&format!("{path}.bias"), &[out])?),
-        quantise,
-    )
 }
 
 struct BertLayer {
@@ -111,23 +102,21 @@ struct BertLayer {
 }
 
 impl BertLayer {
-    fn load(w: &Weights, c: &BertConfig, index: usize, quantise: bool) -> Result<Self> {
-        let p = format!("encoder.layer.{index}");
-        let (h, i) = (c.hidden_size, c.intermediate_size);
+    /// Loads the layer whose scope is `w` (`encoder.layer.N`).
+    fn load(w: &Scope<'_>, c: &BertConfig, quantise: bool) -> Result<Self> {
+        let (h, i, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
+        let linear = |w: Scope<'_>, out, inp| w.linear(out, inp, Bias::Required, quantise);
+        let (attention, output) = (w.pp("attention"), w.pp("output"));
+        let own = attention.pp("self");
         Ok(BertLayer {
-            query: linear(w, &format!("{p}.attention.self.query"), h, h, quantise)?,
-            key: linear(w, &format!("{p}.attention.self.key"), h, h, quantise)?,
-            value: linear(w, &format!("{p}.attention.self.value"), h, h, quantise)?,
-            attention_out: linear(w, &format!("{p}.attention.output.dense"), h, h, quantise)?,
-            attention_norm: layer_norm(
-                w,
-                &format!("{p}.attention.output.LayerNorm"),
-                h,
-                c.layer_norm_eps,
-            )?,
-            intermediate: linear(w, &format!("{p}.intermediate.dense"), i, h, quantise)?,
-            output: linear(w, &format!("{p}.output.dense"), h, i, quantise)?,
-            output_norm: layer_norm(w, &format!("{p}.output.LayerNorm"), h, c.layer_norm_eps)?,
+            query: linear(own.pp("query"), h, h)?,
+            key: linear(own.pp("key"), h, h)?,
+            value: linear(own.pp("value"), h, h)?,
+            attention_out: linear(attention.pp("output").pp("dense"), h, h)?,
+            attention_norm: layer_norm(&attention.pp("output").pp("LayerNorm"), h, eps)?,
+            intermediate: linear(w.pp("intermediate").pp("dense"), i, h)?,
+            output: linear(output.pp("dense"), h, i)?,
+            output_norm: layer_norm(&output.pp("LayerNorm"), h, eps)?,
         })
     }
 
@@ -197,20 +186,22 @@ impl BertEncoder {
         let w = Weights::open(dir, &options.device, options.dtype)?
             .with_prefix_if_present("bert.", "embeddings.word_embeddings.weight");
         let h = config.hidden_size;
+        let embeddings = w.root().pp("embeddings");
         let embedding = |name: &str, rows: usize| -> Result<Embedding> {
             Ok(Embedding::new(
-                w.get(&format!("embeddings.{name}.weight"), &[rows, h])?,
+                embeddings.pp(name).get("weight", &[rows, h])?,
                 h,
             ))
         };
+        let encoder = w.root().pp("encoder").pp("layer");
         let layers = (0..config.num_hidden_layers)
-            .map(|i| BertLayer::load(&w, &config, i, options.quantise))
+            .map(|i| BertLayer::load(&encoder.pp(i), &config, options.quantise))
             .collect::<Result<Vec<_>>>()?;
         Ok(BertEncoder {
             word: embedding("word_embeddings", config.vocab_size)?,
             position: embedding("position_embeddings", config.max_position_embeddings)?,
             token_type: embedding("token_type_embeddings", config.type_vocab_size)?,
-            embedding_norm: layer_norm(&w, "embeddings.LayerNorm", h, config.layer_norm_eps)?,
+            embedding_norm: layer_norm(&embeddings.pp("LayerNorm"), h, config.layer_norm_eps)?,
             layers,
             dtype: options.dtype,
             config,

@@ -18,7 +18,7 @@ use crate::error::{QloraError, Result};
 use crate::gguf::GgufFile;
 use crate::lora::{LoraConfig, LoraLinear, Pass};
 use crate::ops;
-use crate::weights::{read_config, Weights};
+use crate::weights::{read_config, Bias, Scope, Weights};
 
 /// Module names LoRA can target in a Llama / Mistral decoder (PEFT's names).
 pub const LLAMA_TARGETS: &[&str] = &[
@@ -227,26 +227,6 @@ struct DecoderLayer {
     post_norm: Tensor,
 }
 
-fn projection(
-    w: &Weights,
-    path: &str,
-    out: usize,
-    inp: usize,
-    quantise: bool,
-) -> Result<LoraLinear> {
-    let bias = w.contains(&format!("{path}.bias"));
-    LoraLinear::new(
-        path,
-        w.get(&format!("{path}.weight"), &[out, inp])?,
-        if bias {
-            Some(w.get(&format!("{path}.bias"), &[out])?)
-        } else {
-            None
-        },
-        quantise,
-    )
-}
-
 /// Rotary tables and masks of one forward pass.
 struct Positions {
     cos: Tensor,
@@ -255,20 +235,22 @@ struct Positions {
 }
 
 impl DecoderLayer {
-    fn load(w: &Weights, c: &LlamaConfig, index: usize, quantise: bool) -> Result<Self> {
-        let p = format!("model.layers.{index}");
+    /// Loads the layer whose scope is `w` (`model.layers.N`).
+    fn load(w: &Scope<'_>, c: &LlamaConfig, quantise: bool) -> Result<Self> {
         let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim());
         let (q_out, kv_out) = (c.num_attention_heads * d, c.kv_heads() * d);
+        let linear = |w: Scope<'_>, out, inp| w.linear(out, inp, Bias::IfPresent, quantise);
+        let (attention, mlp) = (w.pp("self_attn"), w.pp("mlp"));
         Ok(DecoderLayer {
-            q: projection(w, &format!("{p}.self_attn.q_proj"), q_out, h, quantise)?,
-            k: projection(w, &format!("{p}.self_attn.k_proj"), kv_out, h, quantise)?,
-            v: projection(w, &format!("{p}.self_attn.v_proj"), kv_out, h, quantise)?,
-            o: projection(w, &format!("{p}.self_attn.o_proj"), h, q_out, quantise)?,
-            gate: projection(w, &format!("{p}.mlp.gate_proj"), i, h, quantise)?,
-            up: projection(w, &format!("{p}.mlp.up_proj"), i, h, quantise)?,
-            down: projection(w, &format!("{p}.mlp.down_proj"), h, i, quantise)?,
-            input_norm: w.get(&format!("{p}.input_layernorm.weight"), &[h])?,
-            post_norm: w.get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            q: linear(attention.pp("q_proj"), q_out, h)?,
+            k: linear(attention.pp("k_proj"), kv_out, h)?,
+            v: linear(attention.pp("v_proj"), kv_out, h)?,
+            o: linear(attention.pp("o_proj"), h, q_out)?,
+            gate: linear(mlp.pp("gate_proj"), i, h)?,
+            up: linear(mlp.pp("up_proj"), i, h)?,
+            down: linear(mlp.pp("down_proj"), h, i)?,
+            input_norm: w.pp("input_layernorm").get("weight", &[h])?,
+            post_norm: w.pp("post_attention_layernorm").get("weight", &[h])?,
         })
     }
 
@@ -382,18 +364,26 @@ impl LlamaDecoder {
             ));
         }
         let h = config.hidden_size;
-        let embed = w.get("model.embed_tokens.weight", &[config.vocab_size, h])?;
+        let model = w.root().pp("model");
+        let embed = model
+            .pp("embed_tokens")
+            .get("weight", &[config.vocab_size, h])?;
+        let layers = model.pp("layers");
         let layers = (0..config.num_hidden_layers)
-            .map(|i| DecoderLayer::load(w, &config, i, options.quantise))
+            .map(|i| DecoderLayer::load(&layers.pp(i), &config, options.quantise))
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(w.get("lm_head.weight", &[config.vocab_size, h])?)
+            Some(
+                w.root()
+                    .pp("lm_head")
+                    .get("weight", &[config.vocab_size, h])?,
+            )
         };
         Ok(LlamaDecoder {
             embed: Embedding::new(embed, h),
-            norm: w.get("model.norm.weight", &[h])?,
+            norm: model.pp("norm").get("weight", &[h])?,
             layers,
             lm_head,
             inverse_frequencies: config.inverse_frequencies(),

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{QloraError, Result};
 use crate::gguf::{unpermute_rows, GgufFile, GgufNames};
 use crate::llama::LlamaConfig;
+use crate::lora::LoraLinear;
 
 /// The `config.json` of `dir`, parsed as `T`.
 pub fn read_config<T: DeserializeOwned>(dir: &Path) -> Result<T> {
@@ -170,5 +171,77 @@ impl Weights {
             });
         }
         Ok(tensor.to_dtype(self.dtype)?)
+    }
+}
+
+/// Whether a linear layer has a bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bias {
+    /// It must have one (BERT).
+    Required,
+    /// It has one if the weights hold it (Llama has none; Qwen-style checkpoints do).
+    IfPresent,
+}
+
+/// The weights under one module path, as candle-nn's `VarBuilder::pp` scopes them: names are
+/// joined with `.` onto the path, so a model names each tensor relative to its module.
+#[derive(Clone)]
+pub struct Scope<'w> {
+    weights: &'w Weights,
+    path: String,
+}
+
+impl Weights {
+    /// The scope of the whole model (no path).
+    pub fn root(&self) -> Scope<'_> {
+        Scope {
+            weights: self,
+            path: String::new(),
+        }
+    }
+}
+
+impl<'w> Scope<'w> {
+    /// The scope of the child module `name` (a layer index is a name too).
+    pub fn pp(&self, name: impl std::fmt::Display) -> Scope<'w> {
+        Scope {
+            weights: self.weights,
+            path: self.join(&name.to_string()),
+        }
+    }
+
+    /// The module path, as PEFT and the dropout streams name the module.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn join(&self, name: &str) -> String {
+        if self.path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.path)
+        }
+    }
+
+    /// Whether the weights hold the tensor `name` of this module.
+    pub fn contains(&self, name: &str) -> bool {
+        self.weights.contains(&self.join(name))
+    }
+
+    /// The tensor `name` of this module, which must have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.weights.get(&self.join(name), shape)
+    }
+
+    /// This module as a linear layer from `inp` to `out` features (`weight` of shape
+    /// `[out, inp]`, `bias` of `[out]`), quantised to NF4 when `quantise` is set.
+    pub fn linear(&self, out: usize, inp: usize, bias: Bias, quantise: bool) -> Result<LoraLinear> {
+        let weight = self.get("weight", &[out, inp])?;
+        let bias = match bias {
+            Bias::Required => Some(self.get("bias", &[out])?),
+            Bias::IfPresent if self.contains("bias") => Some(self.get("bias", &[out])?),
+            Bias::IfPresent => None,
+        };
+        LoraLinear::new(&self.path, weight, bias, quantise)
     }
 }
