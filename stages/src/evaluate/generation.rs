@@ -123,60 +123,250 @@ struct Scored {
     bleu: f64,
 }
 
-/// Evaluates a causal LM under each variant; see the module documentation.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn evaluate_generation(
-    ctx: &mut StageContext<'_>,
-    model: &AutoModel,
-    device: &Device,
-    loss_loader: &BatchLoader,
-    prompt_loader: &BatchLoader,
-    tokenizer: &Tokenizer,
-    references: &HashMap<String, Reference>,
-    settings: &GenerationSettings,
-    variants: &[Variant],
-) -> Result<Outcome> {
-    let (mut rows, no_prompt) = read_prompts(prompt_loader)?;
-    ctx.count_in(rows.len() as u64 + no_prompt);
-    if no_prompt > 0 {
-        ctx.count("rows_without_prompt_tokens", no_prompt);
-    }
-    if let Some(missing) = rows.iter().find(|r| !references.contains_key(&r.id)) {
-        return Err(PipelineError::Internal(format!(
-            "row {} of the shards is not in the split dataset",
-            missing.id
-        )));
-    }
-    rows.sort_by(|a, b| a.id.cmp(&b.id));
-    if let Some(limit) = settings.limit {
-        if rows.len() > limit {
-            ctx.count("rows_beyond_limit", (rows.len() - limit) as u64);
-            rows.truncate(limit);
-        }
-    }
-    ctx.count("rows_generated", rows.len() as u64);
-    // Longest prompt first (ties by id): the widest batch runs first.
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    order.sort_by(|&a, &b| rows[b].prompt.len().cmp(&rows[a].prompt.len()));
-    ctx.set_work_total((rows.len() * variants.len()) as u64, WorkUnit::Rows);
+/// A causal-LM evaluation: what it reads besides the stage context.
+pub(super) struct GenerationEval<'a> {
+    /// The model, loaded once; each variant is a pass over it.
+    pub model: &'a AutoModel,
+    /// Where it runs.
+    pub device: &'a Device,
+    /// Decodes the generations.
+    pub tokenizer: &'a Tokenizer,
+    /// Batches of the scored split, for the teacher-forced loss.
+    pub loss_batches: &'a BatchLoader,
+    /// The same rows in large batches, for their prompts.
+    pub prompt_batches: &'a BatchLoader,
+    /// Prompt and reference completion per row id.
+    pub references: &'a HashMap<String, Reference>,
+    /// Batch size, limit, samples, generation options.
+    pub settings: &'a GenerationSettings,
+    /// The variants, in report order.
+    pub variants: &'a [Variant],
+}
 
-    let mut outcome = Outcome {
-        rows: rows.len() as u64,
-        ..Outcome::default()
-    };
-    let gold = article_gold(&rows, references);
-    let mut per_variant: Vec<Vec<Scored>> = Vec::new();
-    let mut bars = Vec::new();
-    let mut tasks_seen: Vec<String> = Vec::new();
-    let mut done = 0u64;
-    for variant in variants {
-        let mut sink = MetricSink::new(&variant.name, &mut outcome.metrics);
-        // Teacher-forced loss over every row of the split.
+impl GenerationEval<'_> {
+    /// Evaluates every variant; see the module documentation.
+    pub(super) fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outcome> {
+        let GenerationEval {
+            tokenizer,
+            prompt_batches,
+            references,
+            settings,
+            variants,
+            ..
+        } = *self;
+        let (mut rows, no_prompt) = read_prompts(prompt_batches)?;
+        ctx.count_in(rows.len() as u64 + no_prompt);
+        if no_prompt > 0 {
+            ctx.count("rows_without_prompt_tokens", no_prompt);
+        }
+        if let Some(missing) = rows.iter().find(|r| !references.contains_key(&r.id)) {
+            return Err(PipelineError::Internal(format!(
+                "row {} of the shards is not in the split dataset",
+                missing.id
+            )));
+        }
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
+        if let Some(limit) = settings.limit {
+            if rows.len() > limit {
+                ctx.count("rows_beyond_limit", (rows.len() - limit) as u64);
+                rows.truncate(limit);
+            }
+        }
+        ctx.count("rows_generated", rows.len() as u64);
+        // Longest prompt first (ties by id): the widest batch runs first.
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by(|&a, &b| rows[b].prompt.len().cmp(&rows[a].prompt.len()));
+        ctx.set_work_total((rows.len() * variants.len()) as u64, WorkUnit::Rows);
+
+        let mut outcome = Outcome {
+            rows: rows.len() as u64,
+            ..Outcome::default()
+        };
+        let gold = article_gold(&rows, references);
+        let mut per_variant: Vec<Vec<Scored>> = Vec::new();
+        let mut bars = Vec::new();
+        let mut tasks_seen: Vec<String> = Vec::new();
+        let mut done = 0u64;
+        for variant in variants {
+            let mut sink = MetricSink::new(&variant.name, &mut outcome.metrics);
+            self.teacher_forced_loss(variant, &mut sink)?;
+
+            let (generations, seconds) = self.generate(ctx, variant, &rows, &order, &mut done)?;
+
+            let mut extraction = ExtractionScorer::default();
+            let mut scored = Vec::with_capacity(rows.len());
+            let (mut rouge_sum, mut bleu_sum) = (0f64, 0f64);
+            let mut pairs: Vec<(String, &str)> = Vec::with_capacity(rows.len());
+            for (row, generation) in rows.iter().zip(generations) {
+                let text = tokenizer.decode(&generation.tokens, true).map_err(|e| {
+                    PipelineError::Internal(format!("decoding row {}: {e}", row.id))
+                })?;
+                let reference = &references[&row.id].completion;
+                let counts = row
+                    .task
+                    .as_deref()
+                    .filter(|t| is_extraction_task(t))
+                    .map(|task| extraction.add(task, &text, reference));
+                let (rouge, bleu) = (rouge_l(&text, reference), bleu1(&text, reference));
+                rouge_sum += rouge;
+                bleu_sum += bleu;
+                pairs.push((text.clone(), reference));
+                scored.push(Scored {
+                    generation,
+                    text,
+                    counts,
+                    rouge,
+                    bleu,
+                });
+            }
+            let n = rows.len().max(1) as f64;
+            sink.push(family::TEXT, "all", "rouge_l", rouge_sum / n);
+            sink.push(family::TEXT, "all", "bleu_1", bleu_sum / n);
+            sink.push(
+                family::TEXT,
+                "all",
+                "corpus_bleu_1",
+                corpus_bleu1(pairs.iter().map(|(c, r)| (c.as_str(), *r))),
+            );
+            if !extraction.tasks().is_empty() {
+                let report = extraction.report();
+                for (task, s) in &report.per_type {
+                    sink.scores(family::EXTRACTION, task, s);
+                    let tally = &extraction.tasks()[task];
+                    sink.push(family::EXTRACTION, task, "mean_row_f1", tally.mean_row_f1());
+                    sink.push(family::EXTRACTION, task, "rows", tally.rows as f64);
+                    sink.push(
+                        family::EXTRACTION,
+                        task,
+                        "unparsed_lines",
+                        tally.unparsed_lines as f64,
+                    );
+                }
+                sink.scores(family::EXTRACTION, MICRO, &report.micro);
+                sink.scores(family::EXTRACTION, MACRO, &report.macro_avg);
+                sink.push(
+                    family::EXTRACTION,
+                    MACRO,
+                    "mean_row_f1",
+                    extraction.macro_mean_row_f1(),
+                );
+                tasks_seen = report.per_type.keys().cloned().collect();
+                let mut values: Vec<f64> = report.per_type.values().map(|s| s.f1).collect();
+                values.push(report.macro_avg.f1);
+                bars.push((variant.name.clone(), values));
+                outcome.confusions.push(Confusion {
+                    title: format!(
+                        "Predicted entities by the article's gold type, {} model (rows: the task \
+                         that listed them)",
+                        variant.name
+                    ),
+                    counts: entity_type_confusion(&rows, &scored, references, &gold),
+                });
+            }
+            let generated: usize = scored.iter().map(|s| s.generation.tokens.len()).sum();
+            let at_eos = scored
+                .iter()
+                .filter(|s| s.generation.stop == StopReason::Eos)
+                .count();
+            sink.push(family::THROUGHPUT, "all", "rows", rows.len() as f64);
+            sink.push(family::THROUGHPUT, "all", "seconds", seconds);
+            sink.push(
+                family::THROUGHPUT,
+                "all",
+                "samples_per_second",
+                rows.len() as f64 / seconds,
+            );
+            sink.push(
+                family::THROUGHPUT,
+                "all",
+                "generated_tokens",
+                generated as f64,
+            );
+            sink.push(
+                family::THROUGHPUT,
+                "all",
+                "tokens_per_second",
+                generated as f64 / seconds,
+            );
+            sink.push(
+                family::THROUGHPUT,
+                "all",
+                "stopped_at_eos",
+                at_eos as f64 / n,
+            );
+            ctx.write(
+                PREDICTIONS,
+                predictions_batch(&variant.name, &rows, &scored, references)?,
+            )?;
+            per_variant.push(scored);
+        }
+        if !bars.is_empty() {
+            tasks_seen.push(MACRO.to_string());
+            outcome.bars = Some(Bars {
+                title: "Extraction F1 per task (set level, pooled over rows)".into(),
+                categories: tasks_seen,
+                series: bars,
+            });
+        }
+        outcome.samples = pick_samples(&rows, settings.samples)
+            .into_iter()
+            .map(|i| {
+                let reference = &references[&rows[i].id];
+                Sample {
+                    id: rows[i].id.clone(),
+                    task: rows[i].task.clone(),
+                    prompt: reference.prompt.clone(),
+                    reference: reference.completion.clone(),
+                    outputs: variants
+                        .iter()
+                        .zip(&per_variant)
+                        .map(|(v, scored)| (v.name.clone(), scored[i].text.clone()))
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(outcome)
+    }
+
+    /// Greedy generations of `variant` for `rows`, batched in `order` (longest prompt first),
+    /// with the seconds they took; `done` counts rows generated for the progress line.
+    fn generate(
+        &self,
+        ctx: &StageContext<'_>,
+        variant: &Variant,
+        rows: &[PromptRow],
+        order: &[usize],
+        done: &mut u64,
+    ) -> Result<(Vec<Generation>, f64)> {
+        let clock = Instant::now();
+        let mut generations: Vec<Option<Generation>> = vec![None; rows.len()];
+        for chunk in order.chunks(self.settings.batch_size) {
+            let prompts: Vec<&[u32]> = chunk.iter().map(|&i| rows[i].prompt.as_slice()).collect();
+            let out = self
+                .model
+                .generate(&prompts, &self.settings.options, variant.pass, self.device)
+                .map_err(internal)?;
+            for (&i, g) in chunk.iter().zip(out) {
+                generations[i] = Some(g);
+            }
+            *done += chunk.len() as u64;
+            ctx.report_progress(*done);
+            ctx.report_message(&format!("generating with the {} model", variant.name));
+        }
+        let seconds = clock.elapsed().as_secs_f64().max(1e-9);
+        let generations = generations
+            .into_iter()
+            .map(|g| g.expect("every row generated"));
+        Ok((generations.collect(), seconds))
+    }
+
+    /// The teacher-forced loss and perplexity of `variant` over every row of the split.
+    fn teacher_forced_loss(&self, variant: &Variant, sink: &mut MetricSink<'_>) -> Result<()> {
         let clock = Instant::now();
         let (mut loss_sum, mut scored_tokens) = (0f64, 0u64);
-        for batch in loss_loader.epoch(0) {
-            let t = batch?.to_tensors(device).map_err(internal)?;
-            let (loss, n) = model.loss(&t, variant.pass).map_err(internal)?;
+        for batch in self.loss_batches.epoch(0) {
+            let t = batch?.to_tensors(self.device).map_err(internal)?;
+            let (loss, n) = self.model.loss(&t, variant.pass).map_err(internal)?;
             if n > 0 {
                 let mean: f32 = loss.to_scalar().map_err(internal)?;
                 loss_sum += f64::from(mean) * n as f64;
@@ -198,158 +388,8 @@ pub(super) fn evaluate_generation(
         );
         sink.push(family::LM, "all", "tokens", scored_tokens as f64);
         sink.push(family::LM, "all", "seconds", loss_seconds);
-
-        // Greedy generation.
-        let clock = Instant::now();
-        let mut generations: Vec<Option<Generation>> = vec![None; rows.len()];
-        for chunk in order.chunks(settings.batch_size) {
-            let prompts: Vec<&[u32]> = chunk.iter().map(|&i| rows[i].prompt.as_slice()).collect();
-            let out = model
-                .generate(&prompts, &settings.options, variant.pass, device)
-                .map_err(internal)?;
-            for (&i, g) in chunk.iter().zip(out) {
-                generations[i] = Some(g);
-            }
-            done += chunk.len() as u64;
-            ctx.report_progress(done);
-            ctx.report_message(&format!("generating with the {} model", variant.name));
-        }
-        let seconds = clock.elapsed().as_secs_f64().max(1e-9);
-
-        let mut extraction = ExtractionScorer::default();
-        let mut scored = Vec::with_capacity(rows.len());
-        let (mut rouge_sum, mut bleu_sum) = (0f64, 0f64);
-        let mut pairs: Vec<(String, &str)> = Vec::with_capacity(rows.len());
-        for (row, generation) in rows.iter().zip(generations) {
-            let generation = generation.expect("every row generated");
-            let text = tokenizer
-                .decode(&generation.tokens, true)
-                .map_err(|e| PipelineError::Internal(format!("decoding row {}: {e}", row.id)))?;
-            let reference = &references[&row.id].completion;
-            let counts = row
-                .task
-                .as_deref()
-                .filter(|t| is_extraction_task(t))
-                .map(|task| extraction.add(task, &text, reference));
-            let (rouge, bleu) = (rouge_l(&text, reference), bleu1(&text, reference));
-            rouge_sum += rouge;
-            bleu_sum += bleu;
-            pairs.push((text.clone(), reference));
-            scored.push(Scored {
-                generation,
-                text,
-                counts,
-                rouge,
-                bleu,
-            });
-        }
-        let n = rows.len().max(1) as f64;
-        sink.push(family::TEXT, "all", "rouge_l", rouge_sum / n);
-        sink.push(family::TEXT, "all", "bleu_1", bleu_sum / n);
-        sink.push(
-            family::TEXT,
-            "all",
-            "corpus_bleu_1",
-            corpus_bleu1(pairs.iter().map(|(c, r)| (c.as_str(), *r))),
-        );
-        if !extraction.tasks().is_empty() {
-            let report = extraction.report();
-            for (task, s) in &report.per_type {
-                sink.scores(family::EXTRACTION, task, s);
-                let tally = &extraction.tasks()[task];
-                sink.push(family::EXTRACTION, task, "mean_row_f1", tally.mean_row_f1());
-                sink.push(family::EXTRACTION, task, "rows", tally.rows as f64);
-                sink.push(
-                    family::EXTRACTION,
-                    task,
-                    "unparsed_lines",
-                    tally.unparsed_lines as f64,
-                );
-            }
-            sink.scores(family::EXTRACTION, MICRO, &report.micro);
-            sink.scores(family::EXTRACTION, MACRO, &report.macro_avg);
-            sink.push(
-                family::EXTRACTION,
-                MACRO,
-                "mean_row_f1",
-                extraction.macro_mean_row_f1(),
-            );
-            tasks_seen = report.per_type.keys().cloned().collect();
-            let mut values: Vec<f64> = report.per_type.values().map(|s| s.f1).collect();
-            values.push(report.macro_avg.f1);
-            bars.push((variant.name.clone(), values));
-            outcome.confusions.push(Confusion {
-                title: format!(
-                    "Predicted entities by the article's gold type, {} model (rows: the task \
-                     that listed them)",
-                    variant.name
-                ),
-                counts: entity_type_confusion(&rows, &scored, references, &gold),
-            });
-        }
-        let generated: usize = scored.iter().map(|s| s.generation.tokens.len()).sum();
-        let at_eos = scored
-            .iter()
-            .filter(|s| s.generation.stop == StopReason::Eos)
-            .count();
-        sink.push(family::THROUGHPUT, "all", "rows", rows.len() as f64);
-        sink.push(family::THROUGHPUT, "all", "seconds", seconds);
-        sink.push(
-            family::THROUGHPUT,
-            "all",
-            "samples_per_second",
-            rows.len() as f64 / seconds,
-        );
-        sink.push(
-            family::THROUGHPUT,
-            "all",
-            "generated_tokens",
-            generated as f64,
-        );
-        sink.push(
-            family::THROUGHPUT,
-            "all",
-            "tokens_per_second",
-            generated as f64 / seconds,
-        );
-        sink.push(
-            family::THROUGHPUT,
-            "all",
-            "stopped_at_eos",
-            at_eos as f64 / n,
-        );
-        ctx.write(
-            PREDICTIONS,
-            predictions_batch(&variant.name, &rows, &scored, references)?,
-        )?;
-        per_variant.push(scored);
+        Ok(())
     }
-    if !bars.is_empty() {
-        tasks_seen.push(MACRO.to_string());
-        outcome.bars = Some(Bars {
-            title: "Extraction F1 per task (set level, pooled over rows)".into(),
-            categories: tasks_seen,
-            series: bars,
-        });
-    }
-    outcome.samples = pick_samples(&rows, settings.samples)
-        .into_iter()
-        .map(|i| {
-            let reference = &references[&rows[i].id];
-            Sample {
-                id: rows[i].id.clone(),
-                task: rows[i].task.clone(),
-                prompt: reference.prompt.clone(),
-                reference: reference.completion.clone(),
-                outputs: variants
-                    .iter()
-                    .zip(&per_variant)
-                    .map(|(v, scored)| (v.name.clone(), scored[i].text.clone()))
-                    .collect(),
-            }
-        })
-        .collect();
-    Ok(outcome)
 }
 
 fn internal(e: impl std::fmt::Display) -> PipelineError {

@@ -16,12 +16,14 @@
 //! curve, when the adapter is the train stage's), and for token classification
 //! `predictions.jsonl` + `scores.json` (what `bench/seqeval_compare.py` checks against seqeval).
 
+mod config;
+pub use self::config::EvaluateConfig;
 pub mod generation;
+mod outcome;
 mod report;
 pub mod tables;
 pub mod tagging;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -31,19 +33,18 @@ use medtune_pipeline::{
 };
 use medtune_qlora::auto::{AutoModel, Task};
 use medtune_qlora::generate::GenerateOptions;
-use medtune_qlora::gguf::{eos_id_of, is_gguf};
-use medtune_qlora::weights::read_config;
 use medtune_qlora::Pass;
 use medtune_schemas::dataset::{LABEL_MAP, METRICS, PREDICTIONS, SHARDS, SPLIT, TRAIN_LOG};
-use serde::{Deserialize, Serialize};
 
-use self::generation::{evaluate_generation, read_references, GenerationSettings};
-use self::tables::{metrics_batch, MetricRow};
+use self::config::{AdapterSource, Resolved};
+use self::generation::{read_references, GenerationEval, GenerationSettings};
+pub use self::outcome::{Bars, Confusion, Outcome, Sample, Variant};
+use self::tables::metrics_batch;
 use crate::shared::loader::{BatchLoader, Batching, LoaderOptions, Padding, ShardSet};
 use crate::shared::model::{
-    model_error, read_label_names, weight_sources, DeviceChoice, TrainConfig, ADAPTER_DIR,
+    model_eos_ids, model_error, read_label_names, weight_sources, ADAPTER_DIR,
 };
-use crate::shared::tokenizer::{eos_id, load_tokenizer, Mode, TokenizeConfig};
+use crate::shared::tokenizer::{eos_id, load_tokenizer};
 
 /// The stage name: its `[evaluate]` config section and its cache folder.
 pub const NAME: &str = "evaluate";
@@ -54,257 +55,18 @@ pub const PREDICTIONS_JSONL: &str = "predictions.jsonl";
 /// Token classification: the scores per variant.
 pub const SCORES_JSON: &str = "scores.json";
 
-fn default_max_new_tokens() -> usize {
-    256
-}
-fn default_batch_size() -> usize {
-    16
-}
-fn default_samples() -> usize {
-    3
-}
-
-/// The `[evaluate]` config section. Unset fields come from `[train]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvaluateConfig {
-    /// A Hugging Face model directory (default: `[train] model`).
-    #[serde(default)]
-    pub model: Option<String>,
-    /// Token classification or causal LM (default: `[train] task`).
-    #[serde(default)]
-    pub task: Option<Task>,
-    /// A PEFT adapter directory (default: the train stage's adapter; without `[train]`, none:
-    /// the base model alone).
-    #[serde(default)]
-    pub adapter: Option<String>,
-    /// The split scored (default: `[train] test_split`, else `test`).
-    #[serde(default)]
-    pub split: Option<String>,
-    /// Score the base model (adapters off) beside the adapted one.
-    #[serde(default = "medtune_pipeline::config::default_true")]
-    pub compare_base: bool,
-    /// Causal LM: the most tokens generated per row.
-    #[serde(default = "default_max_new_tokens")]
-    pub max_new_tokens: usize,
-    /// Causal LM: rows per generation batch.
-    #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
-    /// Padded tokens per loss / tagging batch (default: `[train] max_tokens`, else 4096).
-    #[serde(default)]
-    pub max_tokens: Option<usize>,
-    /// Causal LM: generate for at most this many rows (the first by id); the loss covers the
-    /// whole split.
-    #[serde(default)]
-    pub limit: Option<usize>,
-    /// Causal LM: rows shown in the report.
-    #[serde(default = "default_samples")]
-    pub samples: usize,
-    /// NF4 base weights (default: `[train] quantise`, else true).
-    #[serde(default)]
-    pub quantise: Option<bool>,
-    /// CPU or CUDA (default: `[train] device`).
-    #[serde(default)]
-    pub device: Option<DeviceChoice>,
-}
-
-/// Where the adapter comes from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-enum AdapterSource {
-    /// The train stage's committed adapter.
-    Trained,
-    /// A directory named in the config (as written).
-    Directory(String),
-    /// None: the base model alone.
-    None,
-}
-
-/// The resolved settings: the stage's config, as its cache key sees it.
-#[derive(Debug, Clone, Serialize)]
-struct Settings {
-    model: String,
-    task: Task,
-    adapter: AdapterSource,
-    split: String,
-    compare_base: bool,
-    max_new_tokens: usize,
-    batch_size: usize,
-    max_tokens: usize,
-    limit: Option<usize>,
-    samples: usize,
-    quantise: bool,
-    device: DeviceChoice,
-    /// Causal LM: the tokenizer (as written) and EOS token of `[tokenize]`.
-    tokenizer: Option<String>,
-    eos_token: Option<String>,
-}
-
-/// One way of running the model: `base` (adapters off) or `adapter`.
-#[derive(Debug, Clone)]
-pub struct Variant {
-    /// `base` or `adapter`.
-    pub name: String,
-    /// The forward pass.
-    pub pass: Pass,
-}
-
-/// A confusion matrix: (row label, column label) → count.
-#[derive(Debug, Clone, Default)]
-pub struct Confusion {
-    /// What rows and columns are.
-    pub title: String,
-    /// Counts.
-    pub counts: BTreeMap<(String, String), u64>,
-}
-
-/// Grouped F1 bars: per category, a value per series (variant).
-#[derive(Debug, Clone, Default)]
-pub struct Bars {
-    /// Chart title.
-    pub title: String,
-    /// Entity types or tasks, then the average.
-    pub categories: Vec<String>,
-    /// (variant, values in category order).
-    pub series: Vec<(String, Vec<f64>)>,
-}
-
-/// A row shown in the report: prompt, reference, and each variant's output.
-#[derive(Debug, Clone)]
-pub struct Sample {
-    /// Row id.
-    pub id: String,
-    /// Task.
-    pub task: Option<String>,
-    /// Prompt text.
-    pub prompt: String,
-    /// Reference completion.
-    pub reference: String,
-    /// (variant, generation).
-    pub outputs: Vec<(String, String)>,
-}
-
-/// What an evaluation produced, for the datasets and the report.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    /// Rows (sequences) scored per variant.
-    pub rows: u64,
-    /// Every number.
-    pub metrics: Vec<MetricRow>,
-    /// Confusion matrices.
-    pub confusions: Vec<Confusion>,
-    /// The F1 chart.
-    pub bars: Option<Bars>,
-    /// Report samples.
-    pub samples: Vec<Sample>,
-}
-
 /// The evaluate stage.
 pub struct EvaluateStage {
-    settings: Settings,
+    settings: Resolved,
     model_dir: PathBuf,
     adapter_dir: Option<PathBuf>,
     tokenizer_path: Option<PathBuf>,
-    seed: u64,
 }
 
 impl EvaluateStage {
     /// Builds the stage from `[evaluate]` (and `[train]`, `[tokenize]`).
     pub fn from_config(config: &PipelineConfig) -> Result<Self> {
-        let section: EvaluateConfig = config.section(NAME)?;
-        let train: Option<TrainConfig> = if config.has_section(TrainConfig::SECTION) {
-            Some(config.section(TrainConfig::SECTION)?)
-        } else {
-            None
-        };
-        let need = |what: &str| {
-            config.error(format!(
-                "[evaluate] needs `{what}` (or a [train] section to take it from)"
-            ))
-        };
-        let model = match (&section.model, &train) {
-            (Some(m), _) => m.clone(),
-            (None, Some(t)) => t.model.clone(),
-            (None, None) => return Err(need("model")),
-        };
-        let task = match (section.task, &train) {
-            (Some(t), _) => t,
-            (None, Some(t)) => t.task,
-            (None, None) => return Err(need("task")),
-        };
-        let adapter = match (&section.adapter, &train) {
-            (Some(dir), _) => AdapterSource::Directory(dir.clone()),
-            (None, Some(_)) => AdapterSource::Trained,
-            (None, None) => AdapterSource::None,
-        };
-        if task == Task::TokenClassification && adapter == AdapterSource::None {
-            return Err(config.error(
-                "[evaluate]: a token classifier needs an adapter with its trained head \
-                 (`adapter = \"...\"`, or a [train] section)",
-            ));
-        }
-        if section.batch_size == 0 || section.max_tokens == Some(0) {
-            return Err(config.error("[evaluate]: `batch_size` and `max_tokens` must be positive"));
-        }
-        if section.limit.is_some() && task == Task::TokenClassification {
-            return Err(config.error(
-                "[evaluate]: `limit` applies to generation (causal LM); a token classifier is \
-                 scored on the whole split",
-            ));
-        }
-        if !config.has_section(TokenizeConfig::SECTION) {
-            return Err(config.error(
-                "[evaluate] scores the tokenized shards, but the config has no [tokenize] section",
-            ));
-        }
-        let tokenize: TokenizeConfig = config.section(TokenizeConfig::SECTION)?;
-        let wanted = match task {
-            Task::TokenClassification => Mode::TokenClassification,
-            Task::CausalLm => Mode::Sft,
-        };
-        if tokenize.mode != wanted {
-            return Err(config.error(format!(
-                "[evaluate]: task `{}` needs [tokenize] mode = \"{}\" shards",
-                serde_json::to_value(task)
-                    .expect("task serialises")
-                    .as_str()
-                    .unwrap_or(""),
-                serde_json::to_value(wanted)
-                    .expect("mode serialises")
-                    .as_str()
-                    .unwrap_or(""),
-            )));
-        }
-        let tokenize = (task == Task::CausalLm).then_some(tokenize);
-        let settings = Settings {
-            split: section
-                .split
-                .clone()
-                .or_else(|| train.as_ref().map(|t| t.test_split.clone()))
-                .unwrap_or_else(|| "test".into()),
-            compare_base: section.compare_base,
-            max_new_tokens: section.max_new_tokens,
-            batch_size: section.batch_size,
-            max_tokens: section
-                .max_tokens
-                .or(train.as_ref().map(|t| t.max_tokens))
-                .unwrap_or(4096),
-            limit: section.limit,
-            samples: section.samples,
-            quantise: section
-                .quantise
-                .or(train.as_ref().map(|t| t.quantise))
-                .unwrap_or(true),
-            device: section
-                .device
-                .or(train.as_ref().map(|t| t.device))
-                .unwrap_or_default(),
-            tokenizer: tokenize.as_ref().map(|t| t.tokenizer.clone()),
-            eos_token: tokenize.as_ref().and_then(|t| t.eos_token.clone()),
-            model,
-            task,
-            adapter,
-        };
+        let settings = Resolved::from_config(config)?;
         Ok(EvaluateStage {
             model_dir: config.resolve(&settings.model),
             adapter_dir: match &settings.adapter {
@@ -312,7 +74,6 @@ impl EvaluateStage {
                 _ => None,
             },
             tokenizer_path: settings.tokenizer.as_deref().map(|t| config.resolve(t)),
-            seed: train.as_ref().map_or(0, |t| t.schedule.seed),
             settings,
         })
     }
@@ -358,7 +119,7 @@ impl EvaluateStage {
             shards.split(&self.settings.split)?,
             LoaderOptions {
                 batching,
-                seed: self.seed,
+                seed: self.settings.seed,
                 shuffle: false,
                 pad_id: 0,
                 padding: Padding::Right,
@@ -498,7 +259,7 @@ impl Stage for EvaluateStage {
                     .expect("a causal LM evaluation has a tokenizer");
                 let tokenizer = load_tokenizer(path)?;
                 let mut eos_ids = vec![eos_id(&tokenizer, path, s.eos_token.as_deref())?];
-                eos_ids.extend(config_eos_ids(&self.model_dir));
+                eos_ids.extend(model_eos_ids(&self.model_dir));
                 eos_ids.sort_unstable();
                 eos_ids.dedup();
                 let references = read_references(ctx, SPLIT, &s.split)?;
@@ -512,17 +273,17 @@ impl Stage for EvaluateStage {
                     limit: s.limit,
                     samples: s.samples,
                 };
-                evaluate_generation(
-                    ctx,
-                    &model,
-                    &device,
-                    &self.loader(&shards, tokens)?,
-                    &self.loader(&shards, Batching::Rows { batch_size: 256 })?,
-                    &tokenizer,
-                    &references,
-                    &generation,
-                    &variants,
-                )?
+                GenerationEval {
+                    model: &model,
+                    device: &device,
+                    tokenizer: &tokenizer,
+                    loss_batches: &self.loader(&shards, tokens)?,
+                    prompt_batches: &self.loader(&shards, Batching::Rows { batch_size: 256 })?,
+                    references: &references,
+                    settings: &generation,
+                    variants: &variants,
+                }
+                .run(ctx)?
             }
         };
         ctx.write(METRICS, metrics_batch(&outcome.metrics)?)?;
@@ -560,35 +321,5 @@ impl Stage for EvaluateStage {
         std::fs::write(&path, text).map_err(|e| PipelineError::io(&path, e))?;
         ctx.count("metrics", outcome.metrics.len() as u64);
         Ok(())
-    }
-}
-
-/// The `eos_token_id` of a model's `config.json`: a number, a list, or absent.
-#[derive(Deserialize)]
-struct EosConfig {
-    #[serde(default)]
-    eos_token_id: Option<EosIds>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum EosIds {
-    One(u32),
-    Many(Vec<u32>),
-}
-
-/// The end-of-sequence ids a model's `config.json` (or GGUF metadata) names (none when it
-/// names none; the model loaded from the same file, so a broken one has failed already).
-fn config_eos_ids(dir: &std::path::Path) -> Vec<u32> {
-    if is_gguf(dir) {
-        return eos_id_of(dir).into_iter().collect();
-    }
-    match read_config::<EosConfig>(dir)
-        .ok()
-        .and_then(|c| c.eos_token_id)
-    {
-        Some(EosIds::One(id)) => vec![id],
-        Some(EosIds::Many(ids)) => ids,
-        None => Vec::new(),
     }
 }

@@ -4,6 +4,7 @@
 //! classifier's head, and how a model error becomes a pipeline error.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use arrow::array::AsArray;
 use arrow::datatypes::Int32Type;
@@ -11,7 +12,9 @@ use candle_core::Device;
 use medtune_pipeline::{PipelineError, Result, SourceDecl, StageContext};
 use medtune_qlora::auto::Task;
 use medtune_qlora::bert::LoadOptions;
+use medtune_qlora::gguf::{eos_id_of, is_gguf};
 use medtune_qlora::train::ScheduleConfig;
+use medtune_qlora::weights::read_config;
 use medtune_qlora::{LoraConfig, QloraError};
 use medtune_schemas::dataset::LABEL_MAP;
 use serde::{Deserialize, Serialize};
@@ -107,7 +110,7 @@ impl TrainConfig {
 /// The files that make a model or adapter what it is, as stage sources: a directory's
 /// `config.json` / `adapter_config.json` and safetensors, named `<written>/<file>`, or a model
 /// file (GGUF) itself, named `written`.
-pub(crate) fn weight_sources(dir: &std::path::Path, written: &str) -> Vec<SourceDecl> {
+pub(crate) fn weight_sources(dir: &Path, written: &str) -> Vec<SourceDecl> {
     if dir.is_file() {
         return vec![SourceDecl {
             written: written.to_string(),
@@ -147,7 +150,7 @@ pub(crate) fn read_label_names(ctx: &StageContext<'_>) -> Result<Vec<String>> {
 }
 
 /// A qlora error as a pipeline error: bad models and configs are the user's to fix (exit 2).
-pub(crate) fn model_error(dir: &std::path::Path, e: QloraError) -> PipelineError {
+pub(crate) fn model_error(dir: &Path, e: QloraError) -> PipelineError {
     match e {
         QloraError::Model { path, message } => PipelineError::bad_input(path, message),
         QloraError::Shape { .. } | QloraError::Config(_) | QloraError::Quantise { .. } => {
@@ -159,5 +162,35 @@ pub(crate) fn model_error(dir: &std::path::Path, e: QloraError) -> PipelineError
             message: e.to_string(),
         },
         QloraError::Candle(e) => PipelineError::Internal(format!("candle: {e}")),
+    }
+}
+
+/// The `eos_token_id` of a model's `config.json`: a number, a list, or absent.
+#[derive(Deserialize)]
+struct EosConfig {
+    #[serde(default)]
+    eos_token_id: Option<EosIds>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EosIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+/// The end-of-sequence ids a model's `config.json` (or GGUF metadata) names (none when it
+/// names none; the model loaded from the same file, so a broken one has failed already).
+pub fn model_eos_ids(dir: &Path) -> Vec<u32> {
+    if is_gguf(dir) {
+        return eos_id_of(dir).into_iter().collect();
+    }
+    match read_config::<EosConfig>(dir)
+        .ok()
+        .and_then(|c| c.eos_token_id)
+    {
+        Some(EosIds::One(id)) => vec![id],
+        Some(EosIds::Many(ids)) => ids,
+        None => Vec::new(),
     }
 }
