@@ -12,8 +12,10 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use medtune_pipeline::{PipelineError, Result};
+use medtune_pipeline::{PipelineError, Result, SourceDecl, StageContext};
 use serde::{Deserialize, Serialize};
+
+use super::InputFormat;
 
 const FILE: &str = "append_points.json";
 /// How far past a append point the stage looks for the `,` that continues an array.
@@ -93,7 +95,7 @@ fn hash_span(
 
 /// How to carry on reading `path` from `point`, or `None` when the file changed otherwise.
 pub(crate) fn check(path: &Path, point: &AppendPoint) -> Result<Option<AppendStart>> {
-    let io = |e| super::unreadable(path, e);
+    let io = |e| super::input::unreadable(path, e);
     let mut file = File::open(path).map_err(io)?;
     let mut hasher = blake3::Hasher::new();
     if hash_span(&mut file, point.offset, &mut hasher)
@@ -142,7 +144,7 @@ pub(crate) fn point_after(
     records: u64,
     from: Option<(blake3::Hasher, u64, u64)>,
 ) -> Result<Option<AppendPoint>> {
-    let io = |e| super::unreadable(path, e);
+    let io = |e| super::input::unreadable(path, e);
     let mut file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     let offset = if array {
@@ -184,6 +186,35 @@ fn end_of_elements(file: &mut File, len: u64) -> std::io::Result<Option<u64>> {
         return Ok(None);
     };
     Ok(content(bracket).map(|i| len - tail + i as u64 + 1))
+}
+
+/// Where to carry on reading every input, when the previous output left append points
+/// and every input only grew past its point.
+pub(super) fn starts(
+    ctx: &StageContext<'_>,
+    sources: &[SourceDecl],
+    format: InputFormat,
+) -> Result<Option<Vec<AppendStart>>> {
+    if format == InputFormat::Conll {
+        return Ok(None);
+    }
+    let Some(points) = ctx.previous().and_then(|p| load(&p.artifacts_dir())) else {
+        return Ok(None);
+    };
+    if points.len() != sources.len() {
+        return Ok(None);
+    }
+    let mut starts = Vec::with_capacity(points.len());
+    for (source, point) in sources.iter().zip(&points) {
+        if point.source != source.written {
+            return Ok(None);
+        }
+        match check(&source.path, point)? {
+            Some(r) => starts.push(r),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(starts))
 }
 
 #[cfg(test)]
