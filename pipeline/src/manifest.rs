@@ -7,10 +7,9 @@ use std::path::Path;
 use arrow::datatypes::Schema;
 use serde::{Deserialize, Serialize};
 
-use crate::output::OutputRole;
-
 use crate::error::{IoContext, PipelineError, Result};
 use crate::hash::hash_file;
+use crate::output::OutputRole;
 
 /// File name of the manifest inside a cache entry.
 pub const MANIFEST_FILE: &str = "manifest.json";

@@ -5,13 +5,12 @@ use std::io::Write;
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
-use datafusion::execution::SendableRecordBatchStream;
-
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 

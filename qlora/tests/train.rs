@@ -5,14 +5,13 @@
 mod common;
 
 use candle_core::{Device, IndexOp, Tensor};
+use common::{max_abs_diff, tiny_decoder};
 use medtune_qlora::bert::LoadOptions;
 use medtune_qlora::export::{load_adapter, save_adapter, AdapterSpec, PeftTask};
 use medtune_qlora::llama::{LlamaDecoder, LLAMA_TARGETS};
 use medtune_qlora::tasks::{masked_cross_entropy, CausalLm};
 use medtune_qlora::train::{BatchSource, ScheduleConfig, TrainBatch, TrainModel, Trainer};
 use medtune_qlora::{LoraConfig, Pass, QloraError, Result};
-
-use common::{max_abs_diff, tiny_decoder};
 
 /// A fixed little corpus: "prompt" tokens masked, a completion that repeats a pattern the
 /// model can learn; batches of 4 rows, right-padded.

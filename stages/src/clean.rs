@@ -4,6 +4,7 @@
 //! tag, only when `bio_require_entities` is set).
 
 use arrow::array::Array;
+use medtune_formats::text::bounded_raw;
 use medtune_pipeline::{
     AppendOptions, OutputDecl, PipelineConfig, Result, Stage, StageContext, WorkUnit,
 };
@@ -13,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use crate::shared::chemprot::{ENTITY_TASKS, RELATION_TASK};
 use crate::shared::examples::ExampleRows;
 use crate::shared::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
-use medtune_formats::text::bounded_raw;
 
 /// The stage name: its `[clean]` config section and its cache folder.
 pub const NAME: &str = "clean";

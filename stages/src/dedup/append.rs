@@ -17,9 +17,8 @@ use arrow::array::{
     UInt64Array,
 };
 use arrow::record_batch::RecordBatch;
-use medtune_pipeline::{PipelineError, Result};
-
 use medtune_pipeline::fsutil::link_or_copy;
+use medtune_pipeline::{PipelineError, Result};
 
 use super::{NearDuplicateConfig, NearState};
 use crate::shared::append_state::{read_table, write_table};

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 
 use arrow::array::{ArrayRef, Float64Builder, StringBuilder};
 use arrow::record_batch::RecordBatch;
+use medtune_formats::normalize::{key_hash, Normalization};
+use medtune_formats::text::bounded_raw;
 use medtune_pipeline::{
     AppendOptions, OutputDecl, OutputRole, PipelineConfig, Result, Stage, StageContext, WorkUnit,
 };
@@ -24,8 +26,6 @@ use self::minhash::{similarity, LshIndex, MinHasher};
 use crate::shared::examples::{check_text_columns, ExampleRows};
 use crate::shared::grouping::UnionFind;
 use crate::shared::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
-use medtune_formats::normalize::{key_hash, Normalization};
-use medtune_formats::text::bounded_raw;
 
 /// The stage name: its `[dedup]` config section and its cache folder.
 pub const NAME: &str = "dedup";

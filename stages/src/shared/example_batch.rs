@@ -5,7 +5,6 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, ListBuilder, StringBuilder, UInt64Builder};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
-
 use medtune_formats::record::Example;
 
 /// Where the rows of a batch come from.

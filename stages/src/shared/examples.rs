@@ -3,10 +3,9 @@
 use arrow::array::{Array, AsArray, ListArray, StringArray, UInt64Array};
 use arrow::datatypes::UInt64Type;
 use arrow::record_batch::RecordBatch;
+use medtune_formats::normalize::Normalization;
 use medtune_pipeline::{PipelineError, Result};
 use medtune_schemas::col;
-
-use medtune_formats::normalize::Normalization;
 
 /// The columns of an `examples` batch (or a batch that extends it, like `split`).
 pub struct ExampleRows<'a> {

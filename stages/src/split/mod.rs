@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, StringArray};
 use arrow::record_batch::RecordBatch;
+use medtune_formats::normalize::{key_hash, Normalization};
 use medtune_pipeline::{
     AppendOptions, InputChange, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result,
     Stage, StageContext, WorkUnit,
@@ -29,7 +30,6 @@ use self::assign::{assign, Group, SPLIT_NAMES};
 use self::leakage::{find_leaks, RowKeys};
 use crate::shared::examples::{check_text_columns, ExampleRows, TEXT_COLUMNS};
 use crate::shared::grouping::UnionFind;
-use medtune_formats::normalize::{key_hash, Normalization};
 
 /// The stage name: its `[split]` config section and its cache folder.
 pub const NAME: &str = "split";

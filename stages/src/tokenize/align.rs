@@ -1,8 +1,7 @@
 //! Encoding rows and aligning labels with sub-tokens.
 
-use tokenizers::{EncodeInput, InputSequence, Tokenizer};
-
 use medtune_schemas::IGNORED_LABEL as IGNORE;
+use tokenizers::{EncodeInput, InputSequence, Tokenizer};
 
 use crate::shared::tokenizer::template::PromptTemplate;
 use crate::shared::tokenizer::{Overflow, TokenizeConfig, TruncationSide};

@@ -21,18 +21,15 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, Int32Builder, ListBuilder, StringArray, StringBuilder, UInt32Builder,
 };
-
 use arrow::record_batch::RecordBatch;
 use medtune_formats::text::bounded_raw;
 use medtune_pipeline::{
     AppendOptions, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl,
     Stage, StageContext, WorkUnit,
 };
-
 use medtune_schemas::col;
-use rayon::prelude::*;
-
 use medtune_schemas::dataset::{LABEL_MAP, TOKENIZED, TOKENIZE_REJECTS};
+use rayon::prelude::*;
 use tokenizers::Tokenizer;
 
 use self::align::{encode_sft, encode_words, LabelMap, Tokenized};
