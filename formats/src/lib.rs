@@ -13,6 +13,8 @@
 //! - [`checks`]: the parsers' invariants on arbitrary bytes, run by the fuzz targets and the
 //!   property tests.
 
+#![warn(missing_docs)]
+
 pub mod bio;
 pub mod checks;
 pub mod conll;

@@ -108,6 +108,8 @@ macro_rules! bounded {
 }
 bounded!(i32, i64, u32, u64, usize);
 
+/// A loaded pipeline config: its stage sections, the `[pipeline]` settings, and the folder
+/// its relative paths are resolved against.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     path: PathBuf,

@@ -6,6 +6,8 @@
 //! committed dataset by name. A stage whose inputs only grew may extend its previous output
 //! instead of starting over ([`StageContext::append_to_previous`]).
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod dag;
 pub mod error;

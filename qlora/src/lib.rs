@@ -13,6 +13,8 @@
 //! - [`weights`]: Hugging Face model directories (config.json + safetensors, sharded too).
 //! - [`gguf`]: GGUF files (llama.cpp's format) as a model source: config, weights, tokenizer.
 
+#![warn(missing_docs)]
+
 pub mod allocator;
 pub mod auto;
 pub mod bert;

@@ -9,6 +9,8 @@
 //! - [`training`]: the tokenized sequences, the label map and the training log;
 //! - [`evaluation`]: the metric rows and per-row predictions.
 
+#![warn(missing_docs)]
+
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};

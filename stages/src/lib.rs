@@ -11,6 +11,8 @@
 //! stage reads the kept rows of the last stage before it that keeps rows, read from the
 //! outputs that stage declares.
 
+#![warn(missing_docs)]
+
 pub mod shared;
 
 pub mod clean;

@@ -96,9 +96,13 @@ impl Dropout {
 /// The adapter half of a LoRA layer: `s · (drop(x) Aᵀ) Bᵀ` with A (r × in) and B (out × r).
 #[derive(Debug, Clone, Copy)]
 pub struct Adapted<'a> {
+    /// The down projection A (r × in), initialised at random.
     pub a: &'a Tensor,
+    /// The up projection B (out × r), initialised to zeros so training starts at the base.
     pub b: &'a Tensor,
+    /// `alpha / r` (or `alpha / √r` with rsLoRA).
     pub scale: f64,
+    /// Dropout on the adapter's input while training; `None` in evaluation.
     pub dropout: Option<&'a Dropout>,
 }
 
