@@ -152,7 +152,7 @@ impl Resolved {
         let tokenize: TokenizeConfig = config.section(TokenizeConfig::SECTION)?;
         let wanted = match task {
             Task::TokenClassification => Mode::TokenClassification,
-            Task::CausalLm => Mode::Sft,
+            Task::CausalLm => Mode::CausalLm,
         };
         if tokenize.mode != wanted {
             return Err(config.error(format!(

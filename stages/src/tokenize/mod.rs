@@ -49,8 +49,8 @@ const REJECT_RAW_BYTES: usize = 4096;
 /// Why a row has no labelled token, with the setting that would keep it.
 fn no_labels_detail(cfg: &TokenizeConfig, dropped_tokens: u64) -> String {
     match (cfg.mode, dropped_tokens) {
-        (Mode::Sft, 0) => "the completion is empty".into(),
-        (Mode::Sft, n) => format!(
+        (Mode::CausalLm, 0) => "the completion is empty".into(),
+        (Mode::CausalLm, n) => format!(
             "truncation to max_length {} cut {n} tokens and with them every completion token; \
              `truncation_side = \"left\"` cuts the prompt instead",
             cfg.max_length
@@ -89,7 +89,7 @@ impl TokenizeStage {
                 .map_err(|m| config.error(format!("[tokenize] labels: {m}")))?;
         }
         if section.overflow == Overflow::Window {
-            if section.mode == Mode::Sft {
+            if section.mode == Mode::CausalLm {
                 return Err(config.error(
                     "[tokenize]: `overflow = \"window\"` applies to token classification; \
                      SFT rows are truncated (`overflow = \"truncate\"`)",
@@ -262,7 +262,7 @@ impl Stage for TokenizeStage {
         let tokenizer = self.load_tokenizer()?;
         let labels = match cfg.mode {
             Mode::TokenClassification => Some(self.label_map(ctx)?),
-            Mode::Sft => None,
+            Mode::CausalLm => None,
         };
         // Row by row: an input that only grew extends the previous output with its new rows,
         // provided the label ids stay what they were.
@@ -278,11 +278,11 @@ impl Stage for TokenizeStage {
         let total = ctx.input(&self.input)?.manifest.rows;
         ctx.set_work_total(total, WorkUnit::Rows);
         let eos = match cfg.mode {
-            Mode::Sft => Some(self.eos_id(&tokenizer)?),
+            Mode::CausalLm => Some(self.eos_id(&tokenizer)?),
             Mode::TokenClassification => None,
         };
         let template = match cfg.mode {
-            Mode::Sft => Some(
+            Mode::CausalLm => Some(
                 PromptTemplate::load(cfg.template, &self.tokenizer_path, &tokenizer)
                     .map_err(|m| PipelineError::Usage(format!("[tokenize] template: {m}")))?,
             ),
@@ -293,7 +293,7 @@ impl Stage for TokenizeStage {
         let (mut truncated, mut dropped_tokens, mut dropped_entities) = (0u64, 0u64, 0u64);
         let mut done = 0u64;
         let (mut unlabelled_windows, mut rejected) = (0u64, 0u64);
-        let causal = cfg.mode == Mode::Sft;
+        let causal = cfg.mode == Mode::CausalLm;
         for batch in ctx.read(&self.input)? {
             let batch = batch?;
             let rows = ExampleRows::new(&batch)?;

@@ -14,14 +14,17 @@ use tokenizers::Tokenizer;
 
 use self::template::ChatTemplate;
 
-/// What the model learns.
+/// What the model learns, named as `[train] task` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// One label per word (BIO rows).
     TokenClassification,
-    /// Completion given prompt (prompt/completion and alpaca rows).
-    Sft,
+    /// Completion given prompt (prompt/completion and alpaca rows), the prompt masked from the
+    /// loss: supervised fine-tuning of a causal LM. Configs write it `sft` (what the cache key
+    /// records) or `causal_lm`, the word `[train] task` uses.
+    #[serde(rename = "sft", alias = "causal_lm")]
+    CausalLm,
 }
 
 /// What happens to inputs longer than `max_length`.
@@ -147,4 +150,19 @@ pub fn eos_id(tokenizer: &Tokenizer, path: &Path, configured: Option<&str>) -> R
                 format!("the tokenizer has none of the end-of-sequence tokens {candidates:?}"),
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causal_lm_is_the_sft_mode_and_keeps_the_key_it_always_had() {
+        let parse = |text: &str| serde_json::from_str::<Mode>(text).unwrap();
+        assert_eq!(parse("\"sft\""), Mode::CausalLm);
+        assert_eq!(parse("\"causal_lm\""), Mode::CausalLm);
+        // The cache key serialises the mode: it must stay `sft`.
+        assert_eq!(serde_json::to_string(&Mode::CausalLm).unwrap(), "\"sft\"");
+        assert!(serde_json::from_str::<Mode>("\"generation\"").is_err());
+    }
 }
