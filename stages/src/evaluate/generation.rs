@@ -28,6 +28,7 @@ use super::tables::{family, MetricSink, MACRO, MICRO};
 use super::{Bars, Confusion, Outcome, Sample, Variant};
 use crate::shared::examples::ExampleRows;
 use crate::shared::loader::BatchLoader;
+use crate::shared::metrics::entities::Report;
 use crate::shared::metrics::extraction::{
     is_extraction_task, parse_list, ExtractionScorer, SetCounts,
 };
@@ -147,7 +148,6 @@ impl GenerationEval<'_> {
     /// Evaluates every variant; see the module documentation.
     pub(super) fn run(&self, ctx: &mut StageContext<'_>) -> Result<Outcome> {
         let GenerationEval {
-            tokenizer,
             prompt_batches,
             references,
             settings,
@@ -193,63 +193,9 @@ impl GenerationEval<'_> {
 
             let (generations, seconds) = self.generate(ctx, variant, &rows, &order, &mut done)?;
 
-            let mut extraction = ExtractionScorer::default();
-            let mut scored = Vec::with_capacity(rows.len());
-            let (mut rouge_sum, mut bleu_sum) = (0f64, 0f64);
-            let mut pairs: Vec<(String, &str)> = Vec::with_capacity(rows.len());
-            for (row, generation) in rows.iter().zip(generations) {
-                let text = tokenizer.decode(&generation.tokens, true).map_err(|e| {
-                    PipelineError::Internal(format!("decoding row {}: {e}", row.id))
-                })?;
-                let reference = &references[&row.id].completion;
-                let counts = row
-                    .task
-                    .as_deref()
-                    .filter(|t| is_extraction_task(t))
-                    .map(|task| extraction.add(task, &text, reference));
-                let (rouge, bleu) = (rouge_l(&text, reference), bleu1(&text, reference));
-                rouge_sum += rouge;
-                bleu_sum += bleu;
-                pairs.push((text.clone(), reference));
-                scored.push(Scored {
-                    generation,
-                    text,
-                    counts,
-                    rouge,
-                    bleu,
-                });
-            }
-            let n = rows.len().max(1) as f64;
-            sink.push(family::TEXT, "all", "rouge_l", rouge_sum / n);
-            sink.push(family::TEXT, "all", "bleu_1", bleu_sum / n);
-            sink.push(
-                family::TEXT,
-                "all",
-                "corpus_bleu_1",
-                corpus_bleu1(pairs.iter().map(|(c, r)| (c.as_str(), *r))),
-            );
+            let (scored, extraction) = self.score(&rows, generations, &mut sink)?;
             if !extraction.tasks().is_empty() {
-                let report = extraction.report();
-                for (task, s) in &report.per_type {
-                    sink.scores(family::EXTRACTION, task, s);
-                    let tally = &extraction.tasks()[task];
-                    sink.push(family::EXTRACTION, task, "mean_row_f1", tally.mean_row_f1());
-                    sink.push(family::EXTRACTION, task, "rows", tally.rows as f64);
-                    sink.push(
-                        family::EXTRACTION,
-                        task,
-                        "unparsed_lines",
-                        tally.unparsed_lines as f64,
-                    );
-                }
-                sink.scores(family::EXTRACTION, MICRO, &report.micro);
-                sink.scores(family::EXTRACTION, MACRO, &report.macro_avg);
-                sink.push(
-                    family::EXTRACTION,
-                    MACRO,
-                    "mean_row_f1",
-                    extraction.macro_mean_row_f1(),
-                );
+                let report = push_extraction(&extraction, &mut sink);
                 tasks_seen = report.per_type.keys().cloned().collect();
                 let mut values: Vec<f64> = report.per_type.values().map(|s| s.f1).collect();
                 values.push(report.macro_avg.f1);
@@ -263,37 +209,7 @@ impl GenerationEval<'_> {
                     counts: entity_type_confusion(&rows, &scored, references, &gold),
                 });
             }
-            let generated: usize = scored.iter().map(|s| s.generation.tokens.len()).sum();
-            let at_eos = scored
-                .iter()
-                .filter(|s| s.generation.stop == StopReason::Eos)
-                .count();
-            sink.push(family::THROUGHPUT, "all", "rows", rows.len() as f64);
-            sink.push(family::THROUGHPUT, "all", "seconds", seconds);
-            sink.push(
-                family::THROUGHPUT,
-                "all",
-                "samples_per_second",
-                rows.len() as f64 / seconds,
-            );
-            sink.push(
-                family::THROUGHPUT,
-                "all",
-                "generated_tokens",
-                generated as f64,
-            );
-            sink.push(
-                family::THROUGHPUT,
-                "all",
-                "tokens_per_second",
-                generated as f64 / seconds,
-            );
-            sink.push(
-                family::THROUGHPUT,
-                "all",
-                "stopped_at_eos",
-                at_eos as f64 / n,
-            );
+            push_throughput(&mut sink, &scored, seconds);
             ctx.write(
                 PREDICTIONS,
                 predictions_batch(&variant.name, &rows, &scored, references)?,
@@ -326,6 +242,53 @@ impl GenerationEval<'_> {
             })
             .collect();
         Ok(outcome)
+    }
+
+    /// Decodes each row's generation and scores it against the reference: ROUGE-L, BLEU-1
+    /// (pushed as the `text` family) and, for extraction tasks, the set counts.
+    fn score(
+        &self,
+        rows: &[PromptRow],
+        generations: Vec<Generation>,
+        sink: &mut MetricSink<'_>,
+    ) -> Result<(Vec<Scored>, ExtractionScorer)> {
+        let mut extraction = ExtractionScorer::default();
+        let mut scored = Vec::with_capacity(rows.len());
+        let (mut rouge_sum, mut bleu_sum) = (0f64, 0f64);
+        let mut pairs: Vec<(String, &str)> = Vec::with_capacity(rows.len());
+        for (row, generation) in rows.iter().zip(generations) {
+            let text = self
+                .tokenizer
+                .decode(&generation.tokens, true)
+                .map_err(|e| PipelineError::Internal(format!("decoding row {}: {e}", row.id)))?;
+            let reference = &self.references[&row.id].completion;
+            let counts = row
+                .task
+                .as_deref()
+                .filter(|t| is_extraction_task(t))
+                .map(|task| extraction.add(task, &text, reference));
+            let (rouge, bleu) = (rouge_l(&text, reference), bleu1(&text, reference));
+            rouge_sum += rouge;
+            bleu_sum += bleu;
+            pairs.push((text.clone(), reference));
+            scored.push(Scored {
+                generation,
+                text,
+                counts,
+                rouge,
+                bleu,
+            });
+        }
+        let n = rows.len().max(1) as f64;
+        sink.push(family::TEXT, "all", "rouge_l", rouge_sum / n);
+        sink.push(family::TEXT, "all", "bleu_1", bleu_sum / n);
+        sink.push(
+            family::TEXT,
+            "all",
+            "corpus_bleu_1",
+            corpus_bleu1(pairs.iter().map(|(c, r)| (c.as_str(), *r))),
+        );
+        Ok((scored, extraction))
     }
 
     /// Greedy generations of `variant` for `rows`, batched in `order` (longest prompt first),
@@ -532,4 +495,66 @@ fn predictions_batch(
         medtune_schemas::generation_predictions(),
         columns,
     )?)
+}
+
+/// Pushes the extraction scores per task, micro and macro, and returns the report.
+fn push_extraction(extraction: &ExtractionScorer, sink: &mut MetricSink<'_>) -> Report {
+    let report = extraction.report();
+    for (task, s) in &report.per_type {
+        sink.scores(family::EXTRACTION, task, s);
+        let tally = &extraction.tasks()[task];
+        sink.push(family::EXTRACTION, task, "mean_row_f1", tally.mean_row_f1());
+        sink.push(family::EXTRACTION, task, "rows", tally.rows as f64);
+        sink.push(
+            family::EXTRACTION,
+            task,
+            "unparsed_lines",
+            tally.unparsed_lines as f64,
+        );
+    }
+    sink.scores(family::EXTRACTION, MICRO, &report.micro);
+    sink.scores(family::EXTRACTION, MACRO, &report.macro_avg);
+    sink.push(
+        family::EXTRACTION,
+        MACRO,
+        "mean_row_f1",
+        extraction.macro_mean_row_f1(),
+    );
+    report
+}
+
+/// Pushes the rows, seconds, tokens and EOS stops of one variant's generation.
+fn push_throughput(sink: &mut MetricSink<'_>, scored: &[Scored], seconds: f64) {
+    let rows = scored.len() as f64;
+    let generated: usize = scored.iter().map(|s| s.generation.tokens.len()).sum();
+    let at_eos = scored
+        .iter()
+        .filter(|s| s.generation.stop == StopReason::Eos)
+        .count();
+    sink.push(family::THROUGHPUT, "all", "rows", rows);
+    sink.push(family::THROUGHPUT, "all", "seconds", seconds);
+    sink.push(
+        family::THROUGHPUT,
+        "all",
+        "samples_per_second",
+        rows / seconds,
+    );
+    sink.push(
+        family::THROUGHPUT,
+        "all",
+        "generated_tokens",
+        generated as f64,
+    );
+    sink.push(
+        family::THROUGHPUT,
+        "all",
+        "tokens_per_second",
+        generated as f64 / seconds,
+    );
+    sink.push(
+        family::THROUGHPUT,
+        "all",
+        "stopped_at_eos",
+        at_eos as f64 / rows.max(1.0),
+    );
 }
