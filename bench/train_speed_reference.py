@@ -4,7 +4,7 @@ PyTorch + transformers + PEFT on medtune's own training shards, batch for batch.
 
 What is the same as `medtune train`:
 - the batches: medtune's `shards` dataset is read with pyarrow and cut into batches by a port of
-  medtune's loader (stages/src/loader/): shards in an order shuffled per epoch, each shard's rows
+  medtune's loader (stages/src/shared/loader/): shards in an order shuffled per epoch, each shard's rows
   shuffled, stably sorted by length, cut greedily so rows × longest row <= max_tokens, the
   batches shuffled; every shuffle from a ChaCha8 stream seeded with blake3(seed, epoch, purpose,
   shard), drawn as rand 0.9 draws it. Right padding with id 0, labels -100 in padding;
@@ -91,7 +91,7 @@ class ChaCha8:
 
 
 def loader_stream(seed: int, epoch: int, what: str, index: int) -> ChaCha8:
-    """stages/src/loader/plan.rs `stream`."""
+    """stages/src/shared/loader/plan.rs `stream`."""
     import blake3
 
     h = blake3.blake3(b"medtune loader v1")
@@ -141,7 +141,7 @@ def shuffle(items: list, rng: ChaCha8) -> None:
 
 
 def plan_batches(lengths: list[int], max_tokens: int, rng: ChaCha8 | None) -> list[list[int]]:
-    """stages/src/loader/plan.rs `plan_batches` with a token budget."""
+    """stages/src/shared/loader/plan.rs `plan_batches` with a token budget."""
     order = list(range(len(lengths)))
     if rng is not None:
         shuffle(order, rng)
