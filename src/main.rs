@@ -51,7 +51,7 @@ enum Command {
         config: PathBuf,
     },
     /// Profile the data (running what the profile needs, through the cache): prints the
-    /// report and writes it to <workdir>/reports/profile.{json,md}.
+    /// report and writes it to `<workdir>/reports/profile.{json,md}`.
     Profile {
         /// Pipeline config (TOML).
         #[arg(long, default_value = "medtune.toml")]

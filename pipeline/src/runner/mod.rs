@@ -1,7 +1,7 @@
 //! Runs the stage graph through the cache: computes each stage's key, takes a verified cached
 //! output when there is one, and otherwise runs the stage and commits what it wrote.
-//! [`status`] says what is fresh, stale (and why) or missing without running anything;
-//! [`previous`] finds the output a stage whose inputs only grew can append to.
+//! `status.rs` says what is fresh, stale (and why) or missing without running anything;
+//! `previous.rs` finds the output a stage whose inputs only grew can append to.
 
 mod previous;
 mod status;

@@ -1,6 +1,6 @@
 //! PNG charts with plotters: the training loss curve and grouped F1 bars.
 //!
-//! plotters draws into an RGB buffer that [`png`] encodes. Text needs a TrueType font;
+//! plotters draws into an RGB buffer that `png.rs` encodes. Text needs a TrueType font;
 //! plotters' `ab_glyph` backend takes one registered at run time, looked up among the usual
 //! system font files (DejaVu / Liberation sans). Without one a chart is drawn without labels
 //! and its function says so (returns `false`).
