@@ -1,7 +1,11 @@
-"""End-to-end prep at HealthCareMagic scale: medtune (cold, warm, append 1%) against the Python
-stack (bench/reference_pipeline.py), SQL through `medtune query` against DuckDB on the same
-Parquet files, and medtune's per-stage throughput from its manifests. Everything runs in this
-one invocation on this machine; wall seconds and peak RSS come from `/usr/bin/time -v`.
+"""End-to-end prep at HealthCareMagic scale: medtune against the Python stack
+(bench/reference_pipeline.py: HF `datasets` with batched maps, `tokenizers`), with exact dedup
+only and with near-duplicate detection (the reference's near-duplicates two ways: `datasketch`,
+the usual choice, and a vectorised numpy MinHash, the fast one); each step's seconds on both
+sides; the tokenize stage against a bare `tokenizers` `encode_batch` of the same texts; medtune
+warm and after a 1% append; SQL through `medtune query` against DuckDB on the same Parquet files.
+Everything runs in this one invocation on this machine; wall seconds and peak RSS come from
+`/usr/bin/time -v`.
 
 usage: python bench/e2e.py MEDTUNE_BIN WORK_DIR [ROWS]   (bench/e2e.sh sets it all up)
 """
@@ -59,7 +63,7 @@ inputs = ["{input}"]
 columns = ["instruction", "input"]
 
 [dedup.near]
-action = "group"
+{near}
 
 [convert]
 
@@ -135,12 +139,17 @@ def main(medtune: Path, work: Path, rows: int) -> int:
     base_rows = corpus(data, rows)
     write_array(data, base_rows)
     print(f"corpus: {rows} rows, {data.stat().st_size / 2**20:.1f} MiB ({SOURCE.name} recombined, 1% exact duplicates)")
+    exact_config = work / "exact.toml"
+    exact_config.write_text(CONFIG.format(input=data, tokenizer=TOKENIZER, near="enabled = false"))
     config = work / "bench.toml"
-    config.write_text(CONFIG.format(input=data, tokenizer=TOKENIZER))
+    config.write_text(CONFIG.format(input=data, tokenizer=TOKENIZER, near='action = "group"'))
+    exact_workdir = work / "medtune-exact"
     workdir = work / "medtune"
     run = [medtune, "--workdir", workdir, "run", "--config", config]
 
     results = {}
+    results["medtune exact dedup, cold"] = timed([medtune, "--workdir", exact_workdir, "run", "--config", exact_config])
+    exact_manifests = manifests(exact_workdir)
     results["medtune cold"] = timed(run)
     cold_manifests = manifests(workdir)
     cold_splits = splits(medtune, workdir)
@@ -151,21 +160,58 @@ def main(medtune: Path, work: Path, rows: int) -> int:
     append_manifests = manifests(workdir)
     append_splits = splits(medtune, workdir)
     write_array(data, base_rows)
-    ref_out = work / "reference"
-    results["reference (datasets + tokenizers)"] = timed(
-        [sys.executable, REPO / "bench" / "reference_pipeline.py", data, TOKENIZER, ref_out]
+    summaries = {}
+    for near in ("none", "numpy", "datasketch"):
+        name = f"reference, near-duplicates: {near}"
+        results[name] = timed(
+            [sys.executable, REPO / "bench" / "reference_pipeline.py", data, TOKENIZER, work / f"reference-{near}", "--near", near]
+        )
+        summaries[near] = json.loads(results[name]["stdout"].strip().splitlines()[-1])
+    bare = timed([sys.executable, REPO / "bench" / "encode_batch.py", data, TOKENIZER])
+    bare_summary = json.loads(bare["stdout"].strip().splitlines()[-1])
+
+    print("\n| run | wall s | peak RSS MiB |")
+    print("|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['seconds']:.1f} | {r['rss_mib']:.0f} |")
+    pairs = [
+        ("exact dedup only", "medtune exact dedup, cold", "none"),
+        ("near-duplicates (numpy reference)", "medtune cold", "numpy"),
+        ("near-duplicates (datasketch reference)", "medtune cold", "datasketch"),
+    ]
+    print("\n| pipeline | medtune s | reference s | wall medtune / reference | RSS medtune / reference |")
+    print("|---|---|---|---|---|")
+    for title, ours, near in pairs:
+        m, r = results[ours], results[f"reference, near-duplicates: {near}"]
+        print(f"| {title} | {m['seconds']:.1f} | {r['seconds']:.1f} | {m['seconds'] / r['seconds']:.2f}x | {m['rss_mib'] / r['rss_mib']:.2f}x |")
+    for near, summary in summaries.items():
+        print(f"reference ({near}): {json.dumps(summary)}")
+
+    # Each step's seconds: medtune's stages (from the manifests) beside the reference's steps.
+    steps = [
+        ("read + keys", ["ingest"], ["load", "keys"]),
+        ("exact dedup (+ near-duplicates)", ["dedup"], ["exact_dedup", "groups", "near_signatures", "near_matrix", "near_lsh", "near_dedup"]),
+        ("convert + clean", ["convert", "clean"], ["clean"]),
+        ("split", ["split"], ["split"]),
+        ("tokenize", ["tokenize"], ["tokenize"]),
+        ("shards", ["shard"], ["shards"]),
+    ]
+    print("\n| step | medtune exact | reference none | medtune near | reference numpy | reference datasketch |")
+    print("|---|---|---|---|---|---|")
+    for title, ours, theirs in steps:
+        cells = [sum(exact_manifests[s]["seconds"] for s in ours)]
+        cells.append(sum(summaries["none"]["steps"].get(t, 0) for t in theirs))
+        cells.append(sum(cold_manifests[s]["seconds"] for s in ours))
+        cells += [sum(summaries[n]["steps"].get(t, 0) for t in theirs) for n in ("numpy", "datasketch")]
+        print(f"| {title} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    tokenize_s = exact_manifests["tokenize"]["seconds"]
+    print(
+        f"\ntokenize: the stage {tokenize_s:.2f} s; a bare `tokenizers` encode_batch of the same "
+        f"prompts and completions {bare_summary['seconds']:.2f} s ({bare_summary['tokens']:,} tokens, "
+        f"all cores): the stage runs at {bare_summary['seconds'] / tokenize_s:.2f}x the library it wraps"
     )
-    reference = json.loads(results["reference (datasets + tokenizers)"]["stdout"].strip().splitlines()[-1])
 
     cold = results["medtune cold"]
-    ref = results["reference (datasets + tokenizers)"]
-    print("\n| run | wall s | peak RSS MiB | wall / medtune cold | RSS / reference |")
-    print("|---|---|---|---|---|")
-    for name, r in results.items():
-        print(f"| {name} | {r['seconds']:.1f} | {r['rss_mib']:.0f} | {r['seconds'] / cold['seconds']:.3f} | {r['rss_mib'] / ref['rss_mib']:.2f} |")
-    print(f"\nmedtune cold / reference: wall {cold['seconds'] / ref['seconds']:.2f}x, peak RSS {cold['rss_mib'] / ref['rss_mib']:.2f}x")
-    print(f"reference: {json.dumps(reference)}")
-
     # Per-stage throughput of the cold run.
     print("\n| stage | rows in | seconds | rows/s | MB in | MB/s | tokens/s |")
     print("|---|---|---|---|---|---|---|")

@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/medtune-target}"  # th
 cargo build --release --quiet
 bin="$CARGO_TARGET_DIR/release/medtune"
 venv="${MEDTUNE_BENCH_VENV:-$HOME/.cache/medtune-bench-venv}"
-if ! "$venv/bin/python" -c "import datasets, tokenizers, datasketch, duckdb" >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c "import datasets, tokenizers, datasketch, duckdb, numpy" >/dev/null 2>&1; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
     datasets==5.2.0 tokenizers==0.23.3 datasketch==2.0.0 duckdb==2.0.0 pyarrow==26.0.1
