@@ -6,15 +6,7 @@
 #
 # usage: bench/gguf_oracle.sh       BENCH_WORK: work folder (default /tmp/medtune-gguf-oracle)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root="$PWD"
-models="$(scripts/fetch-model.sh | tail -1)"
-gguf="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/medtune-target}" # the .ci/run build cache
-cargo build --release --quiet
-cargo build --release --quiet -p medtune-qlora --example gguf_logits
-bin="$CARGO_TARGET_DIR/release/medtune"
-py="$(bench/python-env.sh)"
+source "$(dirname "$0")/oracle-setup.sh" gguf_logits
 work="${BENCH_WORK:-/tmp/medtune-gguf-oracle}"
 rm -rf "$work"
 mkdir -p "$work"

@@ -11,15 +11,7 @@
 #   with no arguments    trains one: configs/chemprot-smollm2.toml capped at STEPS (default 8)
 #                        optimiser steps, in BENCH_WORK (default /tmp/medtune-peft-oracle)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root="$PWD"
-models="$(scripts/fetch-model.sh | tail -1)"
-gguf="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/medtune-target}" # the .ci/run build cache
-cargo build --release --quiet
-cargo build --release --quiet -p medtune-qlora --example adapter_loss
-bin="$CARGO_TARGET_DIR/release/medtune"
-py="$(bench/python-env.sh)"
+source "$(dirname "$0")/oracle-setup.sh" adapter_loss
 
 if [ $# -eq 2 ]; then
   adapter="$1"

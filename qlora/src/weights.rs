@@ -210,11 +210,6 @@ impl<'w> Scope<'w> {
         }
     }
 
-    /// The module path, as PEFT and the dropout streams name the module.
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
     fn join(&self, name: &str) -> String {
         if self.path.is_empty() {
             name.to_string()

@@ -27,16 +27,6 @@ impl UnionFind {
         index
     }
 
-    /// Elements in all sets.
-    pub fn len(&self) -> usize {
-        self.parent.len()
-    }
-
-    /// Whether there are no elements.
-    pub fn is_empty(&self) -> bool {
-        self.parent.is_empty()
-    }
-
     /// The root (smallest index) of `x`'s set; halves the path on the way.
     pub fn find(&mut self, mut x: u32) -> u32 {
         while self.parent[x as usize] != x {
