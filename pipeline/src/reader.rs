@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
 
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -93,4 +94,72 @@ fn open_part(
     Ok(ParquetRecordBatchReaderBuilder::try_new(file)?
         .with_batch_size(batch_rows.max(1))
         .build()?)
+}
+
+/// Batches a stage has not asked for yet that are read ahead of it: Parquet decoding of the
+/// next batches overlaps the stage's work on the current one.
+const READ_AHEAD_BATCHES: usize = 2;
+
+/// `batches`, read on a thread of their own, at most [`READ_AHEAD_BATCHES`] ahead of the
+/// consumer; the thread stops when the consumer drops the iterator.
+pub fn read_ahead(
+    batches: impl Iterator<Item = Result<RecordBatch>> + Send + 'static,
+) -> impl Iterator<Item = Result<RecordBatch>> + Send + 'static {
+    let (tx, rx) = sync_channel(READ_AHEAD_BATCHES);
+    std::thread::Builder::new()
+        .name("medtune-read-ahead".into())
+        .spawn(move || {
+            for batch in batches {
+                if tx.send(batch).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("spawning a read-ahead thread");
+    rx.into_iter()
+}
+
+#[cfg(test)]
+mod read_ahead_tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Int64Array};
+
+    use super::*;
+
+    fn batch(value: i64) -> Result<RecordBatch> {
+        let column: ArrayRef = Arc::new(Int64Array::from(vec![value]));
+        Ok(RecordBatch::try_from_iter([("v", column)])?)
+    }
+
+    #[test]
+    fn read_ahead_keeps_order_and_errors_and_stops_when_dropped() {
+        let values = |it: &mut dyn Iterator<Item = Result<RecordBatch>>| -> Vec<i64> {
+            it.map(|b| {
+                let b = b.unwrap();
+                let column = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                column.value(0)
+            })
+            .collect()
+        };
+        assert_eq!(
+            values(&mut read_ahead((0..100).map(batch))),
+            (0..100).collect::<Vec<_>>()
+        );
+        let failing = (0..3).map(|i| {
+            if i == 1 {
+                Err(crate::PipelineError::Internal("part 2 is corrupt".into()))
+            } else {
+                batch(i)
+            }
+        });
+        let got: Vec<_> = read_ahead(failing).collect();
+        assert_eq!(got.len(), 3);
+        assert!(got[1].as_ref().unwrap_err().to_string().contains("corrupt"));
+        // An endless source: dropping the consumer ends the thread (the test would hang if a
+        // send blocked forever; a failed send ends the loop).
+        let mut endless = read_ahead((0..).map(batch));
+        assert!(endless.next().is_some());
+        drop(endless);
+    }
 }

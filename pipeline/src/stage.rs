@@ -269,12 +269,14 @@ impl<'a> StageContext<'a> {
         })
     }
 
-    /// Streams an input dataset's batches.
+    /// Streams an input dataset's batches, decoded ahead of the stage on a thread of its own.
     pub fn read(
         &self,
         name: &str,
     ) -> Result<impl Iterator<Item = Result<RecordBatch>> + Send + 'static> {
-        Ok(self.input(name)?.batches(self.batch_rows))
+        Ok(crate::reader::read_ahead(
+            self.input(name)?.batches(self.batch_rows),
+        ))
     }
 
     /// Sends a batch to an output dataset.
