@@ -1,10 +1,9 @@
 //! Encoding rows and aligning labels with sub-tokens.
 
 use medtune_schemas::IGNORED_LABEL as IGNORE;
-use tokenizers::{EncodeInput, InputSequence, Tokenizer};
 
 use crate::shared::tokenizer::template::PromptTemplate;
-use crate::shared::tokenizer::{Overflow, TokenizeConfig, TruncationSide};
+use crate::shared::tokenizer::{Overflow, TextEncoder, TokenizeConfig, TruncationSide};
 
 /// One encoded sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +107,7 @@ pub struct WordsEncoded {
 
 /// Encodes pre-tokenized `words` and aligns `tags` with their first sub-tokens.
 pub fn encode_words(
-    tokenizer: &Tokenizer,
+    encoder: &TextEncoder,
     words: &[&str],
     tags: &[&str],
     map: &LabelMap,
@@ -117,23 +116,12 @@ pub fn encode_words(
     if words.len() != tags.len() {
         return Err(format!("{} words but {} tags", words.len(), tags.len()));
     }
-    let input = EncodeInput::Single(InputSequence::from(words.to_vec()));
-    let enc = tokenizer.encode(input, true).map_err(|e| e.to_string())?;
-    let (ids, word_ids, special) = (
-        enc.get_ids(),
-        enc.get_word_ids(),
-        enc.get_special_tokens_mask(),
-    );
-    let first_content = special.iter().position(|&s| s == 0).unwrap_or(ids.len());
-    let last_content = special
-        .iter()
-        .rposition(|&s| s == 0)
-        .map_or(first_content, |p| p + 1);
-    let (prefix, suffix) = (&ids[..first_content], &ids[last_content..]);
-    let mut labels = Vec::with_capacity(last_content - first_content);
+    let encoded = encoder.encode_words(words)?;
+    let (prefix, suffix) = (&encoded.prefix[..], &encoded.suffix[..]);
+    let mut labels = Vec::with_capacity(encoded.ids.len());
     let mut seen = vec![false; words.len()];
     let mut first_position = vec![usize::MAX; words.len()];
-    for (pos, word) in word_ids[first_content..last_content].iter().enumerate() {
+    for (pos, word) in encoded.word_of.iter().enumerate() {
         let Some(w) = word.map(|w| w as usize) else {
             labels.push(IGNORE);
             continue;
@@ -148,7 +136,7 @@ pub fn encode_words(
             labels.push(IGNORE);
         }
     }
-    let content = &ids[first_content..last_content];
+    let content = &encoded.ids[..];
     let budget = cfg
         .max_length
         .saturating_sub(prefix.len() + suffix.len())
@@ -203,7 +191,7 @@ pub fn encode_words(
 /// Encodes an SFT row: `[bos] template(prompt) completion eos`, labels -100 over the prompt.
 /// Returns the sequence and the number of tokens truncation dropped.
 pub fn encode_sft(
-    tokenizer: &Tokenizer,
+    encoder: &TextEncoder,
     template: &PromptTemplate,
     prompt: &str,
     completion: &str,
@@ -211,17 +199,11 @@ pub fn encode_sft(
     cfg: &TokenizeConfig,
 ) -> Result<(Tokenized, u64), String> {
     let rendered = template.render(prompt)?;
-    let encode = |text: &str| -> Result<Vec<u32>, String> {
-        Ok(tokenizer
-            .encode(text, false)
-            .map_err(|e| e.to_string())?
-            .get_ids()
-            .to_vec())
-    };
+    let encode = |text: &str| encoder.encode(text);
     let bos: Vec<u32> = template
         .bos_candidates()
         .iter()
-        .find_map(|t| tokenizer.token_to_id(t))
+        .find_map(|t| encoder.tokenizer().token_to_id(t))
         .into_iter()
         .collect();
     let bos_len = bos.len();

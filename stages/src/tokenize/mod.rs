@@ -36,7 +36,9 @@ use self::align::{encode_sft, encode_words, LabelMap, Tokenized};
 use crate::shared::examples::ExampleRows;
 use crate::shared::rejects::{RejectBatch, RejectRow};
 use crate::shared::tokenizer::template::{template_file, ChatTemplate, PromptTemplate};
-use crate::shared::tokenizer::{eos_id, load_tokenizer, Mode, Overflow, TokenizeConfig};
+use crate::shared::tokenizer::{
+    eos_id, load_tokenizer, Mode, Overflow, TextEncoder, TokenizeConfig,
+};
 
 /// The stage name: its `[tokenize]` config section and its cache folder.
 pub const NAME: &str = TokenizeConfig::SECTION;
@@ -259,7 +261,14 @@ impl Stage for TokenizeStage {
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
         let cfg = &self.config;
-        let tokenizer = self.load_tokenizer()?;
+        let encoder = TextEncoder::new(self.load_tokenizer()?);
+        let tokenizer = encoder.tokenizer();
+        if let Err(why) = encoder.fast_path() {
+            ctx.warn(format!(
+                "{}: every text goes through `tokenizers` ({why})",
+                self.tokenizer_path.display()
+            ));
+        }
         let labels = match cfg.mode {
             Mode::TokenClassification => Some(self.label_map(ctx)?),
             Mode::CausalLm => None,
@@ -278,12 +287,12 @@ impl Stage for TokenizeStage {
         let total = ctx.input(&self.input)?.manifest.rows;
         ctx.set_work_total(total, WorkUnit::Rows);
         let eos = match cfg.mode {
-            Mode::CausalLm => Some(self.eos_id(&tokenizer)?),
+            Mode::CausalLm => Some(self.eos_id(tokenizer)?),
             Mode::TokenClassification => None,
         };
         let template = match cfg.mode {
             Mode::CausalLm => Some(
-                PromptTemplate::load(cfg.template, &self.tokenizer_path, &tokenizer)
+                PromptTemplate::load(cfg.template, &self.tokenizer_path, tokenizer)
                     .map_err(|m| PipelineError::Usage(format!("[tokenize] template: {m}")))?,
             ),
             Mode::TokenClassification => None,
@@ -309,7 +318,7 @@ impl Stage for TokenizeStage {
                             let words = ExampleRows::list(rows.words, row);
                             let tags = ExampleRows::list(rows.tags, row);
                             let out =
-                                encode_words(&tokenizer, &words, &tags, map, cfg).map_err(|m| {
+                                encode_words(&encoder, &words, &tags, map, cfg).map_err(|m| {
                                     PipelineError::bad_input(
                                         rows.source_file.value(row),
                                         format!("line {} (row {id}): {m}", rows.line.value(row)),
@@ -327,7 +336,7 @@ impl Stage for TokenizeStage {
                             let completion = ExampleRows::text(rows.completion, row).unwrap_or("");
                             let template = template.as_ref().expect("SFT has a template");
                             let (t, dropped) =
-                                encode_sft(&tokenizer, template, prompt, completion, eos, cfg)
+                                encode_sft(&encoder, template, prompt, completion, eos, cfg)
                                     .map_err(|m| {
                                         PipelineError::Internal(format!("row {id}: {m}"))
                                     })?;
@@ -395,6 +404,8 @@ impl Stage for TokenizeStage {
         ctx.count("truncated_rows", truncated);
         ctx.count("dropped_tokens", dropped_tokens);
         ctx.count("dropped_entities", dropped_entities);
+        // Non-ASCII texts (or every text, for a tokenizer without a fast path).
+        ctx.count("texts_through_tokenizers", encoder.through_tokenizers());
         if let Some(map) = &labels {
             let mut id = Int32Builder::new();
             let mut name = StringBuilder::new();

@@ -3,6 +3,8 @@
 //! `tokenizer.json` or a GGUF file's tokenizer, the end-of-sequence id, and the chat template
 //! prompts are wrapped in.
 
+mod encoder;
+mod fast;
 pub mod template;
 
 use std::path::Path;
@@ -12,6 +14,7 @@ use medtune_qlora::gguf::{eos_id_of, is_gguf, GgufFile};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
+pub use self::encoder::{EncodedWords, TextEncoder};
 use self::template::ChatTemplate;
 
 /// What the model learns, named as `[train] task` names it.
