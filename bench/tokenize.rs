@@ -1,8 +1,11 @@
-//! Benchmark: the tokenize stage (SFT mode, all-MiniLM-L6-v2 tokenizer) on a 112,165-row alpaca
-//! corpus of HealthCareMagic's size, against a plain `encode_batch` of the same texts with the
-//! same tokenizer, both in this one process. Prints both times, tokens/s and the ratio.
+//! Benchmark: the tokenize stage (SFT mode) on a 112,165-row alpaca corpus of HealthCareMagic's
+//! size, for both real tokenizers: all-MiniLM-L6-v2 (WordPiece) and SmolLM2-135M-Instruct
+//! (byte-level BPE, from its GGUF file). In this one process, on the same texts the stage
+//! encodes (each prompt and each completion, no special tokens), it also times `tokenizers`'
+//! `encode_batch` and medtune's `TextEncoder` (fast path, all cores), and checks that the two
+//! give the same ids for every text. Prints the times, tokens/s and the ratios.
 //!
-//! cargo run --release --example tokenize_bench [-- ROWS]
+//! cargo run --release --example tokenize_bench [-- ROWS [minilm|smollm2]]
 //! (run scripts/fetch-model.sh first)
 
 use std::io::Write;
@@ -11,6 +14,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use medtune_pipeline::{Dag, PipelineConfig, Quiet, RunOptions, Runner, Workdir};
+use medtune_stages::shared::tokenizer::{load_tokenizer, TextEncoder};
+use rayon::prelude::*;
 
 /// A HealthCareMagic-sized alpaca array generated from chatdoctor5k.json (each row joins three
 /// source rows, as tests/common::big_alpaca does); returns the path and the (prompt, output) pairs.
@@ -48,67 +53,126 @@ fn corpus(dir: &Path, rows: usize) -> anyhow::Result<(PathBuf, Vec<(String, Stri
     Ok((path, pairs))
 }
 
-fn main() -> anyhow::Result<()> {
-    let rows: usize = std::env::args().nth(1).map_or(Ok(112_165), |a| a.parse())?;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let tokenizer_path = root.join("models/all-MiniLM-L6-v2/tokenizer.json");
-    anyhow::ensure!(tokenizer_path.is_file(), "run scripts/fetch-model.sh first");
-    let dir = tempfile::tempdir()?;
-    let (input, pairs) = corpus(dir.path(), rows)?;
-    let config_path = dir.path().join("bench.toml");
+/// The tokenize stage's seconds and tokens on `input` with the tokenizer at `tokenizer`.
+fn run_stage(dir: &Path, input: &Path, tokenizer: &Path) -> anyhow::Result<(f64, u64, u64)> {
+    let config_path = dir.join("bench.toml");
     std::fs::write(
         &config_path,
         format!(
             "[ingest]\nformat = \"alpaca\"\ninputs = [{:?}]\n\n[tokenize]\ntokenizer = {:?}\n\
              mode = \"sft\"\nmax_length = 100000\n",
             input.display().to_string(),
-            tokenizer_path.display().to_string()
+            tokenizer.display().to_string()
         ),
     )?;
     let config = PipelineConfig::load(&config_path)?;
     let dag = Dag::new(medtune_stages::build(&config)?)?;
-    let runner = Runner::new(
-        Workdir::new(dir.path().join("work")),
-        dag,
-        config.settings().clone(),
-        &Quiet,
-    );
+    let work = dir.join(format!(
+        "work-{}",
+        tokenizer.file_stem().unwrap_or_default().to_string_lossy()
+    ));
+    let runner = Runner::new(Workdir::new(work), dag, config.settings().clone(), &Quiet);
     let summaries = runner.run(&RunOptions::default())?;
     let stage = summaries
         .iter()
         .find(|s| s.stage == "tokenize")
         .context("no tokenize summary")?;
-    let stage_tokens = stage.counters.get("tokens").copied().unwrap_or(0);
-
-    // The reference: one encode_batch over the same texts (prompt and completion as one text,
-    // special tokens added), same tokenizer, its own truncation and padding off.
-    let mut tokenizer =
-        tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(anyhow::Error::msg)?;
-    tokenizer
-        .with_truncation(None)
-        .map_err(anyhow::Error::msg)?;
-    tokenizer.with_padding(None);
-    let texts: Vec<String> = pairs.into_iter().map(|(p, c)| format!("{p} {c}")).collect();
-    let started = Instant::now();
-    let encodings = tokenizer
-        .encode_batch(texts, true)
-        .map_err(anyhow::Error::msg)?;
-    let plain_seconds = started.elapsed().as_secs_f64();
-    let plain_tokens: u64 = encodings.iter().map(|e| e.get_ids().len() as u64).sum();
-
-    println!("rows: {rows}");
-    println!(
-        "tokenize stage:      {:>8.2} s  {:>12} tokens  {:>10.0} tokens/s  (read, encode, align, write Parquet)",
+    let counter = |name: &str| stage.counters.get(name).copied().unwrap_or(0);
+    Ok((
         stage.seconds,
-        stage_tokens,
-        stage_tokens as f64 / stage.seconds
+        counter("tokens"),
+        counter("texts_through_tokenizers"),
+    ))
+}
+
+fn line(what: &str, seconds: f64, tokens: u64) {
+    println!(
+        "  {what:<34} {seconds:>8.2} s  {tokens:>12} tokens  {:>11.0} tokens/s",
+        tokens as f64 / seconds
+    );
+}
+
+fn bench(
+    name: &str,
+    tokenizer_path: &Path,
+    dir: &Path,
+    input: &Path,
+    texts: &[String],
+) -> anyhow::Result<()> {
+    anyhow::ensure!(tokenizer_path.is_file(), "run scripts/fetch-model.sh first");
+    let (stage_seconds, stage_tokens, through_tokenizers) = run_stage(dir, input, tokenizer_path)?;
+
+    let tokenizer = load_tokenizer(tokenizer_path)?;
+    let started = Instant::now();
+    let reference = tokenizer
+        .encode_batch(texts.to_vec(), false)
+        .map_err(anyhow::Error::msg)?;
+    let reference_seconds = started.elapsed().as_secs_f64();
+    let reference_tokens: u64 = reference.iter().map(|e| e.get_ids().len() as u64).sum();
+
+    let encoder = TextEncoder::new(tokenizer);
+    let fast_path = encoder
+        .fast_path()
+        .map_err(|why| anyhow::anyhow!("no fast path: {why}"))?;
+    let started = Instant::now();
+    let fast: Vec<Vec<u32>> = texts
+        .par_iter()
+        .map(|text| encoder.encode(text))
+        .collect::<Result<_, String>>()
+        .map_err(anyhow::Error::msg)?;
+    let fast_seconds = started.elapsed().as_secs_f64();
+    let fast_tokens: u64 = fast.iter().map(|ids| ids.len() as u64).sum();
+    let differing = fast
+        .iter()
+        .zip(&reference)
+        .filter(|(ids, encoding)| ids.as_slice() != encoding.get_ids())
+        .count();
+
+    println!("{name} ({fast_path}), {} texts:", texts.len());
+    line("tokenize stage (read..write)", stage_seconds, stage_tokens);
+    line(
+        "tokenizers encode_batch",
+        reference_seconds,
+        reference_tokens,
+    );
+    line("TextEncoder (fast path)", fast_seconds, fast_tokens);
+    println!(
+        "  ids identical: {} of {} texts differ; {} texts went through tokenizers (not ASCII) in the stage",
+        differing,
+        texts.len(),
+        through_tokenizers
     );
     println!(
-        "plain encode_batch:  {:>8.2} s  {:>12} tokens  {:>10.0} tokens/s",
-        plain_seconds,
-        plain_tokens,
-        plain_tokens as f64 / plain_seconds
+        "  encode_batch / stage: {:.2}x   encode_batch / TextEncoder: {:.2}x",
+        reference_seconds / stage_seconds,
+        reference_seconds / fast_seconds
     );
-    println!("ratio stage / plain: {:.2}", stage.seconds / plain_seconds);
+    anyhow::ensure!(
+        differing == 0,
+        "{name}: {differing} texts got other ids on the fast path"
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let rows: usize = args.next().map_or(Ok(112_165), |a| a.parse())?;
+    let only = args.next();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir()?;
+    let (input, pairs) = corpus(dir.path(), rows)?;
+    let texts: Vec<String> = pairs.into_iter().flat_map(|(p, c)| [p, c]).collect();
+    println!("rows: {rows} ({} threads)", rayon::current_num_threads());
+    for (name, rel) in [
+        ("minilm", "models/all-MiniLM-L6-v2/tokenizer.json"),
+        (
+            "smollm2",
+            "models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+    ] {
+        if only.as_deref().is_none_or(|o| o == name) {
+            bench(name, &root.join(rel), dir.path(), &input, &texts)?;
+        }
+    }
     Ok(())
 }
