@@ -2,7 +2,8 @@
 (bench/reference_pipeline.py: HF `datasets` with batched maps, `tokenizers`), with exact dedup
 only and with near-duplicate detection (the reference's near-duplicates two ways: `datasketch`,
 the usual choice, and a vectorised numpy MinHash, the fast one); each step's seconds on both
-sides; the tokenize stage against a bare `tokenizers` `encode_batch` of the same texts; medtune
+sides; the tokenize stage against a bare `tokenizers` `encode_batch` of the same texts, and every
+sequence medtune wrote checked id for id against that encode_batch's; medtune
 warm and after a 1% append; SQL through `medtune query` against DuckDB on the same Parquet files.
 Everything runs in this one invocation on this machine; wall seconds and peak RSS come from
 `/usr/bin/time -v`.
@@ -24,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO.parent / "shared" / "data" / "chatdoctor" / "chatdoctor5k.json"
 TOKENIZER = REPO / "models" / "all-MiniLM-L6-v2" / "tokenizer.json"
 STAGES = ["ingest", "dedup", "convert", "clean", "split", "tokenize", "shard"]
+MAX_LENGTH = 512
 
 
 def corpus(path: Path, rows: int, offset: int = 0) -> list:
@@ -78,7 +80,7 @@ text_columns = ["instruction", "input"]
 tokenizer = "{tokenizer}"
 mode = "sft"
 template = "plain"
-max_length = 512
+max_length = {max_length}
 overflow = "truncate"
 
 [shard]
@@ -115,6 +117,30 @@ def dataset_files(workdir: Path, name: str) -> list:
     return [str(base / f["path"]) for f in manifest["datasets"][name]["files"]]
 
 
+def same_ids(workdir: Path, digests: Path) -> str:
+    """Every sequence of medtune's `tokenized` against the encode_batch sequences (digests
+    written by bench/encode_batch.py): how many have no equal there, and how many encode_batch
+    rows medtune does not have (rows its clean or tokenize stages dropped)."""
+    from collections import Counter
+
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from encode_batch import sequence_digest
+
+    ours = Counter()
+    for path in dataset_files(workdir, "tokenized"):
+        for ids in pq.read_table(path, columns=["input_ids"]).column("input_ids").to_pylist():
+            ours[sequence_digest(ids)] += 1
+    theirs = Counter(digests.read_text().split())
+    differing = sum((ours - theirs).values())
+    missing = sum((theirs - ours).values())
+    return (
+        f"{sum(ours.values()) - differing:,} of {sum(ours.values()):,} sequences medtune wrote have exactly "
+        f"the ids of encode_batch's ({differing} differ); {missing} encode_batch rows are not in medtune's output"
+    )
+
+
 def splits(medtune: Path, workdir: Path) -> dict:
     """`id -> (split, split_group)` of every row of the `split` dataset."""
     out = subprocess.run(
@@ -140,9 +166,9 @@ def main(medtune: Path, work: Path, rows: int) -> int:
     write_array(data, base_rows)
     print(f"corpus: {rows} rows, {data.stat().st_size / 2**20:.1f} MiB ({SOURCE.name} recombined, 1% exact duplicates)")
     exact_config = work / "exact.toml"
-    exact_config.write_text(CONFIG.format(input=data, tokenizer=TOKENIZER, near="enabled = false"))
+    exact_config.write_text(CONFIG.format(input=data, tokenizer=TOKENIZER, near="enabled = false", max_length=MAX_LENGTH))
     config = work / "bench.toml"
-    config.write_text(CONFIG.format(input=data, tokenizer=TOKENIZER, near='action = "group"'))
+    config.write_text(CONFIG.format(input=data, tokenizer=TOKENIZER, near='action = "group"', max_length=MAX_LENGTH))
     exact_workdir = work / "medtune-exact"
     workdir = work / "medtune"
     run = [medtune, "--workdir", workdir, "run", "--config", config]
@@ -167,8 +193,10 @@ def main(medtune: Path, work: Path, rows: int) -> int:
             [sys.executable, REPO / "bench" / "reference_pipeline.py", data, TOKENIZER, work / f"reference-{near}", "--near", near]
         )
         summaries[near] = json.loads(results[name]["stdout"].strip().splitlines()[-1])
-    bare = timed([sys.executable, REPO / "bench" / "encode_batch.py", data, TOKENIZER])
+    digests = work / "encode_batch-sft-digests.txt"
+    bare = timed([sys.executable, REPO / "bench" / "encode_batch.py", data, TOKENIZER, "--sft-digests", digests, str(MAX_LENGTH)])
     bare_summary = json.loads(bare["stdout"].strip().splitlines()[-1])
+    ids_check = same_ids(exact_workdir, digests)
 
     print("\n| run | wall s | peak RSS MiB |")
     print("|---|---|---|")
@@ -210,6 +238,7 @@ def main(medtune: Path, work: Path, rows: int) -> int:
         f"prompts and completions {bare_summary['seconds']:.2f} s ({bare_summary['tokens']:,} tokens, "
         f"all cores): the stage runs at {bare_summary['seconds'] / tokenize_s:.2f}x the library it wraps"
     )
+    print(f"ids: {ids_check}")
 
     cold = results["medtune cold"]
     # Per-stage throughput of the cold run.
