@@ -100,7 +100,7 @@ fn open_part(
 /// next batches overlaps the stage's work on the current one.
 const READ_AHEAD_BATCHES: usize = 2;
 
-/// `batches`, read on a thread of their own, at most [`READ_AHEAD_BATCHES`] ahead of the
+/// `batches`, read on a thread of their own, at most two batches ahead of the
 /// consumer; the thread stops when the consumer drops the iterator.
 pub fn read_ahead(
     batches: impl Iterator<Item = Result<RecordBatch>> + Send + 'static,
