@@ -48,6 +48,10 @@ pub enum PipelineError {
     /// A SQL query failed or was refused.
     #[error("query: {0}")]
     Query(String),
+    /// The engine could not run a plan: a cluster that cannot be reached or lost an executor, a
+    /// row function that failed; the message says which dataset was being read.
+    #[error("engine: {0}")]
+    Engine(String),
     /// A committed file of the workdir (catalog, manifest, part) is missing or fails its
     /// checks; the message names it and what rebuilds it.
     #[error("{0}")]

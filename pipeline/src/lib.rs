@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod dag;
+pub mod engine;
 pub mod error;
 pub mod fsutil;
 pub mod hash;
@@ -25,6 +26,7 @@ pub mod writer;
 
 pub use config::{PipelineConfig, Settings};
 pub use dag::Dag;
+pub use engine::{Engine, MappedRows, Place, RowFunction};
 pub use error::{ErrorClass, PipelineError, Result};
 pub use manifest::{ColumnStats, Manifest, PartFile};
 pub use output::{OutputDecl, OutputRole};

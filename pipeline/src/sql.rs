@@ -11,9 +11,10 @@ use datafusion::datasource::listing::{
 };
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 
+use crate::engine::{session_at, Place};
 use crate::error::{PipelineError, Result};
 use crate::output::OutputRole;
 use crate::workdir::Workdir;
@@ -37,7 +38,7 @@ pub enum OutputFormat {
 /// The datasets `sql` reads are checked first (each part's size and checksum against its
 /// manifest): a damaged or missing one is an error naming it, while damage elsewhere in the
 /// workdir leaves the query alone. Call under the workdir's [`Workdir::read_lock`].
-pub async fn session(workdir: &Workdir, sql: &str) -> Result<SessionContext> {
+pub async fn session(workdir: &Workdir, sql: &str, place: &Place) -> Result<SessionContext> {
     let view = workdir.catalog_view()?;
     if view.datasets.is_empty() && view.unavailable.is_empty() {
         return Err(PipelineError::Usage(format!(
@@ -45,7 +46,7 @@ pub async fn session(workdir: &Workdir, sql: &str) -> Result<SessionContext> {
             workdir.root().display()
         )));
     }
-    let ctx = SessionContext::new();
+    let ctx = session_at(place, SessionConfig::new()).await?;
     let read = referenced_tables(&ctx, sql)?;
     let reads = |name: &str, role: OutputRole| {
         read.contains(name) || (role == OutputRole::Rejects && read.contains(REJECTS_TABLE))
@@ -129,12 +130,14 @@ pub struct QueryTiming {
 }
 
 /// How a query's result is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryOptions {
     /// Output format.
     pub format: OutputFormat,
     /// Rows written at most; the rest are not read. `None`: all rows.
     pub limit: Option<usize>,
+    /// Where the query runs (in this process unless [`Self::on`] says otherwise).
+    pub place: Place,
 }
 
 /// Rows a text table shows when no limit is given: the table is laid out in memory, so it
@@ -150,7 +153,17 @@ impl QueryOptions {
             (OutputFormat::Table, None) => Some(TABLE_ROWS),
             _ => None,
         };
-        QueryOptions { format, limit }
+        QueryOptions {
+            format,
+            limit,
+            place: Place::InProcess,
+        }
+    }
+
+    /// Runs the query at `place` (a cluster reads the workdir's parts at their paths).
+    pub fn on(mut self, place: Place) -> Self {
+        self.place = place;
+        self
     }
 }
 
@@ -178,7 +191,7 @@ pub async fn query(
 ) -> Result<QueryOutcome> {
     let _readers = workdir.read_lock()?;
     let clock = std::time::Instant::now();
-    let ctx = session(workdir, sql).await?;
+    let ctx = session(workdir, sql, &options.place).await?;
     let catalog = clock.elapsed();
     let clock = std::time::Instant::now();
     let read_only = SQLOptions::new()

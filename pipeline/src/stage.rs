@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::record_batch::RecordBatch;
 
+use crate::engine::{Engine, MappedRows, Place, RowFunction};
 use crate::error::{PipelineError, Result};
 use crate::manifest::Manifest;
 use crate::output::OutputDecl;
@@ -107,6 +108,7 @@ pub struct AppendOptions<'s> {
 /// What a stage sees while it runs.
 pub struct StageContext<'a> {
     stage: String,
+    engine: &'a Engine,
     artifacts_dir: PathBuf,
     scratch_dir: PathBuf,
     batch_rows: usize,
@@ -134,6 +136,7 @@ pub(crate) struct StageOutcome {
 impl<'a> StageContext<'a> {
     pub(crate) fn new(
         stage: &str,
+        engine: &'a Engine,
         dirs: (PathBuf, PathBuf),
         batch_rows: usize,
         inputs: BTreeMap<String, CommittedDataset>,
@@ -143,6 +146,7 @@ impl<'a> StageContext<'a> {
     ) -> Self {
         StageContext {
             stage: stage.to_string(),
+            engine,
             artifacts_dir: dirs.0,
             scratch_dir: dirs.1,
             batch_rows,
@@ -277,6 +281,23 @@ impl<'a> StageContext<'a> {
         Ok(crate::reader::read_ahead(
             self.input(name)?.batches(self.batch_rows),
         ))
+    }
+
+    /// Streams an input dataset's rows, in order, each with `F`'s struct in an added
+    /// [`MAPPED`](crate::engine::MAPPED) column (called with every column and `settings`), mapped
+    /// by the run's engine: in this process or on a cluster, chunks at a time.
+    pub fn map_rows<F: RowFunction>(
+        &self,
+        name: &str,
+        settings: &serde_json::Value,
+    ) -> Result<MappedRows> {
+        self.engine
+            .map_rows::<F>(self.input(name)?, settings, self.batch_rows)
+    }
+
+    /// Where the run maps rows.
+    pub fn engine_place(&self) -> &Place {
+        self.engine.place()
     }
 
     /// Sends a batch to an output dataset.

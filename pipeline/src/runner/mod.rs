@@ -8,11 +8,13 @@ mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub use self::status::{Freshness, StageStatus};
 use crate::config::Settings;
 use crate::dag::Dag;
+use crate::engine::Engine;
 use crate::error::{IoContext, PipelineError, Result};
 use crate::hash::{hash_file, hash_parts, SourceHashMemo};
 use crate::manifest::{
@@ -63,6 +65,7 @@ pub struct Runner<'a> {
     settings: Settings,
     progress: &'a dyn ProgressObserver,
     config_path: Option<PathBuf>,
+    engine: OnceLock<Arc<Engine>>,
 }
 
 /// The inputs of a stage as the cache key sees them.
@@ -87,7 +90,22 @@ impl<'a> Runner<'a> {
             settings,
             progress,
             config_path: None,
+            engine: OnceLock::new(),
         }
+    }
+
+    /// Runs the stages' row-wise work on `engine` (by default an in-process one, made on first
+    /// use). Where rows are mapped changes no output: keys, parts and checksums are the same.
+    pub fn with_engine(self, engine: Arc<Engine>) -> Self {
+        let _ = self.engine.set(engine);
+        self
+    }
+
+    fn engine(&self) -> Result<&Engine> {
+        if self.engine.get().is_none() {
+            let _ = self.engine.set(Arc::new(Engine::in_process()?));
+        }
+        Ok(self.engine.get().expect("engine set above"))
     }
 
     /// Names the config file the DAG was built from; a run records it in the catalog, so
@@ -300,6 +318,7 @@ impl<'a> Runner<'a> {
         let artifacts_dir = pending.dir().join(ARTIFACTS_DIR);
         let mut ctx = StageContext::new(
             stage.name(),
+            self.engine()?,
             (artifacts_dir.clone(), scratch.clone()),
             self.settings.batch_rows,
             inputs,

@@ -1,0 +1,324 @@
+//! Where row-wise work runs: DataFusion plans over committed Parquet, executed in this process
+//! (the default) or on an Apache DataFusion Ballista cluster, with the same plans and functions
+//! either way.
+//!
+//! A stage maps its input with a [`RowFunction`] through [`Engine::map_rows`]: the input is cut
+//! into [`chunk`]s of whole row groups, each chunk is one job (a scan and a projection calling
+//! the function), jobs run concurrently, and the results come back in the input's row order.
+//! The stage then counts, routes and writes the rows as it always did, in this process, so
+//! parts, checksums and cache keys do not depend on where the rows were mapped.
+
+pub mod chunk;
+#[cfg(feature = "cluster")]
+pub mod cluster;
+pub mod function;
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::lit;
+pub use datafusion::logical_expr::ScalarUDF;
+use datafusion::prelude::{col, SessionConfig, SessionContext};
+use futures::StreamExt;
+
+use crate::error::{PipelineError, Result};
+use crate::reader::CommittedDataset;
+
+pub use chunk::{chunks, Chunk, ChunkTable, Chunked};
+pub use function::{udf, RowFunction};
+
+/// The column [`Engine::map_rows`] adds to the input's: the function's struct per row.
+pub const MAPPED: &str = "mapped";
+
+/// Where an engine runs plans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// In this process, on every core.
+    InProcess,
+    /// On the Ballista cluster whose scheduler listens at this `df://HOST:PORT` address.
+    Cluster(String),
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::InProcess => f.write_str("in-process"),
+            Place::Cluster(url) => write!(f, "cluster {url}"),
+        }
+    }
+}
+
+/// Runs plans over committed datasets, in this process or on a cluster.
+pub struct Engine {
+    place: Place,
+    runtime: tokio::runtime::Runtime,
+    jobs: usize,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("place", &self.place)
+            .field("jobs", &self.jobs)
+            .finish()
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name("medtune-engine")
+        .enable_all()
+        .build()
+        .map_err(|e| PipelineError::Internal(format!("starting the engine's runtime: {e}")))
+}
+
+fn query_error(what: &str) -> impl Fn(datafusion::error::DataFusionError) -> PipelineError + '_ {
+    move |e| match e {
+        datafusion::error::DataFusionError::External(inner) => {
+            match inner.downcast::<PipelineError>() {
+                Ok(e) => *e,
+                Err(other) => PipelineError::Engine(format!("{what}: {other}")),
+            }
+        }
+        other => PipelineError::Engine(format!("{what}: {other}")),
+    }
+}
+
+impl Engine {
+    /// An engine that runs plans in this process; as many jobs run at once as there are cores.
+    pub fn in_process() -> Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Engine {
+            place: Place::InProcess,
+            runtime: runtime()?,
+            jobs: cores.max(2),
+        })
+    }
+
+    /// An engine that runs plans on the Ballista cluster whose scheduler listens at `url`
+    /// (`df://HOST:PORT`), with `jobs` jobs under way at once. Its processes must have been
+    /// started with medtune's row functions (`medtune scheduler`, `medtune executor`).
+    #[cfg(feature = "cluster")]
+    pub fn cluster(url: &str, jobs: usize) -> Result<Self> {
+        cluster::scheduler_address(url)?;
+        Ok(Engine {
+            place: Place::Cluster(url.to_string()),
+            runtime: runtime()?,
+            jobs: jobs.max(1),
+        })
+    }
+
+    /// An engine for `place`: [`Self::in_process`], or [`Self::cluster`] with `jobs` jobs.
+    pub fn at(place: &Place, jobs: usize) -> Result<Self> {
+        match place {
+            Place::InProcess => Self::in_process(),
+            #[cfg(feature = "cluster")]
+            Place::Cluster(url) => Self::cluster(url, jobs),
+            #[cfg(not(feature = "cluster"))]
+            Place::Cluster(url) => {
+                let _ = jobs;
+                Err(without_cluster(url))
+            }
+        }
+    }
+
+    /// Where it runs plans.
+    pub fn place(&self) -> &Place {
+        &self.place
+    }
+
+    /// The runtime its plans run on (blocking callers enter it with `block_on`).
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.runtime
+    }
+
+    /// A session planning over `target_partitions` partitions (`None`: DataFusion's default)
+    /// that executes where the engine runs plans.
+    pub async fn session(&self, target_partitions: Option<usize>) -> Result<SessionContext> {
+        self.session_with(SessionConfig::new(), target_partitions)
+            .await
+    }
+
+    async fn session_with(
+        &self,
+        config: SessionConfig,
+        target_partitions: Option<usize>,
+    ) -> Result<SessionContext> {
+        let mut config = config;
+        if let Some(n) = target_partitions {
+            config = config.with_target_partitions(n);
+        }
+        session_at(&self.place, config).await
+    }
+
+    /// Streams `dataset`'s rows, in order and in batches of at most `batch_rows`, with a
+    /// [`MAPPED`] column added: `F`'s struct for each row, called with every column and
+    /// `settings` (JSON). Chunks of the dataset are
+    /// mapped concurrently (in this process or on the cluster); the iterator yields them in
+    /// order, holding at most a few chunks' results ahead of the caller.
+    pub fn map_rows<F: RowFunction>(
+        &self,
+        dataset: &CommittedDataset,
+        settings: &serde_json::Value,
+        batch_rows: usize,
+    ) -> Result<MappedRows> {
+        let function = Arc::new(udf::<F>());
+        let Chunked { schema, chunks } = chunks(dataset)?;
+        let settings = settings.to_string();
+        let batch_rows = batch_rows.max(1);
+        let config = SessionConfig::new().with_batch_size(batch_rows);
+        let session = self.runtime.block_on(self.session_with(config, Some(1)))?;
+        session.register_udf(function.as_ref().clone());
+        let name = dataset.name.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(self.jobs);
+        let jobs = self.jobs;
+        // A cluster can lose an executor under a job; the job is submitted again (Ballista
+        // itself retries tasks, but not a result fetch from an executor that is gone).
+        let retries = match self.place {
+            Place::InProcess => 0,
+            Place::Cluster(_) => CLUSTER_JOB_RETRIES,
+        };
+        self.runtime.spawn(async move {
+            let results = futures::stream::iter(chunks)
+                .map(|chunk| {
+                    let table = Arc::new(ChunkTable {
+                        chunk,
+                        schema: schema.clone().expect("a dataset with chunks has parts"),
+                    });
+                    map_chunk(
+                        session.clone(),
+                        table,
+                        function.clone(),
+                        settings.clone(),
+                        batch_rows,
+                        retries,
+                    )
+                })
+                .buffered(jobs);
+            futures::pin_mut!(results);
+            while let Some(result) = results.next().await {
+                let failed = result.is_err();
+                if tx.send(result).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(MappedRows {
+            dataset: name,
+            rx,
+            pending: Vec::new().into_iter(),
+        })
+    }
+}
+
+/// A session with `config` whose plans run at `place`.
+pub async fn session_at(place: &Place, config: SessionConfig) -> Result<SessionContext> {
+    match place {
+        Place::InProcess => Ok(SessionContext::new_with_config(config)),
+        #[cfg(feature = "cluster")]
+        Place::Cluster(url) => cluster::remote_session(url, config).await,
+        #[cfg(not(feature = "cluster"))]
+        Place::Cluster(url) => Err(without_cluster(url)),
+    }
+}
+
+#[cfg(not(feature = "cluster"))]
+fn without_cluster(url: &str) -> PipelineError {
+    PipelineError::Usage(format!(
+        "--cluster {url}: this medtune was built without the `cluster` feature \
+         (cargo build --release --features cluster)"
+    ))
+}
+
+/// Times a chunk's job is submitted again after an engine error on a cluster.
+const CLUSTER_JOB_RETRIES: u32 = 2;
+
+async fn map_chunk(
+    session: SessionContext,
+    table: Arc<ChunkTable>,
+    function: Arc<ScalarUDF>,
+    settings: String,
+    batch_rows: usize,
+    retries: u32,
+) -> Result<Vec<RecordBatch>> {
+    let mut attempt = 0;
+    loop {
+        let result = map_chunk_once(
+            &session,
+            table.clone(),
+            function.clone(),
+            settings.clone(),
+            batch_rows,
+        )
+        .await;
+        match result {
+            Err(PipelineError::Engine(_)) if attempt < retries => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(2 << attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn map_chunk_once(
+    session: &SessionContext,
+    table: Arc<ChunkTable>,
+    function: Arc<ScalarUDF>,
+    settings: String,
+    batch_rows: usize,
+) -> Result<Vec<RecordBatch>> {
+    let failed = query_error("mapping a chunk");
+    let columns: Vec<_> = table
+        .schema
+        .fields()
+        .iter()
+        .map(|f| col(f.name()))
+        .collect();
+    let mut args = columns.clone();
+    args.push(lit(settings));
+    let mut projection = columns;
+    projection.push(function.call(args).alias(MAPPED));
+    let frame = session.read_table(table).map_err(&failed)?;
+    let frame = frame.select(projection).map_err(&failed)?;
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let batches = frame.collect().await.map_err(&failed)?;
+    // The same batch boundaries wherever the chunk ran (a cluster's transfer re-cuts batches):
+    // the stage writes what it gets, and Parquet pages follow the batches it writes.
+    let rows = arrow::compute::concat_batches(&schema, &batches)?;
+    Ok((0..rows.num_rows())
+        .step_by(batch_rows)
+        .map(|offset| rows.slice(offset, batch_rows.min(rows.num_rows() - offset)))
+        .collect())
+}
+
+/// The rows of [`Engine::map_rows`], in the input's order.
+pub struct MappedRows {
+    dataset: String,
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<RecordBatch>>>,
+    pending: std::vec::IntoIter<RecordBatch>,
+}
+
+impl Iterator for MappedRows {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(batch) = self.pending.next() {
+                return Some(Ok(batch));
+            }
+            match self.rx.blocking_recv()? {
+                Ok(batches) => self.pending = batches.into_iter(),
+                Err(e) => {
+                    return Some(Err(match e {
+                        PipelineError::Engine(m) => {
+                            PipelineError::Engine(format!("reading `{}`: {m}", self.dataset))
+                        }
+                        other => other,
+                    }))
+                }
+            }
+        }
+    }
+}
