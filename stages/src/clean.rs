@@ -3,16 +3,22 @@
 //! (an extraction completion without a single list item; for BIO sentences without an entity
 //! tag, only when `bio_require_entities` is set).
 
-use arrow::array::Array;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, StringBuilder, StructArray};
+use arrow::datatypes::{DataType, Field, Fields};
+use arrow::record_batch::RecordBatch;
 use medtune_formats::text::bounded_raw;
 use medtune_pipeline::{
-    AppendOptions, OutputDecl, PipelineConfig, Result, Stage, StageContext, WorkUnit,
+    AppendOptions, OutputDecl, PipelineConfig, PipelineError, Result, RowFunction, Stage,
+    StageContext, WorkUnit,
 };
 use medtune_schemas::dataset::{CLEANED, CLEAN_REJECTS};
 use serde::{Deserialize, Serialize};
 
 use crate::shared::chemprot::{ENTITY_TASKS, RELATION_TASK};
 use crate::shared::examples::ExampleRows;
+use crate::shared::mapped::{check_rows, field, split_mapped, struct_of};
 use crate::shared::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
 
 /// The stage name: its `[clean]` config section and its cache folder.
@@ -82,6 +88,46 @@ pub fn verdict(
     None
 }
 
+/// Clean's per-row work as a row function (`medtune_clean`): each row's verdict, as a `reason`
+/// and a `detail` (both null for a row that is kept).
+pub struct CleanRows;
+
+impl RowFunction for CleanRows {
+    const NAME: &'static str = "medtune_clean";
+    type Prepared = CleanConfig;
+
+    fn output_fields() -> Fields {
+        vec![
+            Field::new(REASON, DataType::Utf8, true),
+            Field::new(DETAIL, DataType::Utf8, true),
+        ]
+        .into()
+    }
+
+    fn prepare(settings: &str) -> Result<CleanConfig> {
+        serde_json::from_str(settings)
+            .map_err(|e| PipelineError::Internal(format!("{}: settings: {e}", Self::NAME)))
+    }
+
+    fn map(config: &CleanConfig, batch: &RecordBatch) -> Result<StructArray> {
+        let rows = ExampleRows::new(batch)?;
+        let (mut reason, mut detail) = (StringBuilder::new(), StringBuilder::new());
+        for row in 0..rows.len() {
+            let verdict = verdict(&rows, row, config);
+            reason.append_option(verdict.as_ref().map(|v| v.0));
+            detail.append_option(verdict.as_ref().map(|v| v.1.as_str()));
+        }
+        let fields = Self::output_fields();
+        struct_of(vec![
+            (fields[0].clone(), Arc::new(reason.finish()) as ArrayRef),
+            (fields[1].clone(), Arc::new(detail.finish()) as ArrayRef),
+        ])
+    }
+}
+
+const REASON: &str = "reason";
+const DETAIL: &str = "detail";
+
 /// The clean stage.
 pub struct CleanStage {
     config: CleanConfig,
@@ -123,16 +169,22 @@ impl Stage for CleanStage {
         // Row by row: an input that only grew extends the previous output with its new rows.
         ctx.append_to_previous(AppendOptions::default())?;
         ctx.set_work_total(ctx.input(&self.input)?.manifest.rows, WorkUnit::Rows);
+        let settings = serde_json::to_value(&self.config).expect("config serialises");
         let mut done = 0;
-        for batch in ctx.read(&self.input)? {
-            let batch = batch?;
+        for batch in ctx.map_rows::<CleanRows>(&self.input, &settings)? {
+            let (batch, mapped) = split_mapped(batch?)?;
+            check_rows(&mapped, &batch)?;
+            let (reasons, details) = (
+                field(&mapped, REASON)?.as_string::<i32>(),
+                field(&mapped, DETAIL)?.as_string::<i32>(),
+            );
             let rows = ExampleRows::new(&batch)?;
             let mut keep = Vec::with_capacity(rows.len());
             let mut rejects = RejectBatch::default();
             for row in 0..rows.len() {
-                let verdict = verdict(&rows, row, &self.config);
-                keep.push(verdict.is_none());
-                if let Some((reason, detail)) = verdict {
+                keep.push(reasons.is_null(row));
+                if reasons.is_valid(row) {
+                    let (reason, detail) = (reasons.value(row), details.value(row));
                     ctx.count_dropped(reason, 1);
                     let raw = format!(
                         "{}\n\n{}",
@@ -145,7 +197,7 @@ impl Stage for CleanStage {
                         line: rows.line.value(row),
                         id: rows.id.value(row),
                         reason,
-                        detail: &detail,
+                        detail,
                         raw: &bounded_raw(raw.as_bytes(), self.config.max_raw_bytes),
                         duplicate_of: None,
                     });

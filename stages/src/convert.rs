@@ -9,10 +9,12 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, StringBuilder};
+use arrow::array::{ArrayRef, StringBuilder, StructArray};
+use arrow::datatypes::{DataType, Field, Fields};
 use arrow::record_batch::RecordBatch;
 use medtune_pipeline::{
-    AppendOptions, OutputDecl, OutputRole, PipelineConfig, Result, Stage, StageContext, WorkUnit,
+    AppendOptions, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, RowFunction,
+    Stage, StageContext, WorkUnit,
 };
 use medtune_schemas::col;
 use medtune_schemas::dataset::CONVERTED;
@@ -22,6 +24,7 @@ use crate::shared::chemprot::{
     item_text, normalize_entity, ENTITY_TASKS, RELATION_LINE, RELATION_TASK,
 };
 use crate::shared::examples::ExampleRows;
+use crate::shared::mapped::{add_counts, check_rows, field, split_mapped, struct_of, CountColumns};
 
 /// The stage name: its `[convert]` config section and its cache folder.
 pub const NAME: &str = "convert";
@@ -172,22 +175,53 @@ impl ConvertStage {
             input: input.to_string(),
         })
     }
+}
 
-    fn convert_batch(
-        &self,
-        batch: &RecordBatch,
-        counts: &mut ConvertCounts,
-    ) -> Result<RecordBatch> {
+/// Convert's per-row work as a row function (`medtune_convert`): each row's completion,
+/// converted when its task is an extraction task, and the row's line counts.
+pub struct ConvertRows;
+
+/// The struct field holding the converted completion.
+const CONVERTED_COMPLETION: &str = "completion";
+
+impl ConvertCounts {
+    fn names() -> Vec<&'static str> {
+        ConvertCounts::default()
+            .pairs()
+            .iter()
+            .map(|(n, _)| *n)
+            .collect()
+    }
+}
+
+impl RowFunction for ConvertRows {
+    const NAME: &'static str = "medtune_convert";
+    type Prepared = ConvertConfig;
+
+    fn output_fields() -> Fields {
+        let mut fields = vec![Field::new(CONVERTED_COMPLETION, DataType::Utf8, true)];
+        fields.extend(CountColumns::fields(&ConvertCounts::names()));
+        fields.into()
+    }
+
+    fn prepare(settings: &str) -> Result<ConvertConfig> {
+        serde_json::from_str(settings)
+            .map_err(|e| PipelineError::Internal(format!("{}: settings: {e}", Self::NAME)))
+    }
+
+    fn map(config: &ConvertConfig, batch: &RecordBatch) -> Result<StructArray> {
         let rows = ExampleRows::new(batch)?;
         let mut completion = StringBuilder::new();
+        let mut counters = CountColumns::new(&ConvertCounts::names());
         for row in 0..rows.len() {
+            let mut counts = ConvertCounts::default();
             let task = ExampleRows::text(rows.task, row);
             let old = ExampleRows::text(rows.completion, row);
             let new = match (task, old) {
                 (Some(task), Some(text))
                     if ENTITY_TASKS.contains(&task) || task == RELATION_TASK =>
                 {
-                    let new = convert_completion(text, task == RELATION_TASK, &self.config, counts);
+                    let new = convert_completion(text, task == RELATION_TASK, config, &mut counts);
                     if new != text {
                         counts.rows_changed += 1;
                     }
@@ -196,11 +230,15 @@ impl ConvertStage {
                 (_, other) => other.map(str::to_string),
             };
             completion.append_option(new);
+            let values: Vec<u64> = counts.pairs().iter().map(|(_, n)| *n).collect();
+            counters.push(&values);
         }
-        let index = batch.schema().index_of(col::COMPLETION)?;
-        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        columns[index] = Arc::new(completion.finish());
-        Ok(RecordBatch::try_new(batch.schema(), columns)?)
+        let mut columns = vec![(
+            Arc::new(Field::new(CONVERTED_COMPLETION, DataType::Utf8, true)),
+            Arc::new(completion.finish()) as ArrayRef,
+        )];
+        columns.extend(counters.finish());
+        struct_of(columns)
     }
 }
 
@@ -233,18 +271,24 @@ impl Stage for ConvertStage {
         // Row by row: an input that only grew extends the previous output with its new rows.
         ctx.append_to_previous(AppendOptions::default())?;
         ctx.set_work_total(ctx.input(&self.input)?.manifest.rows, WorkUnit::Rows);
-        let mut counts = ConvertCounts::default();
+        let settings = serde_json::to_value(&self.config).expect("config serialises");
+        let counters = ConvertCounts::names();
         let mut done = 0;
-        for batch in ctx.read(&self.input)? {
-            let batch = batch?;
+        for batch in ctx.map_rows::<ConvertRows>(&self.input, &settings)? {
+            let (batch, mapped) = split_mapped(batch?)?;
+            check_rows(&mapped, &batch)?;
             ctx.count_in(batch.num_rows() as u64);
             done += batch.num_rows() as u64;
-            let converted = self.convert_batch(&batch, &mut counts)?;
-            ctx.write(CONVERTED, converted)?;
+            let index = batch.schema().index_of(col::COMPLETION)?;
+            let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+            columns[index] = field(&mapped, CONVERTED_COMPLETION)?.clone();
+            ctx.write(CONVERTED, RecordBatch::try_new(batch.schema(), columns)?)?;
+            add_counts(ctx, &mapped, &counters)?;
             ctx.report_progress(done);
         }
-        for (name, n) in counts.pairs() {
-            ctx.count(name, n);
+        // Counters exist even when no row reached them.
+        for name in counters {
+            ctx.count(name, 0);
         }
         Ok(())
     }

@@ -26,8 +26,21 @@ pub mod split;
 pub mod tokenize;
 pub mod train;
 
+use medtune_pipeline::engine::{udf, ScalarUDF};
 use medtune_pipeline::{OutputDecl, OutputRole, PipelineConfig, Result, Stage};
 use medtune_schemas::dataset::{NEAR_DUPLICATES, SHARDS, TOKENIZED};
+
+/// The stages' row functions: what a stage maps row by row, run wherever the engine runs plans.
+/// A cluster's scheduler and executors are started with these (`medtune scheduler`,
+/// `medtune executor`), so that plans naming them run there.
+pub fn row_functions() -> Vec<ScalarUDF> {
+    vec![
+        udf::<dedup::keys::DedupKeys>(),
+        udf::<convert::ConvertRows>(),
+        udf::<clean::CleanRows>(),
+        udf::<tokenize::rows::TokenizeRows>(),
+    ]
+}
 
 /// A stage medtune can build: its name (which is its config section) and how to build it from
 /// the config and what the stages before it write.

@@ -6,25 +6,29 @@
 //! MinHash signature per kept row; the rows themselves stream through.
 
 mod append;
+pub mod keys;
 pub mod minhash;
 
 use std::collections::HashMap;
 
-use arrow::array::{ArrayRef, Float64Builder, StringBuilder};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, StringBuilder};
+use arrow::datatypes::UInt32Type;
 use arrow::record_batch::RecordBatch;
-use medtune_formats::normalize::{key_hash, Normalization};
+use medtune_formats::normalize::Normalization;
 use medtune_formats::text::bounded_raw;
 use medtune_pipeline::{
-    AppendOptions, OutputDecl, OutputRole, PipelineConfig, Result, Stage, StageContext, WorkUnit,
+    AppendOptions, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, Stage,
+    StageContext, WorkUnit,
 };
 use medtune_schemas::dataset::{DEDUPED, DEDUP_REJECTS, NEAR_DUPLICATES};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use self::append::DedupState;
+use self::keys::DedupKeys;
 use self::minhash::{similarity, LshIndex, MinHasher};
 use crate::shared::examples::{check_text_columns, ExampleRows};
 use crate::shared::grouping::UnionFind;
+use crate::shared::mapped::{check_rows, field, split_mapped};
 use crate::shared::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
 
 /// The stage name: its `[dedup]` config section and its cache folder.
@@ -128,13 +132,6 @@ impl DedupStage {
             input: input.to_string(),
         })
     }
-}
-
-/// What dedup knows about one row before deciding on it.
-struct Probe {
-    text: String,
-    hash: u128,
-    signature: Option<Vec<u32>>,
 }
 
 /// Near-duplicate state: the index of kept rows and their union-find clusters.
@@ -276,42 +273,44 @@ impl Stage for DedupStage {
         ctx.set_work_total(ctx.input(&self.input)?.manifest.rows, WorkUnit::Rows);
         let key_name = cfg.columns.join("+");
         let mut rows_done = 0u64;
-        for batch in ctx.read(&self.input)? {
-            let batch = batch?;
+        let settings = serde_json::to_value(cfg).expect("config serialises");
+        for batch in ctx.map_rows::<DedupKeys>(&self.input, &settings)? {
+            let (batch, mapped) = split_mapped(batch?)?;
+            check_rows(&mapped, &batch)?;
             let rows = ExampleRows::new(&batch)?;
-            let probes: Vec<Probe> = (0..rows.len())
-                .into_par_iter()
-                .map(|row| {
-                    let text = rows.normalized_text(&cfg.columns, row, &cfg.normalize)?;
-                    let signature = near.as_ref().and_then(|n| n.hasher.signature(&text));
-                    Ok(Probe {
-                        hash: key_hash(&text),
-                        text,
-                        signature,
-                    })
-                })
-                .collect::<Result<_>>()?;
+            let hashes = field(&mapped, keys::HASH)?.as_fixed_size_binary();
+            let empty = field(&mapped, keys::EMPTY)?.as_boolean();
+            let signatures = field(&mapped, keys::SIGNATURE)?.as_list::<i32>();
             let mut keep = Vec::with_capacity(rows.len());
             let mut rejects = RejectBatch::default();
-            for (row, probe) in probes.iter().enumerate() {
+            for row in 0..rows.len() {
                 let id = rows.id.value(row);
-                let reject = |reason: &str, detail: String, of: &str| {
-                    let raw = bounded_raw(probe.text.as_bytes(), cfg.max_raw_bytes);
-                    (reason.to_string(), detail, of.to_string(), raw)
+                let hash = u128::from_le_bytes(hashes.value(row).try_into().map_err(|_| {
+                    PipelineError::Internal("a dedup key hash is not 16 bytes".into())
+                })?);
+                let signature = signatures.is_valid(row).then(|| signatures.value(row));
+                let signature = signature
+                    .as_ref()
+                    .map(|s| s.as_primitive::<UInt32Type>().values().as_ref());
+                // The key text, for a reject's raw column (rejects are the few).
+                let reject = |reason: &str, detail: String, of: &str| -> Result<_> {
+                    let text = rows.normalized_text(&cfg.columns, row, &cfg.normalize)?;
+                    let raw = bounded_raw(text.as_bytes(), cfg.max_raw_bytes);
+                    Ok((reason.to_string(), detail, of.to_string(), raw))
                 };
-                let dropped = if probe.text.is_empty() {
+                let dropped = if empty.value(row) {
                     // Nothing to compare: an empty key is no one's duplicate (clean drops it).
                     ctx.count("empty_key_rows", 1);
                     None
-                } else if let Some(first) = first_seen.get(probe.hash) {
+                } else if let Some(first) = first_seen.get(hash) {
                     Some(reject(
                         "duplicate",
                         format!("same normalised {key_name} as {first}"),
                         first,
-                    ))
+                    )?)
                 } else {
-                    first_seen.insert(probe.hash, id);
-                    match (near.as_mut(), &probe.signature) {
+                    first_seen.insert(hash, id);
+                    match (near.as_mut(), signature) {
                         (Some(state), Some(sig)) => {
                             let matches = state.matches(sig, cfg.near.threshold);
                             match (cfg.near.action, matches.first()) {
@@ -325,7 +324,7 @@ impl Stage for DedupStage {
                                             cfg.near.threshold
                                         ),
                                         &of,
-                                    ))
+                                    )?)
                                 }
                                 _ => {
                                     state.insert(sig, id, rows.group_key.value(row), &matches);

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`examples`], [`example_batch`] | read and build batches of example rows |
 //! | [`rejects`] | build reject rows and the kept/rejects output pair of a filtering stage |
+//! | [`mapped`] | row functions' per-row structs: split off the rows, sum their counts |
 //! | [`append_state`] | small tables a stage keeps to extend its output over appended rows |
 //! | [`grouping`] | union-find and joining rows that share a key |
 //! | [`chemprot`] | the ChemProt task vocabulary: entity and relation tasks, list items |
@@ -22,6 +23,7 @@ pub mod example_batch;
 pub mod examples;
 pub mod grouping;
 pub mod loader;
+pub mod mapped;
 pub mod markdown;
 pub mod metrics;
 pub mod model;

@@ -13,14 +13,16 @@
 //! dropped tokens and dropped entities are counted, never lost silently.
 
 mod align;
+pub mod rows;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, Int32Builder, ListBuilder, StringArray, StringBuilder, UInt32Builder,
+    Array, ArrayRef, AsArray, Int32Builder, ListBuilder, StringArray, StringBuilder, UInt32Builder,
 };
+use arrow::datatypes::{Int32Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use medtune_formats::text::bounded_raw;
 use medtune_pipeline::{
@@ -29,11 +31,12 @@ use medtune_pipeline::{
 };
 use medtune_schemas::col;
 use medtune_schemas::dataset::{LABEL_MAP, TOKENIZED, TOKENIZE_REJECTS};
-use rayon::prelude::*;
 use tokenizers::Tokenizer;
 
-use self::align::{encode_sft, encode_words, LabelMap, Tokenized};
+use self::align::LabelMap;
+use self::rows::{TokenizeRows, TokenizeSettings};
 use crate::shared::examples::ExampleRows;
+use crate::shared::mapped::{add_counts, check_rows, field, split_mapped};
 use crate::shared::rejects::{RejectBatch, RejectRow};
 use crate::shared::tokenizer::template::{template_file, ChatTemplate, PromptTemplate};
 use crate::shared::tokenizer::{
@@ -177,17 +180,17 @@ struct TokenizedBatch {
 }
 
 impl TokenizedBatch {
-    fn push(&mut self, id: &str, task: Option<&str>, split: &str, window: u32, t: &Tokenized) {
+    fn push(&mut self, id: &str, task: Option<&str>, split: &str, window: u32, t: Sequence<'_>) {
         self.id.append_value(id);
         self.task.append_option(task);
         self.split.append_value(split);
         self.window.append_value(window);
-        self.input_ids.values().append_slice(&t.ids);
+        self.input_ids.values().append_slice(t.ids);
         self.input_ids.append(true);
-        self.labels.values().append_slice(&t.labels);
+        self.labels.values().append_slice(t.labels);
         self.labels.append(true);
         self.length.append_value(t.ids.len() as u32);
-        self.prompt_tokens.append_value(t.prompt_tokens as u32);
+        self.prompt_tokens.append_value(t.prompt_tokens);
     }
 
     fn finish(&mut self) -> Result<RecordBatch> {
@@ -205,12 +208,11 @@ impl TokenizedBatch {
     }
 }
 
-/// Per-row outcome of encoding.
-struct Encoded {
-    windows: Vec<Tokenized>,
-    truncated: bool,
-    dropped_tokens: u64,
-    dropped_entities: u64,
+/// One sequence of a row, as the row function answered it.
+struct Sequence<'a> {
+    ids: &'a [u32],
+    labels: &'a [i32],
+    prompt_tokens: u32,
 }
 
 impl Stage for TokenizeStage {
@@ -261,6 +263,8 @@ impl Stage for TokenizeStage {
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
         let cfg = &self.config;
+        // The tokenizer and template are loaded here too, so a missing file or a bad template
+        // fails before any row is mapped, with the same error wherever rows are mapped.
         let encoder = TextEncoder::new(self.load_tokenizer()?);
         let tokenizer = encoder.tokenizer();
         if let Err(why) = encoder.fast_path() {
@@ -268,6 +272,11 @@ impl Stage for TokenizeStage {
                 "{}: every text goes through `tokenizers` ({why})",
                 self.tokenizer_path.display()
             ));
+        }
+        if cfg.mode == Mode::CausalLm {
+            self.eos_id(tokenizer)?;
+            PromptTemplate::load(cfg.template, &self.tokenizer_path, tokenizer)
+                .map_err(|m| PipelineError::Usage(format!("[tokenize] template: {m}")))?;
         }
         let labels = match cfg.mode {
             Mode::TokenClassification => Some(self.label_map(ctx)?),
@@ -286,78 +295,31 @@ impl Stage for TokenizeStage {
         }
         let total = ctx.input(&self.input)?.manifest.rows;
         ctx.set_work_total(total, WorkUnit::Rows);
-        let eos = match cfg.mode {
-            Mode::CausalLm => Some(self.eos_id(tokenizer)?),
-            Mode::TokenClassification => None,
+        let settings = TokenizeSettings {
+            config: cfg.clone(),
+            tokenizer: self
+                .tokenizer_path
+                .canonicalize()
+                .unwrap_or_else(|_| self.tokenizer_path.clone()),
+            labels: labels.as_ref().map(|map| map.labels().to_vec()),
         };
-        let template = match cfg.mode {
-            Mode::CausalLm => Some(
-                PromptTemplate::load(cfg.template, &self.tokenizer_path, tokenizer)
-                    .map_err(|m| PipelineError::Usage(format!("[tokenize] template: {m}")))?,
-            ),
-            Mode::TokenClassification => None,
-        };
-        let mut windows_total = 0u64;
-        let mut tokens = 0u64;
-        let (mut truncated, mut dropped_tokens, mut dropped_entities) = (0u64, 0u64, 0u64);
-        let mut done = 0u64;
-        let (mut unlabelled_windows, mut rejected) = (0u64, 0u64);
-        let causal = cfg.mode == Mode::CausalLm;
-        for batch in ctx.read(&self.input)? {
-            let batch = batch?;
+        let settings = serde_json::to_value(&settings).expect("settings serialise");
+        let (mut windows_total, mut tokens, mut done, mut rejected) = (0u64, 0u64, 0u64, 0u64);
+        for batch in ctx.map_rows::<TokenizeRows>(&self.input, &settings)? {
+            let (batch, mapped) = split_mapped(batch?)?;
+            check_rows(&mapped, &batch)?;
             let rows = ExampleRows::new(&batch)?;
             let split = batch
                 .column_by_name(col::SPLIT)
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
-            let encoded: Vec<Encoded> = (0..rows.len())
-                .into_par_iter()
-                .map(|row| -> Result<Encoded> {
-                    let id = rows.id.value(row);
-                    match (&labels, eos) {
-                        (Some(map), _) => {
-                            let words = ExampleRows::list(rows.words, row);
-                            let tags = ExampleRows::list(rows.tags, row);
-                            let out =
-                                encode_words(&encoder, &words, &tags, map, cfg).map_err(|m| {
-                                    PipelineError::bad_input(
-                                        rows.source_file.value(row),
-                                        format!("line {} (row {id}): {m}", rows.line.value(row)),
-                                    )
-                                })?;
-                            Ok(Encoded {
-                                truncated: out.dropped_words > 0,
-                                dropped_tokens: out.dropped_tokens,
-                                dropped_entities: out.dropped_entities,
-                                windows: out.windows,
-                            })
-                        }
-                        (None, Some(eos)) => {
-                            let prompt = ExampleRows::text(rows.prompt, row).unwrap_or("");
-                            let completion = ExampleRows::text(rows.completion, row).unwrap_or("");
-                            let template = template.as_ref().expect("SFT has a template");
-                            let (t, dropped) =
-                                encode_sft(&encoder, template, prompt, completion, eos, cfg)
-                                    .map_err(|m| {
-                                        PipelineError::Internal(format!("row {id}: {m}"))
-                                    })?;
-                            Ok(Encoded {
-                                truncated: dropped > 0,
-                                dropped_tokens: dropped,
-                                dropped_entities: 0,
-                                windows: vec![t],
-                            })
-                        }
-                        (None, None) => unreachable!("one of the modes is set"),
-                    }
-                })
-                .collect::<Result<_>>()?;
+            let ids = field(&mapped, rows::INPUT_IDS)?.as_list::<i32>();
+            let labels = field(&mapped, rows::LABELS)?.as_list::<i32>();
+            let prompt_tokens = field(&mapped, rows::PROMPT_TOKENS)?.as_list::<i32>();
+            let no_labels = field(&mapped, rows::NO_LABELS)?.as_string::<i32>();
             let mut out = TokenizedBatch::default();
             let mut rejects = RejectBatch::default();
-            for (row, mut e) in encoded.into_iter().enumerate() {
-                // A sequence without a token the loss counts teaches nothing and has no loss.
-                let before = e.windows.len();
-                e.windows.retain(|t| t.labelled(causal) > 0);
-                if e.windows.is_empty() {
+            for row in 0..rows.len() {
+                if no_labels.is_valid(row) {
                     ctx.count_dropped(NO_LABELLED_TOKENS, 1);
                     rejected += 1;
                     rejects.push(RejectRow {
@@ -366,31 +328,42 @@ impl Stage for TokenizeStage {
                         line: rows.line.value(row),
                         id: rows.id.value(row),
                         reason: NO_LABELLED_TOKENS,
-                        detail: &no_labels_detail(cfg, e.dropped_tokens),
+                        detail: no_labels.value(row),
                         raw: &bounded_raw(raw_text(&rows, row).as_bytes(), REJECT_RAW_BYTES),
                         duplicate_of: None,
                     });
                     continue;
                 }
-                unlabelled_windows += (before - e.windows.len()) as u64;
+                let (row_ids, row_labels) = (ids.value(row), labels.value(row));
+                let row_prompt_tokens = prompt_tokens.value(row);
+                let (row_ids, row_labels, row_prompt_tokens) = (
+                    row_ids.as_list::<i32>(),
+                    row_labels.as_list::<i32>(),
+                    row_prompt_tokens.as_primitive::<UInt32Type>(),
+                );
                 let split_name = split.as_ref().map_or("all", |s| s.value(row));
-                for (w, t) in e.windows.iter().enumerate() {
+                for window in 0..row_ids.len() {
+                    let window_ids = row_ids.value(window);
+                    let window_ids = window_ids.as_primitive::<UInt32Type>().values();
+                    let window_labels = row_labels.value(window);
                     out.push(
                         rows.id.value(row),
                         ExampleRows::text(rows.task, row),
                         split_name,
-                        w as u32,
-                        t,
+                        window as u32,
+                        Sequence {
+                            ids: window_ids,
+                            labels: window_labels.as_primitive::<Int32Type>().values(),
+                            prompt_tokens: row_prompt_tokens.value(window),
+                        },
                     );
+                    tokens += window_ids.len() as u64;
                 }
-                windows_total += e.windows.len() as u64;
-                tokens += e.windows.iter().map(|t| t.ids.len() as u64).sum::<u64>();
-                truncated += u64::from(e.truncated);
-                dropped_tokens += e.dropped_tokens;
-                dropped_entities += e.dropped_entities;
+                windows_total += row_ids.len() as u64;
             }
             done += rows.len() as u64;
             ctx.count_in(rows.len() as u64);
+            add_counts(ctx, &mapped, &rows::COUNTS)?;
             ctx.write(TOKENIZED, out.finish()?)?;
             if rejects.rows() > 0 {
                 ctx.write(TOKENIZE_REJECTS, rejects.finish()?)?;
@@ -398,14 +371,13 @@ impl Stage for TokenizeStage {
             ctx.report_progress(done);
         }
         ctx.count("rows", done - rejected);
-        ctx.count("unlabelled_windows", unlabelled_windows);
         ctx.count("sequences", windows_total);
         ctx.count("tokens", tokens);
-        ctx.count("truncated_rows", truncated);
-        ctx.count("dropped_tokens", dropped_tokens);
-        ctx.count("dropped_entities", dropped_entities);
-        // Non-ASCII texts (or every text, for a tokenizer without a fast path).
-        ctx.count("texts_through_tokenizers", encoder.through_tokenizers());
+        // Every counter is recorded, those no row reached at 0. `texts_through_tokenizers`:
+        // non-ASCII texts (or every text, for a tokenizer without a fast path).
+        for name in rows::COUNTS {
+            ctx.count(name, 0);
+        }
         if let Some(map) = &labels {
             let mut id = Int32Builder::new();
             let mut name = StringBuilder::new();

@@ -2,6 +2,7 @@
 //! `tokenizers` gives, and through `tokenizers` everywhere else.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tokenizers::{EncodeInput, Encoding, InputSequence, Tokenizer};
 
@@ -44,12 +45,18 @@ impl EncodedWords {
 /// give the same ids: the tests compare them on every bundled corpus.
 #[derive(Debug)]
 pub struct TextEncoder {
+    shared: Arc<Encoders>,
+    through_tokenizers: AtomicU64,
+}
+
+/// The tokenizer and its fast path, shared by an encoder and its [`TextEncoder::tally`]s.
+#[derive(Debug)]
+struct Encoders {
     tokenizer: Tokenizer,
     fast: Result<FastTokenizer, String>,
     /// The special tokens `tokenizers` puts around pre-tokenized words, where words may take
     /// the fast path.
     word_affixes: Option<(Vec<u32>, Vec<u32>)>,
-    through_tokenizers: AtomicU64,
 }
 
 impl TextEncoder {
@@ -62,9 +69,20 @@ impl TextEncoder {
             .filter(|fast| fast.takes_words())
             .and_then(|_| affixes(&tokenizer));
         TextEncoder {
-            tokenizer,
-            fast,
-            word_affixes,
+            shared: Arc::new(Encoders {
+                tokenizer,
+                fast,
+                word_affixes,
+            }),
+            through_tokenizers: AtomicU64::new(0),
+        }
+    }
+
+    /// An encoder sharing this one's tokenizer, counting [`Self::through_tokenizers`] from 0
+    /// (one row's count, say, while other rows are encoded on other threads).
+    pub fn tally(&self) -> TextEncoder {
+        TextEncoder {
+            shared: self.shared.clone(),
             through_tokenizers: AtomicU64::new(0),
         }
     }
@@ -73,21 +91,23 @@ impl TextEncoder {
     /// checked against.
     pub fn without_fast_path(tokenizer: Tokenizer) -> Self {
         TextEncoder {
-            tokenizer,
-            fast: Err("turned off".into()),
-            word_affixes: None,
+            shared: Arc::new(Encoders {
+                tokenizer,
+                fast: Err("turned off".into()),
+                word_affixes: None,
+            }),
             through_tokenizers: AtomicU64::new(0),
         }
     }
 
     /// The tokenizer encoded with.
     pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
+        &self.shared.tokenizer
     }
 
     /// The tokenizer family the fast path reproduces, or why there is none.
     pub fn fast_path(&self) -> Result<&'static str, &str> {
-        match &self.fast {
+        match &self.shared.fast {
             Ok(fast) => Ok(fast.family()),
             Err(why) => Err(why),
         }
@@ -101,7 +121,7 @@ impl TextEncoder {
 
     /// The ids of `text`, without special tokens.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
-        if let Ok(fast) = &self.fast {
+        if let Ok(fast) = &self.shared.fast {
             let mut ids = Vec::with_capacity(text.len() / 3);
             if fast.encode_into(text, &mut ids) {
                 return Ok(ids);
@@ -109,6 +129,7 @@ impl TextEncoder {
         }
         self.through_tokenizers.fetch_add(1, Ordering::Relaxed);
         Ok(self
+            .shared
             .tokenizer
             .encode(text, false)
             .map_err(|e| e.to_string())?
@@ -119,7 +140,7 @@ impl TextEncoder {
     /// Pre-tokenized `words`, each encoded on its own, with the special tokens the
     /// tokenizer's post-processor puts around a sequence.
     pub fn encode_words(&self, words: &[&str]) -> Result<EncodedWords, String> {
-        if let (Ok(fast), Some((prefix, suffix))) = (&self.fast, &self.word_affixes) {
+        if let (Ok(fast), Some((prefix, suffix))) = (&self.shared.fast, &self.shared.word_affixes) {
             let mut ids = Vec::with_capacity(words.len() * 2);
             let mut word_of = Vec::with_capacity(words.len() * 2);
             let all_ascii = words.iter().enumerate().all(|(w, word)| {
@@ -139,6 +160,7 @@ impl TextEncoder {
         self.through_tokenizers.fetch_add(1, Ordering::Relaxed);
         let input = EncodeInput::Single(InputSequence::from(words.to_vec()));
         let encoding = self
+            .shared
             .tokenizer
             .encode(input, true)
             .map_err(|e| e.to_string())?;
