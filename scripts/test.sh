@@ -15,4 +15,4 @@ if [ -z "${MEDTUNE_PYTHON:-}" ]; then
   export MEDTUNE_PYTHON="$py"
 fi
 scripts/fetch-model.sh >/dev/null
-cargo test --release --workspace "$@"
+cargo test --release --workspace --features cluster "$@"

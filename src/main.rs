@@ -1,18 +1,21 @@
 //! `medtune`: the command-line front end. Parses arguments, draws progress, prints results
 //! and maps errors to exit codes (0 success, 2 bad input or config, 1 internal error).
 
+#[cfg(feature = "cluster")]
+mod cluster;
 mod progress;
 mod report;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use medtune_pipeline::sql::{query_blocking, OutputFormat, QueryOptions};
 use medtune_pipeline::{
-    Dag, ErrorClass, PipelineConfig, PipelineError, RunOptions, Runner, Workdir,
+    Dag, Engine, ErrorClass, PipelineConfig, PipelineError, Place, RunOptions, Runner, Workdir,
 };
 use medtune_schemas::dataset::PROFILE;
 use medtune_stages::evaluate;
@@ -26,6 +29,14 @@ struct Cli {
     /// Working folder holding the cache and the catalog.
     #[arg(long, global = true, default_value = ".medtune")]
     workdir: PathBuf,
+    /// Map rows and run queries on the Ballista cluster whose scheduler listens at this
+    /// address (`medtune scheduler` prints it); the workdir must be a folder every process of
+    /// the cluster reads at the same path. Outputs are the same as without it.
+    #[arg(long, global = true, value_name = "df://HOST:PORT")]
+    cluster: Option<String>,
+    /// With --cluster: chunks of rows (jobs) under way on the cluster at once.
+    #[arg(long, global = true, value_name = "N", default_value_t = 8)]
+    cluster_jobs: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +103,50 @@ enum Command {
         #[arg(long, value_name = "ROWS")]
         limit: Option<usize>,
     },
+    /// Start a Ballista scheduler with medtune's row functions; prints the address to pass as
+    /// --cluster, then serves until interrupted.
+    #[cfg(feature = "cluster")]
+    Scheduler {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        /// Port to listen on (0: any free port).
+        #[arg(long, default_value_t = 50050)]
+        port: u16,
+        /// Seconds without a heartbeat after which an executor is lost and its tasks rerun
+        /// elsewhere.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        executor_timeout: u64,
+    },
+    /// Start a Ballista executor with medtune's row functions, registered with a scheduler;
+    /// serves until interrupted.
+    #[cfg(feature = "cluster")]
+    Executor {
+        /// The scheduler (`df://HOST:PORT`).
+        #[arg(long, value_name = "df://HOST:PORT")]
+        scheduler: String,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        /// The host name other processes reach this executor by (default: --bind).
+        #[arg(long)]
+        external_host: Option<String>,
+        /// Port of its Arrow Flight service (results and shuffle data are fetched there).
+        #[arg(long, default_value_t = 50051)]
+        flight_port: u16,
+        /// Port of its gRPC service (the scheduler launches tasks there).
+        #[arg(long, default_value_t = 50052)]
+        grpc_port: u16,
+        /// Tasks run at once (default: the cores of this machine).
+        #[arg(long)]
+        slots: Option<usize>,
+        /// Folder for shuffle and result files (default: a folder in the system temp folder).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Seconds between heartbeats to the scheduler (below its --executor-timeout).
+        #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+        heartbeat: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -111,6 +166,7 @@ fn load(config: &Path) -> anyhow::Result<(PipelineConfig, Dag)> {
 /// run summary.
 fn run_and_summarise(
     workdir: &Workdir,
+    engine: &Arc<Engine>,
     config: &PipelineConfig,
     dag: Dag,
     options: &RunOptions,
@@ -118,7 +174,8 @@ fn run_and_summarise(
 ) -> anyhow::Result<()> {
     let observer = progress::Bars::default();
     let runner = Runner::new(workdir.clone(), dag, config.settings().clone(), &observer)
-        .with_config_path(config.path());
+        .with_config_path(config.path())
+        .with_engine(engine.clone());
     let summaries = runner.run(options)?;
     drop(observer);
     report::print_summary(&summaries, out)?;
@@ -129,6 +186,7 @@ fn run_and_summarise(
 /// have the stage's section.
 fn run_one_stage(
     workdir: &Workdir,
+    engine: &Arc<Engine>,
     config: &Path,
     stage: &str,
     force: bool,
@@ -142,11 +200,14 @@ fn run_one_stage(
         stages: vec![stage.into()],
         force,
     };
-    run_and_summarise(workdir, &config, dag, &options, out)
+    run_and_summarise(workdir, engine, &config, dag, &options, out)
 }
 
 fn execute(cli: Cli) -> anyhow::Result<()> {
     let workdir = Workdir::new(&cli.workdir);
+    let place = cli.cluster.map_or(Place::InProcess, Place::Cluster);
+    let engine =
+        || -> anyhow::Result<Arc<Engine>> { Ok(Arc::new(Engine::at(&place, cli.cluster_jobs)?)) };
     match cli.command {
         Command::Run {
             config,
@@ -157,6 +218,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             run_and_summarise(
                 &workdir,
+                &engine()?,
                 &config,
                 dag,
                 &RunOptions { stages, force },
@@ -172,7 +234,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Train { config, force } => {
             let mut out = std::io::stdout().lock();
-            run_one_stage(&workdir, &config, train::NAME, force, &mut out)?;
+            run_one_stage(&workdir, &engine()?, &config, train::NAME, force, &mut out)?;
             let artifacts = workdir
                 .latest_artifacts(train::NAME)
                 .context("the train stage committed no adapter")?;
@@ -180,7 +242,14 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Eval { config, force } => {
             let mut out = std::io::stdout().lock();
-            run_one_stage(&workdir, &config, evaluate::NAME, force, &mut out)?;
+            run_one_stage(
+                &workdir,
+                &engine()?,
+                &config,
+                evaluate::NAME,
+                force,
+                &mut out,
+            )?;
             report::print_evaluation(&workdir, &mut out)?;
         }
         Command::Status { config } => {
@@ -203,7 +272,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 force: false,
             };
             let mut out = std::io::stdout().lock();
-            run_and_summarise(&workdir, &config, dag, &options, &mut out)?;
+            run_and_summarise(&workdir, &engine()?, &config, dag, &options, &mut out)?;
             let dataset = workdir
                 .catalog_datasets()?
                 .into_iter()
@@ -229,8 +298,8 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 Format::Json => OutputFormat::Json,
             };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let outcome =
-                query_blocking(&workdir, &sql, QueryOptions::new(format, limit), &mut out)?;
+            let options = QueryOptions::new(format, limit).on(place.clone());
+            let outcome = query_blocking(&workdir, &sql, options, &mut out)?;
             out.flush().context("writing the query result")?;
             if outcome.truncated {
                 eprintln!(
@@ -247,6 +316,35 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        #[cfg(feature = "cluster")]
+        Command::Scheduler {
+            bind,
+            port,
+            executor_timeout,
+        } => cluster::scheduler(bind, port, executor_timeout)?,
+        #[cfg(feature = "cluster")]
+        Command::Executor {
+            scheduler,
+            bind,
+            external_host,
+            flight_port,
+            grpc_port,
+            slots,
+            work_dir,
+            heartbeat,
+        } => cluster::executor(medtune_cluster::ExecutorOptions {
+            scheduler,
+            bind_host: bind,
+            external_host,
+            flight_port,
+            grpc_port,
+            slots: slots
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            work_dir: work_dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("medtune-executor-{}", std::process::id()))
+            }),
+            heartbeat_interval_seconds: heartbeat,
+        })?,
     }
     Ok(())
 }

@@ -1,0 +1,142 @@
+//! The client side of a Ballista cluster: sessions whose plans run there, and the logical codec
+//! that carries medtune's chunk tables inside those plans (the scheduler and the executors use
+//! the same codec, see the `medtune-cluster` crate).
+
+use std::sync::Arc;
+
+use ballista::prelude::SessionContextExt;
+use ballista_core::extension::SessionConfigExt;
+use ballista_core::serde::BallistaLogicalExtensionCodec;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::TableReference;
+use datafusion::datasource::TableProvider;
+use datafusion::execution::{SessionStateBuilder, TaskContext};
+use datafusion::logical_expr::{Extension, LogicalPlan};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
+
+use super::chunk::{Chunk, ChunkTable};
+use crate::error::{PipelineError, Result};
+
+/// Checks a `df://HOST:PORT` scheduler address and splits it into host and port.
+pub fn scheduler_address(url: &str) -> Result<(String, u16)> {
+    let bad = |why: &str| {
+        PipelineError::Usage(format!(
+            "--cluster {url}: {why}; expected df://HOST:PORT (the address `medtune scheduler` prints)"
+        ))
+    };
+    let rest = url
+        .strip_prefix("df://")
+        .ok_or_else(|| bad("no df:// scheme"))?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let port = port
+        .trim_end_matches('/')
+        .parse::<u16>()
+        .map_err(|_| bad("bad port"))?;
+    if host.is_empty() || port == 0 {
+        return Err(bad("no host or port 0"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// A session whose plans run on the cluster at `url` (`df://HOST:PORT`), with `config`
+/// (Ballista's own defaults added) and medtune's logical codec.
+pub async fn remote_session(url: &str, config: SessionConfig) -> Result<SessionContext> {
+    scheduler_address(url)?;
+    let partitions = config.target_partitions();
+    let config = config
+        .upgrade_for_ballista()
+        .with_target_partitions(partitions)
+        .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()));
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build();
+    SessionContext::remote_with_state(url, state)
+        .await
+        .map_err(|e| PipelineError::Engine(format!("connecting to the cluster at {url}: {e}")))
+}
+
+/// What starts an encoded [`ChunkTable`], so the codec tells it from other tables.
+const CHUNK_TABLE_TAG: &[u8] = b"medtune.chunk.v1:";
+
+/// Ballista's logical codec, plus medtune's [`ChunkTable`] (encoded as tagged JSON).
+#[derive(Debug, Default)]
+pub struct LogicalCodec {
+    ballista: BallistaLogicalExtensionCodec,
+}
+
+impl LogicalExtensionCodec for LogicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[LogicalPlan],
+        ctx: &TaskContext,
+    ) -> datafusion::error::Result<Extension> {
+        self.ballista.try_decode(buf, inputs, ctx)
+    }
+
+    fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> datafusion::error::Result<()> {
+        self.ballista.try_encode(node, buf)
+    }
+
+    fn try_decode_table_provider(
+        &self,
+        buf: &[u8],
+        table_ref: &TableReference,
+        schema: SchemaRef,
+        ctx: &TaskContext,
+    ) -> datafusion::error::Result<Arc<dyn TableProvider>> {
+        match buf.strip_prefix(CHUNK_TABLE_TAG) {
+            Some(json) => {
+                let chunk: Chunk = serde_json::from_slice(json).map_err(|e| {
+                    datafusion::error::DataFusionError::Internal(format!(
+                        "decoding a medtune chunk table: {e}"
+                    ))
+                })?;
+                Ok(Arc::new(ChunkTable { chunk, schema }))
+            }
+            None => self
+                .ballista
+                .try_decode_table_provider(buf, table_ref, schema, ctx),
+        }
+    }
+
+    fn try_encode_table_provider(
+        &self,
+        table_ref: &TableReference,
+        node: Arc<dyn TableProvider>,
+        buf: &mut Vec<u8>,
+    ) -> datafusion::error::Result<()> {
+        match node.downcast_ref::<ChunkTable>() {
+            Some(table) => {
+                buf.extend_from_slice(CHUNK_TABLE_TAG);
+                serde_json::to_writer(&mut *buf, &table.chunk).map_err(|e| {
+                    datafusion::error::DataFusionError::Internal(format!(
+                        "encoding a medtune chunk table: {e}"
+                    ))
+                })
+            }
+            None => self
+                .ballista
+                .try_encode_table_provider(table_ref, node, buf),
+        }
+    }
+
+    fn try_decode_file_format(
+        &self,
+        buf: &[u8],
+        ctx: &TaskContext,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::datasource::file_format::FileFormatFactory>>
+    {
+        self.ballista.try_decode_file_format(buf, ctx)
+    }
+
+    fn try_encode_file_format(
+        &self,
+        buf: &mut Vec<u8>,
+        node: Arc<dyn datafusion::datasource::file_format::FileFormatFactory>,
+    ) -> datafusion::error::Result<()> {
+        self.ballista.try_encode_file_format(buf, node)
+    }
+}
