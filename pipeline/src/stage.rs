@@ -134,16 +134,17 @@ pub(crate) struct StageOutcome {
 }
 
 impl<'a> StageContext<'a> {
+    /// `around`: where rows are mapped and who is told of progress.
     pub(crate) fn new(
         stage: &str,
-        engine: &'a Engine,
+        around: (&'a Engine, &'a dyn ProgressObserver),
         dirs: (PathBuf, PathBuf),
         batch_rows: usize,
         inputs: BTreeMap<String, CommittedDataset>,
         outputs: BTreeMap<String, OutputSink>,
-        progress: &'a dyn ProgressObserver,
         previous: Option<PreviousOutput>,
     ) -> Self {
+        let (engine, progress) = around;
         StageContext {
             stage: stage.to_string(),
             engine,

@@ -318,12 +318,11 @@ impl<'a> Runner<'a> {
         let artifacts_dir = pending.dir().join(ARTIFACTS_DIR);
         let mut ctx = StageContext::new(
             stage.name(),
-            self.engine()?,
+            (self.engine()?, self.progress),
             (artifacts_dir.clone(), scratch.clone()),
             self.settings.batch_rows,
             inputs,
             sinks,
-            self.progress,
             previous,
         );
         self.progress.stage_started(stage.name());
