@@ -292,8 +292,17 @@ impl<'a> StageContext<'a> {
         name: &str,
         settings: &serde_json::Value,
     ) -> Result<MappedRows> {
+        self.map_rows_of::<F>(self.input(name)?, settings)
+    }
+
+    /// [`Self::map_rows`] over any committed dataset (the appended parts of an input, say).
+    pub fn map_rows_of<F: RowFunction>(
+        &self,
+        dataset: &CommittedDataset,
+        settings: &serde_json::Value,
+    ) -> Result<MappedRows> {
         self.engine
-            .map_rows::<F>(self.input(name)?, settings, self.batch_rows)
+            .map_rows::<F>(dataset, settings, self.batch_rows)
     }
 
     /// Where the run maps rows.

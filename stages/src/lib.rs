@@ -38,6 +38,7 @@ pub fn row_functions() -> Vec<ScalarUDF> {
         udf::<dedup::keys::DedupKeys>(),
         udf::<convert::ConvertRows>(),
         udf::<clean::CleanRows>(),
+        udf::<split::SplitKeys>(),
         udf::<tokenize::rows::TokenizeRows>(),
     ]
 }

@@ -14,12 +14,16 @@ pub mod leakage;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, StringArray};
+use arrow::array::{
+    ArrayRef, AsArray, FixedSizeBinaryBuilder, StringArray, StringBuilder, StructArray,
+};
+use arrow::datatypes::{DataType, Field, Fields};
 use arrow::record_batch::RecordBatch;
 use medtune_formats::normalize::{key_hash, Normalization};
+use medtune_pipeline::reader::CommittedDataset;
 use medtune_pipeline::{
     AppendOptions, InputChange, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result,
-    Stage, StageContext, WorkUnit,
+    RowFunction, Stage, StageContext, WorkUnit,
 };
 use medtune_schemas::col;
 use medtune_schemas::dataset::SPLIT;
@@ -30,6 +34,7 @@ use self::assign::{assign, Group, SPLIT_NAMES};
 use self::leakage::{find_leaks, RowKeys};
 use crate::shared::examples::{check_text_columns, ExampleRows, TEXT_COLUMNS};
 use crate::shared::grouping::UnionFind;
+use crate::shared::mapped::{check_rows, field, split_mapped, struct_of};
 
 /// The stage name: its `[split]` config section and its cache folder.
 pub const NAME: &str = "split";
@@ -135,29 +140,6 @@ impl SplitStage {
         })
     }
 
-    fn stratum(&self, rows: &ExampleRows<'_>, row: usize) -> Result<String> {
-        let mut parts = Vec::with_capacity(self.config.stratify.len());
-        for name in &self.config.stratify {
-            if name == ENTITY_TYPES {
-                let mut types: Vec<&str> = ExampleRows::list(rows.tags, row)
-                    .into_iter()
-                    .filter_map(|t| t.split_once('-').map(|(_, kind)| kind))
-                    .collect();
-                types.sort_unstable();
-                types.dedup();
-                parts.push(if types.is_empty() {
-                    "none".to_string()
-                } else {
-                    types.join("+")
-                });
-            } else {
-                let column = rows.text_column(name)?;
-                parts.push(ExampleRows::text(column, row).unwrap_or("null").to_string());
-            }
-        }
-        Ok(parts.join("/"))
-    }
-
     /// Reads the near-duplicate clusters: row id -> cluster.
     fn clusters(&self, ctx: &StageContext<'_>) -> Result<HashMap<String, String>> {
         let mut out = HashMap::new();
@@ -179,6 +161,74 @@ impl SplitStage {
             }
         }
         Ok(out)
+    }
+}
+
+/// A row's stratum: its values of the `stratify` columns (entity types for `entity_types`).
+fn stratum(config: &SplitConfig, rows: &ExampleRows<'_>, row: usize) -> Result<String> {
+    let mut parts = Vec::with_capacity(config.stratify.len());
+    for name in &config.stratify {
+        if name == ENTITY_TYPES {
+            let mut types: Vec<&str> = ExampleRows::list(rows.tags, row)
+                .into_iter()
+                .filter_map(|t| t.split_once('-').map(|(_, kind)| kind))
+                .collect();
+            types.sort_unstable();
+            types.dedup();
+            parts.push(if types.is_empty() {
+                "none".to_string()
+            } else {
+                types.join("+")
+            });
+        } else {
+            let column = rows.text_column(name)?;
+            parts.push(ExampleRows::text(column, row).unwrap_or("null").to_string());
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// Split's per-row work as a row function (`medtune_split_keys`): each row's normalised-text
+/// hash and stratum. Grouping, assignment and the leakage checks need every row, so the stage
+/// does them over what this answers.
+pub struct SplitKeys;
+
+/// Struct field: the row's normalised text hash (128 bits, little-endian).
+const TEXT_HASH: &str = "text_hash";
+/// Struct field: the row's stratum.
+const STRATUM: &str = "stratum";
+
+impl RowFunction for SplitKeys {
+    const NAME: &'static str = "medtune_split_keys";
+    type Prepared = SplitConfig;
+
+    fn output_fields() -> Fields {
+        vec![
+            Field::new(TEXT_HASH, DataType::FixedSizeBinary(16), false),
+            Field::new(STRATUM, DataType::Utf8, false),
+        ]
+        .into()
+    }
+
+    fn prepare(settings: &str) -> Result<SplitConfig> {
+        serde_json::from_str(settings)
+            .map_err(|e| PipelineError::Internal(format!("{}: settings: {e}", Self::NAME)))
+    }
+
+    fn map(config: &SplitConfig, batch: &RecordBatch) -> Result<StructArray> {
+        let rows = ExampleRows::new(batch)?;
+        let mut hashes = FixedSizeBinaryBuilder::with_capacity(rows.len(), 16);
+        let mut strata = StringBuilder::new();
+        for row in 0..rows.len() {
+            let text = rows.normalized_text(&config.text_columns, row, &config.normalize)?;
+            hashes.append_value(key_hash(&text).to_le_bytes())?;
+            strata.append_value(stratum(config, &rows, row)?);
+        }
+        let fields = Self::output_fields();
+        struct_of(vec![
+            (fields[0].clone(), Arc::new(hashes.finish()) as ArrayRef),
+            (fields[1].clone(), Arc::new(strata.finish())),
+        ])
     }
 }
 
@@ -230,28 +280,35 @@ impl Stage for SplitStage {
 }
 
 impl SplitStage {
-    /// The keys and strata of every row of `batches`, with `clusters` filled in.
+    /// The keys and strata of every row `dataset` holds, mapped by [`SplitKeys`], with
+    /// `clusters` filled in.
     fn read_keys(
         &self,
-        batches: impl Iterator<Item = Result<RecordBatch>>,
+        dataset: &CommittedDataset,
         clusters: &HashMap<String, String>,
         ctx: &StageContext<'_>,
     ) -> Result<NewRows> {
         let mut keys = Vec::new();
         let mut strata = Vec::new();
-        for batch in batches {
-            let batch = batch?;
+        let settings = serde_json::to_value(&self.config).expect("config serialises");
+        for batch in ctx.map_rows_of::<SplitKeys>(dataset, &settings)? {
+            let (batch, mapped) = split_mapped(batch?)?;
+            check_rows(&mapped, &batch)?;
             let rows = ExampleRows::new(&batch)?;
+            let hashes = field(&mapped, TEXT_HASH)?.as_fixed_size_binary();
+            let row_strata = field(&mapped, STRATUM)?.as_string::<i32>();
             for row in 0..rows.len() {
-                let text =
-                    rows.normalized_text(&self.config.text_columns, row, &self.config.normalize)?;
                 let id = rows.id.value(row).to_string();
-                strata.push(self.stratum(&rows, row)?);
+                strata.push(row_strata.value(row).to_string());
+                let text_hash =
+                    u128::from_le_bytes(hashes.value(row).try_into().map_err(|_| {
+                        PipelineError::Internal("a split text hash is not 16 bytes".into())
+                    })?);
                 keys.push(RowKeys {
                     cluster: clusters.get(&id).cloned(),
                     id,
                     group: rows.group_key.value(row).to_string(),
-                    text_hash: key_hash(&text),
+                    text_hash,
                 });
             }
             ctx.report_progress(keys.len() as u64);
@@ -283,7 +340,7 @@ impl SplitStage {
             return Ok(None);
         };
         ctx.set_work_total(2 * delta.manifest.rows, WorkUnit::Rows);
-        let new = self.read_keys(delta.batches(ctx.batch_rows()), clusters, ctx)?;
+        let new = self.read_keys(&delta, clusters, ctx)?;
         match append::plan(old, new, clusters, self.fractions(), self.config.seed) {
             Ok(plan) => Ok(Some(plan)),
             Err(why) => {
@@ -329,7 +386,8 @@ impl SplitStage {
         let total = ctx.input(&self.input)?.manifest.rows;
         ctx.set_work_total(2 * total, WorkUnit::Rows);
         // Pass 1: the keys of every row.
-        let NewRows { keys, strata } = self.read_keys(ctx.read(&self.input)?, clusters, ctx)?;
+        let input = ctx.input(&self.input)?.clone();
+        let NewRows { keys, strata } = self.read_keys(&input, clusters, ctx)?;
         let mut stratum_index: HashMap<&str, usize> = HashMap::new();
         let row_stratum: Vec<usize> = strata
             .iter()
