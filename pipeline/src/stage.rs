@@ -305,6 +305,12 @@ impl<'a> StageContext<'a> {
             .map_rows::<F>(dataset, settings, self.batch_rows)
     }
 
+    /// Runs `sql` over the input dataset `name` (the table `input`) where the run maps rows
+    /// (see [`Engine::query_dataset`]).
+    pub fn query_input(&self, name: &str, sql: &str) -> Result<Vec<RecordBatch>> {
+        self.engine.query_dataset(self.input(name)?, sql)
+    }
+
     /// Where the run maps rows.
     pub fn engine_place(&self) -> &Place {
         self.engine.place()

@@ -17,12 +17,16 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::logical_expr::lit;
 pub use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{col, SessionConfig, SessionContext};
 use futures::StreamExt;
 
-use crate::error::{PipelineError, Result};
+use crate::error::{IoContext, PipelineError, Result};
 use crate::reader::CommittedDataset;
 
 pub use chunk::{chunks, Chunk, ChunkTable, Chunked};
@@ -222,6 +226,46 @@ pub async fn session_at(place: &Place, config: SessionConfig) -> Result<SessionC
         Place::Cluster(url) => Err(without_cluster(url)),
     }
 }
+
+impl Engine {
+    /// Runs `sql` over `dataset`, registered as the table `input` (its parts only), where the
+    /// engine runs plans: a global question about a dataset (the distinct values of a column,
+    /// say) answered as a DataFusion query, distributed on a cluster. Returns every batch.
+    pub fn query_dataset(&self, dataset: &CommittedDataset, sql: &str) -> Result<Vec<RecordBatch>> {
+        let failed = query_error("querying a dataset");
+        let mut urls = Vec::new();
+        for path in dataset.part_paths() {
+            let path = path.canonicalize().at(&path)?;
+            let url = ListingTableUrl::parse(path.to_string_lossy()).map_err(&failed)?;
+            urls.push(url);
+        }
+        if urls.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.runtime.block_on(async {
+            let ctx = self.session(None).await?;
+            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet");
+            let config = ListingTableConfig::new_with_multi_paths(urls)
+                .with_listing_options(options)
+                .infer_schema(&ctx.state())
+                .await
+                .map_err(&failed)?;
+            let table = ListingTable::try_new(config).map_err(&failed)?;
+            ctx.register_table(INPUT_TABLE, Arc::new(table))
+                .map_err(&failed)?;
+            ctx.sql(sql)
+                .await
+                .map_err(&failed)?
+                .collect()
+                .await
+                .map_err(&failed)
+        })
+    }
+}
+
+/// The table name [`Engine::query_dataset`] gives the dataset it queries.
+pub const INPUT_TABLE: &str = "input";
 
 #[cfg(not(feature = "cluster"))]
 fn without_cluster(url: &str) -> PipelineError {

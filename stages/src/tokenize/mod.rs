@@ -22,7 +22,7 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, AsArray, Int32Builder, ListBuilder, StringArray, StringBuilder, UInt32Builder,
 };
-use arrow::datatypes::{Int32Type, UInt32Type};
+use arrow::datatypes::{DataType, Int32Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use medtune_formats::text::bounded_raw;
 use medtune_pipeline::{
@@ -129,17 +129,19 @@ impl TokenizeStage {
         if let Some(labels) = &self.config.labels {
             return LabelMap::from_labels(labels).map_err(PipelineError::Internal);
         }
+        // Every distinct tag: an aggregation where the engine runs plans.
+        let sql = "SELECT DISTINCT tag FROM (SELECT unnest(tags) AS tag FROM input) \
+                   WHERE tag IS NOT NULL";
         let mut tags = BTreeSet::new();
-        for batch in ctx.read(&self.input)? {
-            let batch = batch?;
-            let rows = ExampleRows::new(&batch)?;
-            for row in 0..rows.len() {
-                tags.extend(
-                    ExampleRows::list(rows.tags, row)
-                        .into_iter()
-                        .map(str::to_string),
-                );
-            }
+        for batch in ctx.query_input(&self.input, sql)? {
+            let column = arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
+            tags.extend(
+                column
+                    .as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(str::to_string),
+            );
         }
         LabelMap::from_tags(tags.iter().map(String::as_str)).map_err(|m| {
             PipelineError::CheckFailed {
