@@ -10,15 +10,14 @@ use arrow::datatypes::{DataType, Field, Fields};
 use arrow::record_batch::RecordBatch;
 use medtune_formats::text::bounded_raw;
 use medtune_pipeline::{
-    AppendOptions, OutputDecl, PipelineConfig, PipelineError, Result, RowFunction, Stage,
-    StageContext, WorkUnit,
+    AppendOptions, OutputDecl, PipelineConfig, Result, RowFunction, Stage, StageContext, WorkUnit,
 };
 use medtune_schemas::dataset::{CLEANED, CLEAN_REJECTS};
 use serde::{Deserialize, Serialize};
 
 use crate::shared::chemprot::{ENTITY_TASKS, RELATION_TASK};
 use crate::shared::examples::ExampleRows;
-use crate::shared::mapped::{check_rows, field, split_mapped, struct_of};
+use crate::shared::mapped::{check_rows, field, parse_settings, split_mapped, struct_of};
 use crate::shared::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
 
 /// The stage name: its `[clean]` config section and its cache folder.
@@ -105,8 +104,7 @@ impl RowFunction for CleanRows {
     }
 
     fn prepare(settings: &str) -> Result<CleanConfig> {
-        serde_json::from_str(settings)
-            .map_err(|e| PipelineError::Internal(format!("{}: settings: {e}", Self::NAME)))
+        parse_settings(Self::NAME, settings)
     }
 
     fn map(config: &CleanConfig, batch: &RecordBatch) -> Result<StructArray> {

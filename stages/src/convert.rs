@@ -13,8 +13,8 @@ use arrow::array::{ArrayRef, StringBuilder, StructArray};
 use arrow::datatypes::{DataType, Field, Fields};
 use arrow::record_batch::RecordBatch;
 use medtune_pipeline::{
-    AppendOptions, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, RowFunction,
-    Stage, StageContext, WorkUnit,
+    AppendOptions, OutputDecl, OutputRole, PipelineConfig, Result, RowFunction, Stage,
+    StageContext, WorkUnit,
 };
 use medtune_schemas::col;
 use medtune_schemas::dataset::CONVERTED;
@@ -24,7 +24,9 @@ use crate::shared::chemprot::{
     item_text, normalize_entity, ENTITY_TASKS, RELATION_LINE, RELATION_TASK,
 };
 use crate::shared::examples::ExampleRows;
-use crate::shared::mapped::{add_counts, check_rows, field, split_mapped, struct_of, CountColumns};
+use crate::shared::mapped::{
+    add_counts, check_rows, field, parse_settings, split_mapped, struct_of, CountColumns,
+};
 
 /// The stage name: its `[convert]` config section and its cache folder.
 pub const NAME: &str = "convert";
@@ -205,8 +207,7 @@ impl RowFunction for ConvertRows {
     }
 
     fn prepare(settings: &str) -> Result<ConvertConfig> {
-        serde_json::from_str(settings)
-            .map_err(|e| PipelineError::Internal(format!("{}: settings: {e}", Self::NAME)))
+        parse_settings(Self::NAME, settings)
     }
 
     fn map(config: &ConvertConfig, batch: &RecordBatch) -> Result<StructArray> {

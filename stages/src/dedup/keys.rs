@@ -11,13 +11,13 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Fields};
 use arrow::record_batch::RecordBatch;
 use medtune_formats::normalize::key_hash;
-use medtune_pipeline::{PipelineError, Result, RowFunction};
+use medtune_pipeline::{Result, RowFunction};
 use rayon::prelude::*;
 
 use super::minhash::MinHasher;
 use super::DedupConfig;
 use crate::shared::examples::ExampleRows;
-use crate::shared::mapped::struct_of;
+use crate::shared::mapped::{parse_settings, struct_of};
 
 /// Struct field: the key text's 128-bit hash (little-endian).
 pub const HASH: &str = "hash";
@@ -54,8 +54,7 @@ impl RowFunction for DedupKeys {
     }
 
     fn prepare(settings: &str) -> Result<Prepared> {
-        let config: DedupConfig = serde_json::from_str(settings)
-            .map_err(|e| PipelineError::Internal(format!("{}: settings: {e}", Self::NAME)))?;
+        let config: DedupConfig = parse_settings(Self::NAME, settings)?;
         let near = &config.near;
         let hasher = near
             .enabled

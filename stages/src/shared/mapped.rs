@@ -11,6 +11,12 @@ use arrow::record_batch::RecordBatch;
 use medtune_pipeline::engine::MAPPED;
 use medtune_pipeline::{PipelineError, Result, StageContext};
 
+/// A row function's settings, parsed from the JSON its call carries.
+pub fn parse_settings<T: serde::de::DeserializeOwned>(function: &str, settings: &str) -> Result<T> {
+    serde_json::from_str(settings)
+        .map_err(|e| PipelineError::Internal(format!("{function}: settings: {e}")))
+}
+
 /// Splits a batch of [`StageContext::map_rows`] into the input rows and the function's structs.
 pub fn split_mapped(batch: RecordBatch) -> Result<(RecordBatch, StructArray)> {
     let mut batch = batch;

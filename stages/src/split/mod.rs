@@ -34,7 +34,7 @@ use self::assign::{assign, Group, SPLIT_NAMES};
 use self::leakage::{find_leaks, RowKeys};
 use crate::shared::examples::{check_text_columns, ExampleRows, TEXT_COLUMNS};
 use crate::shared::grouping::UnionFind;
-use crate::shared::mapped::{check_rows, field, split_mapped, struct_of};
+use crate::shared::mapped::{check_rows, field, parse_settings, split_mapped, struct_of};
 
 /// The stage name: its `[split]` config section and its cache folder.
 pub const NAME: &str = "split";
@@ -211,8 +211,7 @@ impl RowFunction for SplitKeys {
     }
 
     fn prepare(settings: &str) -> Result<SplitConfig> {
-        serde_json::from_str(settings)
-            .map_err(|e| PipelineError::Internal(format!("{}: settings: {e}", Self::NAME)))
+        parse_settings(Self::NAME, settings)
     }
 
     fn map(config: &SplitConfig, batch: &RecordBatch) -> Result<StructArray> {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::align::{encode_sft, encode_words, LabelMap, Tokenized};
 use super::no_labels_detail;
 use crate::shared::examples::ExampleRows;
-use crate::shared::mapped::{struct_of, CountColumns};
+use crate::shared::mapped::{parse_settings, struct_of, CountColumns};
 use crate::shared::tokenizer::template::PromptTemplate;
 use crate::shared::tokenizer::{eos_id, load_tokenizer, Mode, TextEncoder, TokenizeConfig};
 
@@ -97,8 +97,7 @@ impl RowFunction for TokenizeRows {
     }
 
     fn prepare(settings: &str) -> Result<Prepared> {
-        let settings: TokenizeSettings = serde_json::from_str(settings)
-            .map_err(|e| PipelineError::Internal(format!("{}: settings: {e}", Self::NAME)))?;
+        let settings: TokenizeSettings = parse_settings(Self::NAME, settings)?;
         let encoder = TextEncoder::new(load_tokenizer(&settings.tokenizer)?);
         let config = settings.config;
         let (labels, eos, template) = match config.mode {
