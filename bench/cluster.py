@@ -48,6 +48,20 @@ def stage_seconds(stdout):
     return seconds
 
 
+def engine_times(workdir):
+    """Per stage: the manifest's engine record (jobs, job_seconds, waited_seconds) and seconds."""
+    with open(os.path.join(workdir, "catalog.json")) as f:
+        catalog = json.load(f)
+    out = {}
+    for entry in catalog["datasets"].values():
+        if entry["stage"] in STAGES:
+            path = os.path.join(workdir, "cache", entry["stage"], entry["key"], "manifest.json")
+            with open(path) as f:
+                manifest = json.load(f)
+            out[entry["stage"]] = (manifest["seconds"], manifest.get("engine") or {})
+    return out
+
+
 def run(medtune, workdir, config, cluster=None):
     args = [medtune, "--workdir", workdir]
     if cluster:
@@ -100,6 +114,7 @@ def main():
     wall, seconds = run(medtune, workdir, config)
     reference = content_hashes(workdir)
     results.append(("in-process", wall, seconds))
+    times = {"in-process": engine_times(workdir)}
     for executors in (1, 2):
         url, procs = start_cluster(medtune, work, executors)
         try:
@@ -108,6 +123,7 @@ def main():
             for p in procs:
                 p.kill()
                 p.wait()
+        times[f"cluster x{executors}"] = engine_times(workdir)
         same = content_hashes(workdir) == reference
         assert same, "a cluster run's datasets differ from the in-process run's"
         results.append((f"cluster, {executors} executor{'s' if executors > 1 else ''}", wall, seconds))
@@ -128,6 +144,15 @@ def main():
     print("per-row cost in-process (µs/row): " + ", ".join(
         f"{s} {1e6 * local[s] / rows[s]:.1f}" for s in STAGES if s in local))
     print("content hashes: every dataset identical in all three runs")
+    print()
+    print("| where | stage | seconds | chunk jobs | job seconds (sum) | waiting for rows s | driver's own s |")
+    print("|---|---|---|---|---|---|---|")
+    for where, per_stage in times.items():
+        for stage in STAGES:
+            total, engine = per_stage[stage]
+            waited = engine.get("waited_seconds", 0.0)
+            print(f"| {where} | {stage} | {total:.2f} | {engine.get('jobs', 0)} | "
+                  f"{engine.get('job_seconds', 0.0):.2f} | {waited:.2f} | {total - waited:.2f} |")
 
 
 if __name__ == "__main__":

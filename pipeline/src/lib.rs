@@ -28,7 +28,7 @@ pub use config::{PipelineConfig, Settings};
 pub use dag::Dag;
 pub use engine::{Engine, MappedRows, Place, RowFunction};
 pub use error::{ErrorClass, PipelineError, Result};
-pub use manifest::{ColumnStats, Manifest, PartFile};
+pub use manifest::{ColumnStats, EngineTime, Manifest, PartFile};
 pub use output::{OutputDecl, OutputRole};
 pub use progress::{ProgressObserver, Quiet, WorkUnit};
 pub use runner::{Freshness, RunOptions, Runner, StageStatus, StageSummary};

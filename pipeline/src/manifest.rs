@@ -196,6 +196,24 @@ pub struct Manifest {
     pub started_at: u64,
     /// Wall time of the stage, in seconds.
     pub seconds: f64,
+    /// Where the stage's mapped rows came from and how long they took (absent when it mapped
+    /// none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineTime>,
+}
+
+/// Time a stage spent on rows mapped by the engine (`StageContext::map_rows`): what tells
+/// the per-row work that scales out from the driver's share.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineTime {
+    /// Where rows were mapped (`in-process`, `cluster df://HOST:PORT`).
+    pub place: String,
+    /// Chunk jobs run.
+    pub jobs: u64,
+    /// Sum of the jobs' wall times, in seconds (jobs overlap: this can exceed the stage's).
+    pub job_seconds: f64,
+    /// Seconds the stage waited for mapped rows; the rest of its time is the driver's own.
+    pub waited_seconds: f64,
 }
 
 impl Manifest {

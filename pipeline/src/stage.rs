@@ -7,12 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 
-use crate::engine::{Engine, MappedRows, Place, RowFunction};
+use crate::engine::{Engine, EngineClock, MappedRows, Place, RowFunction};
 use crate::error::{PipelineError, Result};
-use crate::manifest::Manifest;
+use crate::manifest::{EngineTime, Manifest};
 use crate::output::OutputDecl;
 use crate::progress::{ProgressObserver, WorkUnit};
 use crate::reader::CommittedDataset;
@@ -109,6 +110,7 @@ pub struct AppendOptions<'s> {
 pub struct StageContext<'a> {
     stage: String,
     engine: &'a Engine,
+    clock: Arc<EngineClock>,
     artifacts_dir: PathBuf,
     scratch_dir: PathBuf,
     batch_rows: usize,
@@ -131,6 +133,7 @@ pub(crate) struct StageOutcome {
     pub counters: BTreeMap<String, u64>,
     pub warnings: Vec<String>,
     pub appends_to: Option<String>,
+    pub engine: Option<EngineTime>,
 }
 
 impl<'a> StageContext<'a> {
@@ -148,6 +151,7 @@ impl<'a> StageContext<'a> {
         StageContext {
             stage: stage.to_string(),
             engine,
+            clock: Arc::default(),
             artifacts_dir: dirs.0,
             scratch_dir: dirs.1,
             batch_rows,
@@ -171,6 +175,7 @@ impl<'a> StageContext<'a> {
             counters: self.counters,
             warnings: self.warnings,
             appends_to: self.appends_to,
+            engine: self.clock.time(self.engine.place()),
         }
     }
 
@@ -302,7 +307,7 @@ impl<'a> StageContext<'a> {
         settings: &serde_json::Value,
     ) -> Result<MappedRows> {
         self.engine
-            .map_rows::<F>(dataset, settings, self.batch_rows)
+            .map_rows::<F>(dataset, settings, self.batch_rows, self.clock.clone())
     }
 
     /// Runs `sql` over the input dataset `name` (the table `input`) where the run maps rows

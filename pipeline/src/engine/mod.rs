@@ -14,7 +14,9 @@ pub mod cluster;
 pub mod function;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -27,10 +29,36 @@ use datafusion::prelude::{col, SessionConfig, SessionContext};
 use futures::StreamExt;
 
 use crate::error::{IoContext, PipelineError, Result};
+use crate::manifest::EngineTime;
 use crate::reader::CommittedDataset;
 
 pub use chunk::{chunks, Chunk, ChunkTable, Chunked};
 pub use function::{udf, RowFunction};
+
+/// Running totals of the engine's work for one stage run, kept as it maps rows.
+#[derive(Debug, Default)]
+pub struct EngineClock {
+    jobs: AtomicU64,
+    job_nanos: AtomicU64,
+    waited_nanos: AtomicU64,
+}
+
+impl EngineClock {
+    /// The totals as a manifest records them; `None` when no row was mapped.
+    pub fn time(&self, place: &Place) -> Option<EngineTime> {
+        let jobs = self.jobs.load(Ordering::Relaxed);
+        (jobs > 0).then(|| EngineTime {
+            place: place.to_string(),
+            jobs,
+            job_seconds: self.job_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
+            waited_seconds: self.waited_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
+        })
+    }
+
+    fn add(counter: &AtomicU64, since: Instant) {
+        counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
 
 /// The column [`Engine::map_rows`] adds to the input's: the function's struct per row.
 pub const MAPPED: &str = "mapped";
@@ -166,6 +194,7 @@ impl Engine {
         dataset: &CommittedDataset,
         settings: &serde_json::Value,
         batch_rows: usize,
+        clock: Arc<EngineClock>,
     ) -> Result<MappedRows> {
         let function = Arc::new(udf::<F>());
         let Chunked { schema, chunks } = chunks(dataset)?;
@@ -176,6 +205,7 @@ impl Engine {
         session.register_udf(function.as_ref().clone());
         let name = dataset.name.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(self.jobs);
+        let job_clock = clock.clone();
         let jobs = self.jobs;
         // A cluster can lose an executor under a job; the job is submitted again (Ballista
         // itself retries tasks, but not a result fetch from an executor that is gone).
@@ -190,14 +220,22 @@ impl Engine {
                         chunk,
                         schema: schema.clone().expect("a dataset with chunks has parts"),
                     });
-                    map_chunk(
+                    let clock = job_clock.clone();
+                    let job = map_chunk(
                         session.clone(),
                         table,
                         function.clone(),
                         settings.clone(),
                         batch_rows,
                         retries,
-                    )
+                    );
+                    async move {
+                        let started = Instant::now();
+                        let result = job.await;
+                        clock.jobs.fetch_add(1, Ordering::Relaxed);
+                        EngineClock::add(&clock.job_nanos, started);
+                        result
+                    }
                 })
                 .buffered(jobs);
             futures::pin_mut!(results);
@@ -212,6 +250,7 @@ impl Engine {
             dataset: name,
             rx,
             pending: Vec::new().into_iter(),
+            clock,
         })
     }
 }
@@ -342,6 +381,7 @@ pub struct MappedRows {
     dataset: String,
     rx: tokio::sync::mpsc::Receiver<Result<Vec<RecordBatch>>>,
     pending: std::vec::IntoIter<RecordBatch>,
+    clock: Arc<EngineClock>,
 }
 
 impl Iterator for MappedRows {
@@ -352,7 +392,10 @@ impl Iterator for MappedRows {
             if let Some(batch) = self.pending.next() {
                 return Some(Ok(batch));
             }
-            match self.rx.blocking_recv()? {
+            let waiting = Instant::now();
+            let received = self.rx.blocking_recv();
+            EngineClock::add(&self.clock.waited_nanos, waiting);
+            match received? {
                 Ok(batches) => self.pending = batches.into_iter(),
                 Err(e) => {
                     return Some(Err(match e {

@@ -403,6 +403,7 @@ impl<'a> Runner<'a> {
             warnings: outcome.warnings,
             started_at,
             seconds: clock.elapsed().as_secs_f64(),
+            engine: outcome.engine,
         };
         let waiting = || {
             self.progress.warning(
