@@ -6,6 +6,7 @@
 //! per row. Settings are prepared once per process and distinct JSON (a tokenizer is loaded
 //! once, not per batch).
 
+use std::any::Any;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
@@ -39,30 +40,41 @@ pub trait RowFunction: Send + Sync + 'static {
 pub fn udf<F: RowFunction>() -> ScalarUDF {
     ScalarUDF::new_from_impl(RowUdf::<F> {
         signature: Signature::variadic_any(Volatility::Immutable),
-        prepared: Mutex::new(Vec::new()),
         function: PhantomData,
     })
 }
 
-/// Settings prepared so far, with the JSON they came from.
-type PreparedCache<P> = Mutex<Vec<(String, Arc<P>)>>;
+/// Every function's settings prepared in this process: function name, settings JSON, state.
+type PreparedCache = Mutex<Vec<(&'static str, String, Arc<dyn Any + Send + Sync>)>>;
+
+static PREPARED: PreparedCache = Mutex::new(Vec::new());
+
+/// `F`'s `settings` prepared, once per process and settings: every call of the function and a
+/// stage that checks the same settings before mapping (a tokenizer that loads, say) share it.
+pub fn prepared<F: RowFunction>(settings: &str) -> Result<Arc<F::Prepared>> {
+    let cached = |cache: &[(&str, String, Arc<dyn Any + Send + Sync>)]| {
+        cache
+            .iter()
+            .find(|(name, json, _)| *name == F::NAME && json == settings)
+            .and_then(|(_, _, state)| state.clone().downcast::<F::Prepared>().ok())
+    };
+    if let Some(state) = cached(&PREPARED.lock().expect("prepared settings lock")) {
+        return Ok(state);
+    }
+    // Prepared outside the lock (loading a tokenizer takes a while); a race prepares twice and
+    // keeps the first.
+    let state = Arc::new(F::prepare(settings)?);
+    let mut cache = PREPARED.lock().expect("prepared settings lock");
+    if let Some(first) = cached(&cache) {
+        return Ok(first);
+    }
+    cache.push((F::NAME, settings.to_string(), state.clone()));
+    Ok(state)
+}
 
 struct RowUdf<F: RowFunction> {
     signature: Signature,
-    prepared: PreparedCache<F::Prepared>,
     function: PhantomData<fn() -> F>,
-}
-
-impl<F: RowFunction> RowUdf<F> {
-    fn prepared(&self, settings: &str) -> Result<Arc<F::Prepared>> {
-        let mut cache = self.prepared.lock().expect("prepared settings lock");
-        if let Some((_, prepared)) = cache.iter().find(|(json, _)| json == settings) {
-            return Ok(prepared.clone());
-        }
-        let prepared = Arc::new(F::prepare(settings)?);
-        cache.push((settings.to_string(), prepared.clone()));
-        Ok(prepared)
-    }
 }
 
 impl<F: RowFunction> fmt::Debug for RowUdf<F> {
@@ -114,7 +126,7 @@ impl<F: RowFunction> ScalarUDFImpl for RowUdf<F> {
             ColumnarValue::Scalar(ScalarValue::Utf8(Some(s))) => s,
             _ => return exec_err!("{}: the last argument must be a settings string", F::NAME),
         };
-        let prepared = self.prepared(settings).map_err(external)?;
+        let prepared = prepared::<F>(settings).map_err(external)?;
         let arrays = columns
             .iter()
             .map(|c| c.to_array(rows))

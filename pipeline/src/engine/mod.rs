@@ -33,7 +33,7 @@ use crate::manifest::EngineTime;
 use crate::reader::CommittedDataset;
 
 pub use chunk::{chunks, Chunk, ChunkTable, Chunked};
-pub use function::{udf, RowFunction};
+pub use function::{prepared, udf, RowFunction};
 
 /// Running totals of the engine's work for one stage run, kept as it maps rows.
 #[derive(Debug, Default)]
@@ -160,30 +160,6 @@ impl Engine {
         &self.place
     }
 
-    /// The runtime its plans run on (blocking callers enter it with `block_on`).
-    pub fn runtime(&self) -> &tokio::runtime::Runtime {
-        &self.runtime
-    }
-
-    /// A session planning over `target_partitions` partitions (`None`: DataFusion's default)
-    /// that executes where the engine runs plans.
-    pub async fn session(&self, target_partitions: Option<usize>) -> Result<SessionContext> {
-        self.session_with(SessionConfig::new(), target_partitions)
-            .await
-    }
-
-    async fn session_with(
-        &self,
-        config: SessionConfig,
-        target_partitions: Option<usize>,
-    ) -> Result<SessionContext> {
-        let mut config = config;
-        if let Some(n) = target_partitions {
-            config = config.with_target_partitions(n);
-        }
-        session_at(&self.place, config).await
-    }
-
     /// Streams `dataset`'s rows, in order and in batches of at most `batch_rows`, with a
     /// [`MAPPED`] column added: `F`'s struct for each row, called with every column and
     /// `settings` (JSON). Chunks of the dataset are
@@ -200,8 +176,11 @@ impl Engine {
         let Chunked { schema, chunks } = chunks(dataset)?;
         let settings = settings.to_string();
         let batch_rows = batch_rows.max(1);
-        let config = SessionConfig::new().with_batch_size(batch_rows);
-        let session = self.runtime.block_on(self.session_with(config, Some(1)))?;
+        // One partition per chunk plan: a chunk's rows stay in order; chunks give parallelism.
+        let config = SessionConfig::new()
+            .with_batch_size(batch_rows)
+            .with_target_partitions(1);
+        let session = self.runtime.block_on(session_at(&self.place, config))?;
         session.register_udf(function.as_ref().clone());
         let name = dataset.name.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(self.jobs);
@@ -282,7 +261,7 @@ impl Engine {
             return Ok(Vec::new());
         }
         self.runtime.block_on(async {
-            let ctx = self.session(None).await?;
+            let ctx = session_at(&self.place, SessionConfig::new()).await?;
             let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet");
             let config = ListingTableConfig::new_with_multi_paths(urls)

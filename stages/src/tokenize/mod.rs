@@ -25,23 +25,21 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Int32Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use medtune_formats::text::bounded_raw;
+use medtune_pipeline::engine::prepared;
 use medtune_pipeline::{
     AppendOptions, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl,
     Stage, StageContext, WorkUnit,
 };
 use medtune_schemas::col;
 use medtune_schemas::dataset::{LABEL_MAP, TOKENIZED, TOKENIZE_REJECTS};
-use tokenizers::Tokenizer;
 
 use self::align::LabelMap;
 use self::rows::{TokenizeRows, TokenizeSettings};
 use crate::shared::examples::ExampleRows;
 use crate::shared::mapped::{add_counts, check_rows, field, split_mapped};
 use crate::shared::rejects::{RejectBatch, RejectRow};
-use crate::shared::tokenizer::template::{template_file, ChatTemplate, PromptTemplate};
-use crate::shared::tokenizer::{
-    eos_id, load_tokenizer, Mode, Overflow, TextEncoder, TokenizeConfig,
-};
+use crate::shared::tokenizer::template::{template_file, ChatTemplate};
+use crate::shared::tokenizer::{Mode, Overflow, TokenizeConfig};
 
 /// The stage name: its `[tokenize]` config section and its cache folder.
 pub const NAME: &str = TokenizeConfig::SECTION;
@@ -109,19 +107,6 @@ impl TokenizeStage {
             config: section,
             input: input.to_string(),
         })
-    }
-
-    /// Loads the tokenizer, failing clearly when the file is missing or not a tokenizer.
-    fn load_tokenizer(&self) -> Result<Tokenizer> {
-        load_tokenizer(&self.tokenizer_path)
-    }
-
-    fn eos_id(&self, tokenizer: &Tokenizer) -> Result<u32> {
-        eos_id(
-            tokenizer,
-            &self.tokenizer_path,
-            self.config.eos_token.as_deref(),
-        )
     }
 
     /// The configured label map, or (pass one of token classification) every tag in the data.
@@ -265,25 +250,28 @@ impl Stage for TokenizeStage {
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
         let cfg = &self.config;
-        // The tokenizer and template are loaded here too, so a missing file or a bad template
-        // fails before any row is mapped, with the same error wherever rows are mapped.
-        let encoder = TextEncoder::new(self.load_tokenizer()?);
-        let tokenizer = encoder.tokenizer();
-        if let Err(why) = encoder.fast_path() {
+        let labels = match cfg.mode {
+            Mode::TokenClassification => Some(self.label_map(ctx)?),
+            Mode::CausalLm => None,
+        };
+        let settings = TokenizeSettings {
+            config: cfg.clone(),
+            tokenizer: self
+                .tokenizer_path
+                .canonicalize()
+                .unwrap_or_else(|_| self.tokenizer_path.clone()),
+            labels: labels.as_ref().map(|map| map.labels().to_vec()),
+        };
+        let settings = serde_json::to_value(&settings).expect("settings serialise");
+        // Prepared here first (the tokenizer, EOS and template), so a missing file or a bad
+        // template fails before any row is mapped; in-process, the mapping reuses it.
+        let prepared = prepared::<TokenizeRows>(&settings.to_string())?;
+        if let Err(why) = prepared.encoder().fast_path() {
             ctx.warn(format!(
                 "{}: every text goes through `tokenizers` ({why})",
                 self.tokenizer_path.display()
             ));
         }
-        if cfg.mode == Mode::CausalLm {
-            self.eos_id(tokenizer)?;
-            PromptTemplate::load(cfg.template, &self.tokenizer_path, tokenizer)
-                .map_err(|m| PipelineError::Usage(format!("[tokenize] template: {m}")))?;
-        }
-        let labels = match cfg.mode {
-            Mode::TokenClassification => Some(self.label_map(ctx)?),
-            Mode::CausalLm => None,
-        };
         // Row by row: an input that only grew extends the previous output with its new rows,
         // provided the label ids stay what they were.
         if labels
@@ -297,15 +285,6 @@ impl Stage for TokenizeStage {
         }
         let total = ctx.input(&self.input)?.manifest.rows;
         ctx.set_work_total(total, WorkUnit::Rows);
-        let settings = TokenizeSettings {
-            config: cfg.clone(),
-            tokenizer: self
-                .tokenizer_path
-                .canonicalize()
-                .unwrap_or_else(|_| self.tokenizer_path.clone()),
-            labels: labels.as_ref().map(|map| map.labels().to_vec()),
-        };
-        let settings = serde_json::to_value(&settings).expect("settings serialise");
         let (mut windows_total, mut tokens, mut done, mut rejected) = (0u64, 0u64, 0u64, 0u64);
         for batch in ctx.map_rows::<TokenizeRows>(&self.input, &settings)? {
             let (batch, mapped) = split_mapped(batch?)?;

@@ -58,6 +58,13 @@ pub struct Prepared {
     template: Option<PromptTemplate>,
 }
 
+impl Prepared {
+    /// The encoder every row of these settings is encoded with.
+    pub fn encoder(&self) -> &TextEncoder {
+        &self.encoder
+    }
+}
+
 /// The `medtune_tokenize` row function.
 pub struct TokenizeRows;
 
