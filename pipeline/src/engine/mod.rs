@@ -15,7 +15,7 @@ pub mod function;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
@@ -84,7 +84,8 @@ impl fmt::Display for Place {
 /// Runs plans over committed datasets, in this process or on a cluster.
 pub struct Engine {
     place: Place,
-    runtime: tokio::runtime::Runtime,
+    /// Started on first use: a run whose stages map no rows starts no threads for it.
+    runtime: OnceLock<tokio::runtime::Runtime>,
     jobs: usize,
 }
 
@@ -123,7 +124,7 @@ impl Engine {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Engine {
             place: Place::InProcess,
-            runtime: runtime()?,
+            runtime: OnceLock::new(),
             jobs: cores.max(2),
         })
     }
@@ -136,7 +137,7 @@ impl Engine {
         cluster::scheduler_address(url)?;
         Ok(Engine {
             place: Place::Cluster(url.to_string()),
-            runtime: runtime()?,
+            runtime: OnceLock::new(),
             jobs: jobs.max(1),
         })
     }
@@ -153,6 +154,13 @@ impl Engine {
                 Err(without_cluster(url))
             }
         }
+    }
+
+    fn runtime(&self) -> Result<&tokio::runtime::Runtime> {
+        if self.runtime.get().is_none() {
+            let _ = self.runtime.set(runtime()?);
+        }
+        Ok(self.runtime.get().expect("runtime set above"))
     }
 
     /// Where it runs plans.
@@ -180,7 +188,8 @@ impl Engine {
         let config = SessionConfig::new()
             .with_batch_size(batch_rows)
             .with_target_partitions(1);
-        let session = self.runtime.block_on(session_at(&self.place, config))?;
+        let runtime = self.runtime()?;
+        let session = runtime.block_on(session_at(&self.place, config))?;
         session.register_udf(function.as_ref().clone());
         let name = dataset.name.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(self.jobs);
@@ -192,7 +201,7 @@ impl Engine {
             Place::InProcess => 0,
             Place::Cluster(_) => CLUSTER_JOB_RETRIES,
         };
-        self.runtime.spawn(async move {
+        runtime.spawn(async move {
             let results = futures::stream::iter(chunks)
                 .map(|chunk| {
                     let table = Arc::new(ChunkTable {
@@ -260,7 +269,7 @@ impl Engine {
         if urls.is_empty() {
             return Ok(Vec::new());
         }
-        self.runtime.block_on(async {
+        self.runtime()?.block_on(async {
             let ctx = session_at(&self.place, SessionConfig::new()).await?;
             let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet");
