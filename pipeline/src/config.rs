@@ -17,8 +17,8 @@ pub struct Settings {
     pub part_max_bytes: u64,
     /// Rows per Parquet row group, at most.
     pub row_group_rows: usize,
-    /// A row group is closed once its buffered (encoded) size reaches this many bytes, so the
-    /// writer's memory does not grow with row width.
+    /// A row group is closed once the rows handed to it (as Arrow bytes) or its encoded pages
+    /// reach this many bytes, so the writer's memory does not grow with row width.
     pub row_group_max_bytes: u64,
     /// Rows per Arrow record batch handed between threads.
     pub batch_rows: usize,

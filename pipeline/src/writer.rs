@@ -27,6 +27,11 @@ use crate::output::OutputDecl;
 /// Batches in flight between a stage and the writer thread of one output.
 const CHANNEL_BATCHES: usize = 2;
 
+/// A column's dictionary is given up for plain pages once it holds this many bytes. Columns of
+/// few distinct values (file names, tasks, instructions) stay far below it; a column of distinct
+/// texts falls back early instead of holding a megabyte-sized dictionary per row group.
+const DICTIONARY_PAGE_BYTES: usize = 256 << 10;
+
 type PartSink = HashingWriter<BufWriter<File>>;
 
 /// The part being written.
@@ -35,6 +40,8 @@ struct OpenPart {
     path: String,
     rows: u64,
     stats: BTreeMap<String, ColumnStats>,
+    /// Arrow bytes handed to the writer since its last row group was closed.
+    unflushed_bytes: usize,
 }
 
 /// Writes one dataset into `<entry>/<name>/part-NNNNN.parquet` files.
@@ -70,6 +77,7 @@ impl DatasetWriter {
             .set_compression(Compression::ZSTD(level))
             .set_max_row_group_row_count(Some(settings.row_group_rows.max(1)))
             .set_max_row_group_bytes(Some(settings.row_group_max_bytes.max(1) as usize))
+            .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
             .build();
         let dir = entry_dir.join(name);
         fs::create_dir_all(&dir).at(&dir)?;
@@ -110,11 +118,15 @@ impl DatasetWriter {
                 .or_insert(s);
         }
         part.rows += batch.num_rows() as u64;
+        part.unflushed_bytes += arrow_bytes(batch);
         let writer = &mut part.writer;
-        // The writer buffers a whole row group (compressed pages and dictionaries) in memory;
-        // close it at the byte bound too, so wide rows cannot grow it past the bound.
-        if writer.in_progress_size() >= self.row_group_max_bytes {
+        // The writer buffers a whole row group in memory, and each compressed page keeps a
+        // buffer sized for its uncompressed bytes; so the bound counts the Arrow bytes handed
+        // over as well as the encoded size, or text that compresses well could hold several
+        // times the bound.
+        if writer.in_progress_size().max(part.unflushed_bytes) >= self.row_group_max_bytes {
             writer.flush()?;
+            part.unflushed_bytes = 0;
         }
         if writer.bytes_written() as u64 + writer.in_progress_size() as u64 >= self.part_max_bytes {
             self.close_part()?;
@@ -200,6 +212,7 @@ impl DatasetWriter {
             path: rel,
             rows: 0,
             stats: BTreeMap::new(),
+            unflushed_bytes: 0,
         });
         Ok(())
     }
@@ -210,6 +223,7 @@ impl DatasetWriter {
             path: rel,
             rows,
             stats,
+            ..
         }) = self.current.take()
         else {
             return Ok(());
@@ -231,6 +245,19 @@ impl DatasetWriter {
         });
         Ok(())
     }
+}
+
+/// The bytes of `batch`'s own rows (a slice counts its part of the buffers, not all of them).
+fn arrow_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|column| {
+            let data = column.to_data();
+            data.get_slice_memory_size()
+                .unwrap_or_else(|_| data.get_array_memory_size())
+        })
+        .sum()
 }
 
 /// What the stage side sends to a writer thread.
