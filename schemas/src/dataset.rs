@@ -20,6 +20,11 @@ pub const CLEANED: &str = "cleaned";
 pub const CLEAN_REJECTS: &str = "clean_rejects";
 /// Rows with their split group and split (`train`, `validation`, `test`).
 pub const SPLIT: &str = "split";
+/// Rows split dropped because they leak into a later split (splits taken from the data, with
+/// `leaks = "drop"`).
+pub const SPLIT_REJECTS: &str = "split_rejects";
+/// Rows sharing a text, near-duplicate cluster or group with a row of an earlier split.
+pub const SPLIT_LEAKS: &str = "split_leaks";
 /// The data profile: one figure per row.
 pub const PROFILE: &str = "profile";
 /// Token sequences (one row per sequence or window).

@@ -80,6 +80,15 @@ pub mod col {
     pub const PROMPT_TOKENS: &str = "prompt_tokens";
     /// Which model variant a figure or prediction belongs to: `base` or `adapter`.
     pub const MODEL: &str = "model";
+    /// What two rows in different splits share: `text`, `near_duplicate_cluster` or `group`
+    /// (split_leaks schema).
+    pub const LEAK: &str = "leak";
+    /// The row of an earlier split a leaking row shares a key with (split_leaks schema).
+    pub const EARLIER_ID: &str = "earlier_id";
+    /// That row's split (split_leaks schema).
+    pub const EARLIER_SPLIT: &str = "earlier_split";
+    /// Whether the leaking row was dropped from its split (split_leaks schema).
+    pub const DROPPED: &str = "dropped";
 }
 
 pub(crate) fn utf8_list() -> DataType {
@@ -150,6 +159,19 @@ pub fn near_duplicates() -> SchemaRef {
         Field::new(col::GROUP_KEY, DataType::Utf8, false),
         Field::new(col::MATCHED_ID, DataType::Utf8, true),
         Field::new(col::SIMILARITY, DataType::Float64, true),
+    ]))
+}
+
+/// Schema of split leaks: one row per (row, kind) where a row shares its text, near-duplicate
+/// cluster or group with a row of an earlier split (splits taken from the data only).
+pub fn split_leaks() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(col::LEAK, DataType::Utf8, false),
+        Field::new(col::ID, DataType::Utf8, false),
+        Field::new(col::SPLIT, DataType::Utf8, false),
+        Field::new(col::EARLIER_ID, DataType::Utf8, false),
+        Field::new(col::EARLIER_SPLIT, DataType::Utf8, false),
+        Field::new(col::DROPPED, DataType::Boolean, false),
     ]))
 }
 

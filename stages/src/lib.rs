@@ -27,7 +27,7 @@ pub mod tokenize;
 pub mod train;
 
 use medtune_pipeline::engine::{udf, ScalarUDF};
-use medtune_pipeline::{OutputDecl, OutputRole, PipelineConfig, Result, Stage};
+use medtune_pipeline::{OutputDecl, OutputRole, PipelineConfig, Result, SourceDecl, Stage};
 use medtune_schemas::dataset::{NEAR_DUPLICATES, SHARDS, TOKENIZED};
 
 /// The stages' row functions: what a stage maps row by row, run wherever the engine runs plans.
@@ -84,7 +84,10 @@ pub static STAGES: [StageKind; 10] = [
             let rows = up.rows(split::NAME)?;
             let clusters = up.written(NEAR_DUPLICATES);
             Ok(Box::new(split::SplitStage::from_config(
-                config, rows, clusters,
+                config,
+                rows,
+                clusters,
+                &up.sources,
             )?))
         },
     },
@@ -133,9 +136,10 @@ pub static STAGES: [StageKind; 10] = [
     },
 ];
 
-/// What the stages built so far declare they write.
+/// What the stages built so far declare they read from files and write.
 struct Upstream<'a> {
     config: &'a PipelineConfig,
+    sources: Vec<SourceDecl>,
     outputs: Vec<OutputDecl>,
 }
 
@@ -212,6 +216,7 @@ fn build_stages(config: &PipelineConfig, with_profile: bool) -> Result<Vec<Box<d
     }
     let mut upstream = Upstream {
         config,
+        sources: Vec::new(),
         outputs: Vec::new(),
     };
     let mut stages: Vec<Box<dyn Stage>> = Vec::new();
@@ -220,6 +225,7 @@ fn build_stages(config: &PipelineConfig, with_profile: bool) -> Result<Vec<Box<d
     for kind in STAGES.iter().filter(wanted) {
         // A stage reading what no stage writes is the Dag's error (`Dag::new`).
         let stage = (kind.build)(config, &upstream)?;
+        upstream.sources.extend(stage.sources());
         upstream.outputs.extend(stage.outputs());
         stages.push(stage);
     }

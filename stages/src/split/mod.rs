@@ -6,35 +6,46 @@
 //! every group lands whole in one split. The stage reads its input twice: once for the keys
 //! (the group table is the only state that grows with the input), once to stream the rows out
 //! with their `split` column.
+//!
+//! With `from = "source_file"` the split is not drawn: each input file's rows go to the split
+//! the config names for it (a benchmark's own splits). Leaks across those splits are then the
+//! benchmark's, not the stage's: they are counted, listed in `split_leaks`, and either kept or
+//! dropped from the later split (reason `leak_<kind>` in `split_rejects`).
 
 mod append;
 pub mod assign;
 pub mod leakage;
+pub mod source_files;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, FixedSizeBinaryBuilder, StringArray, StringBuilder, StructArray,
+    ArrayRef, AsArray, BooleanArray, FixedSizeBinaryBuilder, StringArray, StringBuilder,
+    StructArray,
 };
+use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Fields};
 use arrow::record_batch::RecordBatch;
 use medtune_formats::normalize::{key_hash, Normalization};
+use medtune_formats::text::bounded_raw;
 use medtune_pipeline::reader::CommittedDataset;
 use medtune_pipeline::{
     AppendOptions, InputChange, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result,
-    RowFunction, Stage, StageContext, WorkUnit,
+    RowFunction, SourceDecl, Stage, StageContext, WorkUnit,
 };
 use medtune_schemas::col;
-use medtune_schemas::dataset::SPLIT;
+use medtune_schemas::dataset::{SPLIT, SPLIT_LEAKS, SPLIT_REJECTS};
 use serde::{Deserialize, Serialize};
 
 use self::append::{AppendPlan, NewRows, PlacedRow};
 use self::assign::{assign, Group, SPLIT_NAMES};
-use self::leakage::{find_leaks, RowKeys};
+use self::leakage::{find_leaks, Leak, LeakKind, RowKeys};
+use self::source_files::FileSplits;
 use crate::shared::examples::{check_text_columns, ExampleRows, TEXT_COLUMNS};
 use crate::shared::grouping::UnionFind;
 use crate::shared::mapped::{check_rows, field, parse_settings, split_mapped, struct_of};
+use crate::shared::rejects::{RejectBatch, RejectRow};
 
 /// The stage name: its `[split]` config section and its cache folder.
 pub const NAME: &str = "split";
@@ -63,6 +74,37 @@ impl Default for Fractions {
         }
     }
 }
+
+/// Where each row's split comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitFrom {
+    /// Drawn: groups placed by the fractions, stratified and seeded.
+    #[default]
+    Draw,
+    /// The input file each row was read from, through `[split.source_files]`.
+    SourceFile,
+}
+
+impl SplitFrom {
+    fn is_draw(&self) -> bool {
+        *self == SplitFrom::Draw
+    }
+}
+
+/// What happens to a row that leaks into a later split taken from the data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeakAction {
+    /// Keep it, counted and listed in `split_leaks`: the benchmark is what it is.
+    #[default]
+    Keep,
+    /// Drop it from its (later) split, with a reason in `split_rejects`.
+    Drop,
+}
+
+/// Raw text kept per reject, in bytes.
+const MAX_RAW_BYTES: usize = 4096;
 
 fn default_seed() -> u64 {
     42
@@ -95,6 +137,17 @@ pub struct SplitConfig {
     /// How that text is normalised.
     #[serde(default)]
     pub normalize: Normalization,
+    /// Where each row's split comes from: `draw` (the default) or `source_file`.
+    #[serde(default, skip_serializing_if = "SplitFrom::is_draw")]
+    pub from: SplitFrom,
+    /// With `from = "source_file"`: each input file (its file name, or its path as in
+    /// `[ingest] inputs`) and the split its rows go to.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_files: BTreeMap<String, String>,
+    /// With `from = "source_file"`: keep (the default) or drop the rows that share a text,
+    /// near-duplicate cluster or group with a row of an earlier split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaks: Option<LeakAction>,
 }
 
 /// The split stage.
@@ -102,17 +155,40 @@ pub struct SplitStage {
     config: SplitConfig,
     input: String,
     near_duplicates: Option<String>,
+    /// The split of each input file, with `from = "source_file"`.
+    file_splits: Option<FileSplits>,
 }
 
 impl SplitStage {
     /// Builds the stage from `[split]`, reading `input` and, when given, the near-duplicate
-    /// clusters dataset.
+    /// clusters dataset; `sources` are the pipeline's input files (what `from =
+    /// "source_file"` maps).
     pub fn from_config(
         config: &PipelineConfig,
         input: &str,
         near_duplicates: Option<&str>,
+        sources: &[SourceDecl],
     ) -> Result<Self> {
         let section: SplitConfig = config.section(NAME)?;
+        let file_splits = match section.from {
+            SplitFrom::SourceFile => {
+                Some(FileSplits::resolve(config, &section.source_files, sources)?)
+            }
+            SplitFrom::Draw => {
+                let set = if !section.source_files.is_empty() {
+                    Some("[split.source_files]")
+                } else {
+                    section.leaks.map(|_| "`leaks`")
+                };
+                if let Some(set) = set {
+                    return Err(config.error(format!(
+                        "[split]: {set} is read with from = \"source_file\" only; drawn splits \
+                         keep groups whole, so they never leak"
+                    )));
+                }
+                None
+            }
+        };
         let f = section.fractions;
         let shares = [f.train, f.validation, f.test];
         if shares.iter().any(|s| !(0.0..=1.0).contains(s))
@@ -137,6 +213,7 @@ impl SplitStage {
             config: section,
             input: input.to_string(),
             near_duplicates: near_duplicates.map(str::to_string),
+            file_splits,
         })
     }
 
@@ -231,6 +308,45 @@ impl RowFunction for SplitKeys {
     }
 }
 
+/// Numbers the distinct strata in order of first appearance: (how many, each row's number).
+fn index_strata(strata: &[String]) -> (usize, Vec<usize>) {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let row_stratum = strata
+        .iter()
+        .map(|s| {
+            let next = index.len();
+            *index.entry(s).or_insert(next)
+        })
+        .collect();
+    (index.len(), row_stratum)
+}
+
+/// The split groups of `keys` ([`join_shared_keys`]), each named after its first row and with
+/// its rows per stratum, and each row's group.
+fn group_rows(keys: &[RowKeys], row_stratum: &[usize]) -> (Vec<Group>, Vec<usize>) {
+    let mut components = join_shared_keys(keys);
+    let mut group_of_root: HashMap<u32, usize> = HashMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    let mut row_group = Vec::with_capacity(keys.len());
+    for i in 0..keys.len() as u32 {
+        let root = components.find(i);
+        let g = *group_of_root.entry(root).or_insert_with(|| {
+            groups.push(Group {
+                name: keys[root as usize].id.clone(),
+                strata: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        let k = row_stratum[i as usize];
+        match groups[g].strata.iter_mut().find(|(s, _)| *s == k) {
+            Some((_, n)) => *n += 1,
+            None => groups[g].strata.push((k, 1)),
+        }
+        row_group.push(g);
+    }
+    (groups, row_group)
+}
+
 /// Joins rows sharing a group key, a normalised text or a near-duplicate cluster: each set
 /// of the result is one split group, rooted at its first row.
 fn join_shared_keys(keys: &[RowKeys]) -> UnionFind {
@@ -248,7 +364,7 @@ impl Stage for SplitStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn inputs(&self) -> Vec<String> {
@@ -258,11 +374,19 @@ impl Stage for SplitStage {
     }
 
     fn outputs(&self) -> Vec<OutputDecl> {
-        vec![OutputDecl::new(
-            SPLIT,
-            medtune_schemas::split_examples(),
-            OutputRole::Kept,
-        )]
+        vec![
+            OutputDecl::new(SPLIT, medtune_schemas::split_examples(), OutputRole::Kept),
+            OutputDecl::new(
+                SPLIT_REJECTS,
+                medtune_schemas::rejects(),
+                OutputRole::Rejects,
+            ),
+            OutputDecl::new(
+                SPLIT_LEAKS,
+                medtune_schemas::split_leaks(),
+                OutputRole::Side,
+            ),
+        ]
     }
 
     fn config(&self) -> serde_json::Value {
@@ -271,6 +395,9 @@ impl Stage for SplitStage {
 
     fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
         let clusters = self.clusters(ctx)?;
+        if let Some(files) = &self.file_splits {
+            return self.run_from_files(ctx, &clusters, files);
+        }
         match self.append_plan(ctx, &clusters)? {
             Some(plan) => self.run_append(ctx, plan),
             None => self.run_full(ctx, &clusters),
@@ -280,15 +407,17 @@ impl Stage for SplitStage {
 
 impl SplitStage {
     /// The keys and strata of every row `dataset` holds, mapped by [`SplitKeys`], with
-    /// `clusters` filled in.
+    /// `clusters` filled in; with `files`, also each row's split by its source file.
     fn read_keys(
         &self,
         dataset: &CommittedDataset,
         clusters: &HashMap<String, String>,
+        files: Option<&FileSplits>,
         ctx: &StageContext<'_>,
-    ) -> Result<NewRows> {
+    ) -> Result<(NewRows, Vec<u8>)> {
         let mut keys = Vec::new();
         let mut strata = Vec::new();
+        let mut file_split = Vec::new();
         let settings = serde_json::to_value(&self.config).expect("config serialises");
         for batch in ctx.map_rows_of::<SplitKeys>(dataset, &settings)? {
             let (batch, mapped) = split_mapped(batch?)?;
@@ -299,6 +428,9 @@ impl SplitStage {
             for row in 0..rows.len() {
                 let id = rows.id.value(row).to_string();
                 strata.push(row_strata.value(row).to_string());
+                if let Some(files) = files {
+                    file_split.push(files.split_of(rows.source_file.value(row))?);
+                }
                 let text_hash =
                     u128::from_le_bytes(hashes.value(row).try_into().map_err(|_| {
                         PipelineError::Internal("a split text hash is not 16 bytes".into())
@@ -312,7 +444,7 @@ impl SplitStage {
             }
             ctx.report_progress(keys.len() as u64);
         }
-        Ok(NewRows { keys, strata })
+        Ok((NewRows { keys, strata }, file_split))
     }
 
     fn fractions(&self) -> [f64; 3] {
@@ -339,7 +471,7 @@ impl SplitStage {
             return Ok(None);
         };
         ctx.set_work_total(2 * delta.manifest.rows, WorkUnit::Rows);
-        let new = self.read_keys(&delta, clusters, ctx)?;
+        let (new, _) = self.read_keys(&delta, clusters, None, ctx)?;
         match append::plan(old, new, clusters, self.fractions(), self.config.seed) {
             Ok(plan) => Ok(Some(plan)),
             Err(why) => {
@@ -366,7 +498,13 @@ impl SplitStage {
         let new_rows = &plan.rows[plan.old_rows..];
         let row_split: Vec<u8> = new_rows.iter().map(|r| r.split).collect();
         let group_names: Vec<&str> = new_rows.iter().map(|r| r.group_name.as_str()).collect();
-        self.write_rows(ctx, &row_split, &group_names, new_rows.len() as u64)?;
+        self.write_rows(
+            ctx,
+            &row_split,
+            &group_names,
+            &HashMap::new(),
+            new_rows.len() as u64,
+        )?;
         self.count_rows(
             ctx,
             plan.groups,
@@ -386,42 +524,10 @@ impl SplitStage {
         ctx.set_work_total(2 * total, WorkUnit::Rows);
         // Pass 1: the keys of every row.
         let input = ctx.input(&self.input)?.clone();
-        let NewRows { keys, strata } = self.read_keys(&input, clusters, ctx)?;
-        let mut stratum_index: HashMap<&str, usize> = HashMap::new();
-        let row_stratum: Vec<usize> = strata
-            .iter()
-            .map(|s| {
-                let next = stratum_index.len();
-                *stratum_index.entry(s).or_insert(next)
-            })
-            .collect();
-
-        let mut components = join_shared_keys(&keys);
-        let mut group_of_root: HashMap<u32, usize> = HashMap::new();
-        let mut groups: Vec<Group> = Vec::new();
-        let mut row_group = Vec::with_capacity(keys.len());
-        for i in 0..keys.len() as u32 {
-            let root = components.find(i);
-            let g = *group_of_root.entry(root).or_insert_with(|| {
-                groups.push(Group {
-                    name: keys[root as usize].id.clone(),
-                    strata: Vec::new(),
-                });
-                groups.len() - 1
-            });
-            let k = row_stratum[i as usize];
-            match groups[g].strata.iter_mut().find(|(s, _)| *s == k) {
-                Some((_, n)) => *n += 1,
-                None => groups[g].strata.push((k, 1)),
-            }
-            row_group.push(g);
-        }
-        let group_split = assign(
-            &groups,
-            stratum_index.len(),
-            self.fractions(),
-            self.config.seed,
-        );
+        let (NewRows { keys, strata }, _) = self.read_keys(&input, clusters, None, ctx)?;
+        let (strata_count, row_stratum) = index_strata(&strata);
+        let (groups, row_group) = group_rows(&keys, &row_stratum);
+        let group_split = assign(&groups, strata_count, self.fractions(), self.config.seed);
         let row_split: Vec<u8> = row_group.iter().map(|&g| group_split[g]).collect();
         let group_names: Vec<String> = groups.into_iter().map(|g| g.name).collect();
 
@@ -441,10 +547,9 @@ impl SplitStage {
         self.count_rows(
             ctx,
             group_names.len() as u64,
-            stratum_index.len() as u64,
+            strata_count as u64,
             row_split.iter().copied(),
         );
-        drop(stratum_index);
         let placed: Vec<PlacedRow> = keys
             .into_iter()
             .zip(strata)
@@ -462,7 +567,141 @@ impl SplitStage {
         // Pass 2: stream the rows out with their split.
         let row_group_names: Vec<&str> =
             row_group.iter().map(|&g| group_names[g].as_str()).collect();
-        self.write_rows(ctx, &row_split, &row_group_names, total)
+        self.write_rows(ctx, &row_split, &row_group_names, &HashMap::new(), total)
+    }
+
+    /// Splits every row by the file it was read from; reports the leaks across those splits
+    /// and, with `leaks = "drop"`, drops each leaking row from its later split.
+    fn run_from_files(
+        &self,
+        ctx: &mut StageContext<'_>,
+        clusters: &HashMap<String, String>,
+        files: &FileSplits,
+    ) -> Result<()> {
+        let total = ctx.input(&self.input)?.manifest.rows;
+        ctx.set_work_total(2 * total, WorkUnit::Rows);
+        // Pass 1: the keys and file split of every row.
+        let input = ctx.input(&self.input)?.clone();
+        let (NewRows { keys, strata }, row_split) =
+            self.read_keys(&input, clusters, Some(files), ctx)?;
+        let (_, row_stratum) = index_strata(&strata);
+        drop(strata);
+        let (groups, row_group) = group_rows(&keys, &row_stratum);
+        let group_names: Vec<String> = groups.into_iter().map(|g| g.name).collect();
+
+        let leaks = find_leaks(&keys, &row_split);
+        let action = self.config.leaks.unwrap_or_default();
+        // Each dropped row with the first of its leaks (text, then cluster, then group).
+        let mut dropped: HashMap<usize, &Leak> = HashMap::new();
+        if action == LeakAction::Drop {
+            for leak in &leaks {
+                dropped.entry(leak.later_row).or_insert(leak);
+            }
+            let kept: Vec<usize> = (0..keys.len())
+                .filter(|i| !dropped.contains_key(i))
+                .collect();
+            let kept_keys: Vec<&RowKeys> = kept.iter().map(|&i| &keys[i]).collect();
+            let kept_split: Vec<u8> = kept.iter().map(|&i| row_split[i]).collect();
+            if let Some(leak) = find_leaks(&kept_keys, &kept_split).first() {
+                return Err(PipelineError::Internal(format!(
+                    "a leak is left after the later rows were dropped: {leak}"
+                )));
+            }
+        }
+        for kind in LeakKind::ALL {
+            let n = leaks.iter().filter(|l| l.kind == kind).count();
+            ctx.set_count(&format!("leaks_{}", kind.name()), n as u64);
+        }
+        self.write_leaks(ctx, &leaks, action)?;
+        let kept = |i: &usize| !dropped.contains_key(i);
+        let kept_groups: HashSet<usize> =
+            (0..keys.len()).filter(kept).map(|i| row_group[i]).collect();
+        let kept_strata: HashSet<usize> = (0..keys.len())
+            .filter(kept)
+            .map(|i| row_stratum[i])
+            .collect();
+        self.count_rows(
+            ctx,
+            kept_groups.len() as u64,
+            kept_strata.len() as u64,
+            (0..keys.len()).filter(kept).map(|i| row_split[i]),
+        );
+        drop(keys);
+
+        // Pass 2: stream the rows out with their split, the dropped ones to the rejects.
+        let row_group_names: Vec<&str> =
+            row_group.iter().map(|&g| group_names[g].as_str()).collect();
+        self.write_rows(ctx, &row_split, &row_group_names, &dropped, total)
+    }
+
+    /// Writes every leak to `split_leaks`.
+    fn write_leaks(
+        &self,
+        ctx: &mut StageContext<'_>,
+        leaks: &[Leak],
+        action: LeakAction,
+    ) -> Result<()> {
+        for chunk in leaks.chunks(ctx.batch_rows().max(1)) {
+            let strings = |f: &dyn Fn(&Leak) -> &str| -> ArrayRef {
+                Arc::new(chunk.iter().map(|l| Some(f(l))).collect::<StringArray>())
+            };
+            let dropped: BooleanArray = chunk
+                .iter()
+                .map(|_| Some(action == LeakAction::Drop))
+                .collect();
+            let batch = RecordBatch::try_new(
+                medtune_schemas::split_leaks(),
+                vec![
+                    strings(&|l| l.kind.name()),
+                    strings(&|l| &l.later.0),
+                    strings(&|l| l.later.1),
+                    strings(&|l| &l.earlier.0),
+                    strings(&|l| l.earlier.1),
+                    Arc::new(dropped),
+                ],
+            )?;
+            ctx.write(SPLIT_LEAKS, batch)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the rows of `batch` (whose first row is row `first` of the input) that `dropped`
+    /// holds to the rejects, each with the leak it was dropped for.
+    fn reject_leaks(
+        &self,
+        ctx: &mut StageContext<'_>,
+        batch: &RecordBatch,
+        first: usize,
+        dropped: &HashMap<usize, &Leak>,
+    ) -> Result<()> {
+        let rows = ExampleRows::new(batch)?;
+        let mut rejects = RejectBatch::default();
+        for row in 0..rows.len() {
+            let Some(leak) = dropped.get(&(first + row)) else {
+                continue;
+            };
+            let reason = format!("leak_{}", leak.kind.name());
+            let detail = format!(
+                "shares its {} with {} of the earlier {} split",
+                leak.kind.name().replace('_', " "),
+                leak.earlier.0,
+                leak.earlier.1
+            );
+            let text =
+                rows.normalized_text(&self.config.text_columns, row, &self.config.normalize)?;
+            rejects.push(RejectRow {
+                stage: NAME,
+                source_file: rows.source_file.value(row),
+                line: rows.line.value(row),
+                id: rows.id.value(row),
+                reason: &reason,
+                detail: &detail,
+                raw: &bounded_raw(text.as_bytes(), MAX_RAW_BYTES),
+                duplicate_of: Some(&leak.earlier.0),
+            });
+            ctx.count_dropped(&reason, 1);
+        }
+        ctx.write(SPLIT_REJECTS, rejects.finish()?)
     }
 
     /// Records the group, stratum and per-split row counts.
@@ -484,13 +723,14 @@ impl SplitStage {
         }
     }
 
-    /// Streams the input rows out with their group and split (`offset`: the progress already
-    /// reported by the first pass).
+    /// Streams the input rows out with their group and split, and the rows in `dropped` to the
+    /// rejects (`offset`: the progress already reported by the first pass).
     fn write_rows(
         &self,
         ctx: &mut StageContext<'_>,
         row_split: &[u8],
         row_group: &[&str],
+        dropped: &HashMap<usize, &Leak>,
         offset: u64,
     ) -> Result<()> {
         let mut done = 0usize;
@@ -512,10 +752,19 @@ impl SplitStage {
             columns.push(Arc::new(group));
             columns.push(Arc::new(split));
             ctx.count_in(n as u64);
-            ctx.write(
-                SPLIT,
-                RecordBatch::try_new(medtune_schemas::split_examples(), columns)?,
-            )?;
+            let rows = RecordBatch::try_new(medtune_schemas::split_examples(), columns)?;
+            let keep: Vec<bool> = (done..done + n)
+                .map(|i| !dropped.contains_key(&i))
+                .collect();
+            if keep.iter().all(|&k| k) {
+                ctx.write(SPLIT, rows)?;
+            } else {
+                self.reject_leaks(ctx, &batch, done, dropped)?;
+                ctx.write(
+                    SPLIT,
+                    filter_record_batch(&rows, &BooleanArray::from(keep))?,
+                )?;
+            }
             done += n;
             ctx.report_progress(offset + done as u64);
         }
