@@ -1,5 +1,6 @@
-//! The dedup stage: drops rows whose normalised key text repeats an earlier row's, and finds
-//! near-duplicate clusters with MinHash + LSH, which split keeps together (or dedup drops).
+//! The dedup stage: drops rows whose normalised key text repeats an earlier row's (or, with
+//! `action = "keep"`, counts them), and finds near-duplicate clusters with MinHash + LSH, which
+//! split keeps together (or dedup drops).
 //!
 //! Rows are visited in input order, so the first occurrence is the one kept. Memory holds one
 //! 128-bit hash and one id per distinct row, plus (with near-duplicate detection) one 32-bit
@@ -33,6 +34,24 @@ use crate::shared::rejects::{filter_outputs, write_filtered, RejectBatch, Reject
 
 /// The stage name: its `[dedup]` config section and its cache folder.
 pub const NAME: &str = "dedup";
+
+/// What happens to a row whose normalised key text repeats an earlier row's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicateAction {
+    /// Drop it (reason `duplicate`): the first occurrence by row order wins.
+    #[default]
+    Drop,
+    /// Keep it, counted (`duplicates_kept`): a benchmark's own rows stay as they are; split
+    /// still keeps rows of one text together, or reports them when the splits are the data's.
+    Keep,
+}
+
+impl DuplicateAction {
+    fn is_drop(&self) -> bool {
+        *self == DuplicateAction::Drop
+    }
+}
 
 /// What happens to a row that is a near-duplicate of an earlier kept row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +115,9 @@ pub struct DedupConfig {
     /// How that text is normalised.
     #[serde(default)]
     pub normalize: Normalization,
+    /// Drop (the default) or keep exact duplicates.
+    #[serde(default, skip_serializing_if = "DuplicateAction::is_drop")]
+    pub action: DuplicateAction,
     /// Near-duplicate detection.
     #[serde(default)]
     pub near: NearDuplicateConfig,
@@ -303,11 +325,17 @@ impl Stage for DedupStage {
                     ctx.count("empty_key_rows", 1);
                     None
                 } else if let Some(first) = first_seen.get(hash) {
-                    Some(reject(
-                        "duplicate",
-                        format!("same normalised {key_name} as {first}"),
-                        first,
-                    )?)
+                    if cfg.action == DuplicateAction::Keep {
+                        // Its first occurrence stands for it in the near-duplicate index.
+                        ctx.count("duplicates_kept", 1);
+                        None
+                    } else {
+                        Some(reject(
+                            "duplicate",
+                            format!("same normalised {key_name} as {first}"),
+                            first,
+                        )?)
+                    }
                 } else {
                     first_seen.insert(hash, id);
                     match (near.as_mut(), signature) {
