@@ -1,6 +1,7 @@
 //! The `[ingest]` section: the input format and files, and the bounds on records.
 
 use medtune_formats::bio::BioConfig;
+use medtune_formats::conll::DocumentBoundary;
 use serde::{Deserialize, Serialize};
 
 /// Input formats the ingest stage reads.
@@ -59,4 +60,8 @@ pub struct IngestConfig {
     /// Longest CoNLL sentence accepted, in words.
     #[serde(default = "default_max_sentence_words")]
     pub max_sentence_words: usize,
+    /// What marks a document in CoNLL files: `docstart` (the default), `blank_lines` or
+    /// `comment`. A document's sentences share a group key, so split keeps them together.
+    #[serde(default, skip_serializing_if = "DocumentBoundary::is_docstart")]
+    pub documents: DocumentBoundary,
 }

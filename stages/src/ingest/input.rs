@@ -85,10 +85,26 @@ fn sniff(format: InputFormat, head: &[u8]) -> std::result::Result<(), String> {
     let line = 1 + body[..first].iter().filter(|&&b| b == b'\n').count();
     match format {
         InputFormat::Conll => {
-            let rest = &body[first..];
-            let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
-            let first_line = &rest[..end];
-            if first_line.starts_with(b"-DOCSTART-") || memchr::memchr(b'\t', first_line).is_some()
+            // Comment lines (`# doc_id = ...`: `#` first, no tab) may come before the first
+            // token; whether they are allowed is the reader's to say, line by line.
+            let mut line = line;
+            let mut rest = &body[first..];
+            let first_line = loop {
+                let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+                let candidate = &rest[..end];
+                let comment =
+                    candidate.first() == Some(&b'#') && memchr::memchr(b'\t', candidate).is_none();
+                let blank = candidate.iter().all(u8::is_ascii_whitespace);
+                if !(comment || blank) || end == rest.len() {
+                    break candidate;
+                }
+                rest = &rest[end + 1..];
+                line += 1;
+            };
+            let comment_only = first_line.first() == Some(&b'#');
+            if first_line.starts_with(b"-DOCSTART-")
+                || memchr::memchr(b'\t', first_line).is_some()
+                || comment_only
             {
                 Ok(())
             } else {

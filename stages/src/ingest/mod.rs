@@ -8,7 +8,7 @@ mod append;
 mod config;
 mod input;
 
-use medtune_formats::conll::ConllSentences;
+use medtune_formats::conll::{ConllSentences, DocumentBoundary};
 use medtune_formats::framing::JsonRecords;
 use medtune_formats::json_records::{self, Origin};
 use medtune_formats::record::{ReadItem, Reject, RejectReason};
@@ -34,6 +34,22 @@ pub use medtune_formats::json_records::{chemprot_body, chemprot_task};
 /// A batch is sent on once it holds this much text, even before `batch_rows` rows, so memory
 /// stays bounded however long the records are.
 const BATCH_TEXT_BYTES: usize = 4 << 20;
+
+/// The warning for a CoNLL file in which `rule` found no document boundary.
+fn unmarked_documents(file: &str, rule: DocumentBoundary) -> String {
+    let so = match rule {
+        DocumentBoundary::BlankLines => "the whole file is one document, one split group",
+        DocumentBoundary::Docstart | DocumentBoundary::Comment => {
+            "each sentence is its own document, and sentences of one document can land in \
+             different splits"
+        }
+    };
+    format!(
+        "{file}: no document boundaries ({}), so {so}; if the corpus marks its documents \
+         another way, set [ingest] documents = \"docstart\", \"blank_lines\" or \"comment\"",
+        rule.marker()
+    )
+}
 
 /// Per-file state of the ingest loop.
 struct FileRun<'a> {
@@ -76,6 +92,12 @@ impl IngestStage {
             section.max_sentence_words,
             1..=usize::MAX,
         )?;
+        if !section.documents.is_docstart() && section.format != InputFormat::Conll {
+            return Err(config.error(format!(
+                "[ingest]: `documents` marks documents in CoNLL files; format `{}` has none",
+                section.format.kind()
+            )));
+        }
         let mut names = std::collections::BTreeSet::new();
         let sources: Vec<SourceDecl> = section
             .inputs
@@ -245,10 +267,14 @@ impl Stage for IngestStage {
             let mut array = false;
             match cfg.format {
                 InputFormat::Conll => {
-                    let mut iter = ConllSentences::new(input, &name, bio, cfg.max_sentence_words);
+                    let mut iter = ConllSentences::new(input, &name, bio, cfg.max_sentence_words)
+                        .with_documents(cfg.documents);
                     while let Some(item) = iter.next() {
                         let item = item.map_err(|e| unreadable(&source.path, e))?;
                         self.take(ctx, &mut run, item, read(iter.get_ref()))?;
+                    }
+                    if iter.boundaries() == 0 && run.kept + run.rejected > 0 {
+                        ctx.warn(unmarked_documents(&source.written, cfg.documents));
                     }
                 }
                 format => {
