@@ -6,21 +6,24 @@
 #
 # usage: bench/qlora_bc5cdr.sh
 #   MAX_STEPS=N   stop training after N optimiser steps (a quick check; the cosine schedule is
-#                 then over N steps); the full run is 594 steps, ~19 min on 2 cores
+#                 then over N steps); the full run is 249 steps, ~11 min on 2 cores
 #   BENCH_WORK    work folder (default /tmp/medtune-qlora-bench; its workdir/ is recreated)
+#   CONFIG        the config to run (default configs/bc5cdr-qlora.toml, the official test set;
+#                 configs/bc5cdr-qlora-pooled.toml re-splits the pooled files)
+#   FEATURES      cargo features of the build (e.g. `cluster`, to reuse the test command's build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
 scripts/fetch-model.sh >/dev/null
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/medtune-target}" # the .ci/run build cache
-cargo build --release --quiet
+cargo build --release --quiet ${FEATURES:+--features "$FEATURES"}
 bin="$CARGO_TARGET_DIR/release/medtune"
 work="${BENCH_WORK:-/tmp/medtune-qlora-bench}"
 wd="$work/workdir"
 mkdir -p "$work"
 rm -rf "$wd"
 
-config="$root/configs/bc5cdr-qlora.toml"
+config="$root/${CONFIG:-configs/bc5cdr-qlora.toml}"
 if [ -n "${MAX_STEPS:-}" ]; then
   case "$MAX_STEPS" in '' | *[!0-9]* | 0)
     echo "MAX_STEPS must be a positive integer, not '$MAX_STEPS'" >&2

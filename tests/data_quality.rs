@@ -338,7 +338,7 @@ fn chatdoctor_chain_drops_the_six_repeated_questions() {
 #[test]
 fn bc5cdr_chain_splits_sentences_stratified_by_entity_types() {
     let work = tempfile::tempdir().unwrap();
-    let run = run_config(work.path(), "configs/bc5cdr.toml", &[]);
+    let run = run_config(work.path(), "configs/bc5cdr-pooled.toml", &[]);
     assert!(run.stdout.contains("split: "), "{}", run.stdout);
     // Strata are the entity types a sentence holds; each is split 80/10/10.
     let out = medtune(
