@@ -13,7 +13,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use arrow::util::display::{ArrayFormatter, FormatOptions};
 use common::{big_alpaca, bundled_config, medtune, query_csv};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// A process killed when dropped, so a failing test leaves none behind.
 struct Process(Child);
@@ -112,6 +114,40 @@ fn content_hashes(workdir: &Path) -> BTreeMap<String, String> {
     hashes
 }
 
+/// The rows of dedup's first-occurrence table (which the engine writes: on a cluster, an
+/// executor), each as text, sorted: the files' layout may differ, their rows may not.
+fn dedup_first_occurrences(workdir: &Path) -> Vec<String> {
+    let catalog: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(workdir.join("catalog.json")).unwrap()).unwrap();
+    let key = catalog["datasets"]["deduped"]["key"].as_str().unwrap();
+    let folder = workdir.join(format!(
+        "cache/dedup/{key}/artifacts/dedup_state/keys-00000"
+    ));
+    let mut rows = Vec::new();
+    for file in std::fs::read_dir(&folder).unwrap() {
+        let file = std::fs::File::open(file.unwrap().path()).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let options = FormatOptions::default().with_null("null");
+            let columns: Vec<_> = batch
+                .columns()
+                .iter()
+                .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+                .collect();
+            for row in 0..batch.num_rows() {
+                let cells: Vec<String> = columns.iter().map(|c| c.value(row).to_string()).collect();
+                rows.push(cells.join(","));
+            }
+        }
+    }
+    rows.sort();
+    rows
+}
+
 fn write(dir: &Path, name: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, bundled_config(name)).unwrap();
@@ -140,6 +176,9 @@ fn bundled_configs_on_a_cluster_equal_local_runs_and_survive_a_lost_executor() {
         let (local_hashes, cluster_hashes) = (content_hashes(&local), content_hashes(&remote));
         assert!(local_hashes.contains_key("tokenized") && local_hashes.contains_key("cleaned"));
         assert_eq!(local_hashes, cluster_hashes, "{name}: {}", run.stdout);
+        let firsts = dedup_first_occurrences(&local);
+        assert!(firsts.len() > 1_000, "{name}: {} keys", firsts.len());
+        assert_eq!(firsts, dedup_first_occurrences(&remote), "{name}");
         // A query on the cluster gives the local rows.
         let sql = "SELECT split, task, count(*) AS n, sum(length) AS tokens FROM tokenized \
                    GROUP BY split, task ORDER BY split, task";

@@ -37,3 +37,18 @@ pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
+
+/// [`link_or_copy`] for a folder: `to` is created and every file under `from` linked into it
+/// at the same relative path.
+pub fn link_or_copy_tree(from: &Path, to: &Path) -> Result<()> {
+    if from.is_file() {
+        return link_or_copy(from, to);
+    }
+    fs::create_dir_all(to).at(to)?;
+    for item in fs::read_dir(from).at(from)? {
+        let path = item.at(from)?.path();
+        let name = path.file_name().expect("a folder's entries have names");
+        link_or_copy_tree(&path, &to.join(name))?;
+    }
+    Ok(())
+}

@@ -26,7 +26,7 @@ pub mod writer;
 
 pub use config::{PipelineConfig, Settings};
 pub use dag::Dag;
-pub use engine::{Engine, MappedRows, Place, RowFunction};
+pub use engine::{Engine, FirstOccurrences, MappedRows, Place, RowFunction};
 pub use error::{ErrorClass, PipelineError, Result};
 pub use manifest::{ColumnStats, EngineTime, Manifest, PartFile};
 pub use output::{OutputDecl, OutputRole};

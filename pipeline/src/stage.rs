@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 
-use crate::engine::{Engine, EngineClock, MappedRows, Place, RowFunction};
+use crate::engine::{Engine, EngineClock, FirstOccurrences, MappedRows, Place, RowFunction};
 use crate::error::{PipelineError, Result};
 use crate::manifest::{EngineTime, Manifest};
 use crate::output::OutputDecl;
@@ -314,6 +314,25 @@ impl<'a> StageContext<'a> {
     /// (see [`Engine::query_dataset`]).
     pub fn query_input(&self, name: &str, sql: &str) -> Result<Vec<RecordBatch>> {
         self.engine.query_dataset(self.input(name)?, sql)
+    }
+
+    /// Runs `sql` over Parquet tables (a name and its files or folders each) where the run
+    /// maps rows (see [`Engine::query_tables`]).
+    pub fn query_tables(
+        &self,
+        tables: &[(&str, Vec<PathBuf>)],
+        sql: &str,
+    ) -> Result<Vec<RecordBatch>> {
+        self.engine.query_tables(tables, sql)
+    }
+
+    /// Writes a first-occurrence table where the run maps rows: the engine aggregates and
+    /// writes it (see [`Engine::write_first_occurrences`]).
+    pub fn write_first_occurrences<F: RowFunction>(
+        &self,
+        job: &FirstOccurrences<'_>,
+    ) -> Result<()> {
+        self.engine.write_first_occurrences::<F>(job, &self.clock)
     }
 
     /// Where the run maps rows.

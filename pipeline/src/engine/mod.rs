@@ -11,9 +11,11 @@
 pub mod chunk;
 #[cfg(feature = "cluster")]
 pub mod cluster;
+pub mod first;
 pub mod function;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -33,6 +35,7 @@ use crate::manifest::EngineTime;
 use crate::reader::CommittedDataset;
 
 pub use chunk::{chunks, Chunk, ChunkTable, Chunked};
+pub use first::FirstOccurrences;
 pub use function::{prepared, udf, RowFunction};
 
 /// Running totals of the engine's work for one stage run, kept as it maps rows.
@@ -259,28 +262,31 @@ impl Engine {
     /// engine runs plans: a global question about a dataset (the distinct values of a column,
     /// say) answered as a DataFusion query, distributed on a cluster. Returns every batch.
     pub fn query_dataset(&self, dataset: &CommittedDataset, sql: &str) -> Result<Vec<RecordBatch>> {
-        let failed = query_error("querying a dataset");
-        let mut urls = Vec::new();
-        for path in dataset.part_paths() {
-            let path = path.canonicalize().at(&path)?;
-            let url = ListingTableUrl::parse(path.to_string_lossy()).map_err(&failed)?;
-            urls.push(url);
-        }
-        if urls.is_empty() {
+        let parts: Vec<PathBuf> = dataset.part_paths().collect();
+        if parts.is_empty() {
             return Ok(Vec::new());
         }
+        self.query_tables(&[(INPUT_TABLE, parts)], sql)
+    }
+
+    /// Runs `sql` over Parquet tables, each a name and its files or folders, where the engine
+    /// runs plans. A table with no path is left out. Returns every batch.
+    pub fn query_tables(
+        &self,
+        tables: &[(&str, Vec<PathBuf>)],
+        sql: &str,
+    ) -> Result<Vec<RecordBatch>> {
+        let failed = query_error("querying a dataset");
         self.runtime()?.block_on(async {
             let ctx = session_at(&self.place, SessionConfig::new()).await?;
-            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                .with_file_extension(".parquet");
-            let config = ListingTableConfig::new_with_multi_paths(urls)
-                .with_listing_options(options)
-                .infer_schema(&ctx.state())
-                .await
-                .map_err(&failed)?;
-            let table = ListingTable::try_new(config).map_err(&failed)?;
-            ctx.register_table(INPUT_TABLE, Arc::new(table))
-                .map_err(&failed)?;
+            for (name, paths) in tables {
+                if paths.is_empty() {
+                    continue;
+                }
+                let table = listing_table(&ctx, paths.clone()).await?;
+                ctx.register_table(*name, Arc::new(table))
+                    .map_err(&failed)?;
+            }
             ctx.sql(sql)
                 .await
                 .map_err(&failed)?
@@ -289,6 +295,74 @@ impl Engine {
                 .map_err(&failed)
         })
     }
+
+    /// Writes the first-occurrence table `job` describes (see [`first`]), keyed by a field of
+    /// `F`'s struct: an aggregation over every row, run where the engine runs plans, whose
+    /// Parquet files the engine writes into the job's folder. Writes nothing for a dataset
+    /// without rows. On a cluster, a job that fails with an engine error is run again.
+    pub fn write_first_occurrences<F: RowFunction>(
+        &self,
+        job: &FirstOccurrences<'_>,
+        clock: &EngineClock,
+    ) -> Result<()> {
+        let Chunked { schema, chunks } = chunks(job.dataset)?;
+        let Some(schema) = schema.filter(|_| !chunks.is_empty()) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let function = udf::<F>();
+        let retries = match self.place {
+            Place::InProcess => 0,
+            Place::Cluster(_) => CLUSTER_JOB_RETRIES,
+        };
+        let result = self.runtime()?.block_on(async {
+            let mut attempt = 0;
+            loop {
+                let once = async {
+                    let session = session_at(&self.place, first::session_config()).await?;
+                    session.register_udf(function.clone());
+                    let plan = job
+                        .plan(&session, &function, chunks.clone(), schema.clone())
+                        .await?;
+                    job.write(plan).await
+                };
+                match once.await {
+                    Err(PipelineError::Engine(_)) if attempt < retries => {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_secs(2 << attempt)).await;
+                    }
+                    other => return other,
+                }
+            }
+        });
+        clock.jobs.fetch_add(1, Ordering::Relaxed);
+        EngineClock::add(&clock.job_nanos, started);
+        EngineClock::add(&clock.waited_nanos, started);
+        result
+    }
+}
+
+/// A Parquet table over `paths` (files, or folders of files) for `ctx`, its schema read from
+/// the files.
+async fn listing_table(ctx: &SessionContext, paths: Vec<PathBuf>) -> Result<ListingTable> {
+    let failed = query_error("reading a table");
+    let mut urls = Vec::new();
+    for path in paths {
+        let path = path.canonicalize().at(&path)?;
+        let mut text = path.to_string_lossy().into_owned();
+        if path.is_dir() {
+            text.push('/');
+        }
+        urls.push(ListingTableUrl::parse(text).map_err(&failed)?);
+    }
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .infer_schema(&ctx.state())
+        .await
+        .map_err(&failed)?;
+    ListingTable::try_new(config).map_err(&failed)
 }
 
 /// The table name [`Engine::query_dataset`] gives the dataset it queries.

@@ -1,23 +1,22 @@
-//! Dedup's state between runs: the normalised-text hashes seen (with the id of the row that
-//! first had each) and the near-duplicate index (every indexed row's MinHash signature, group
-//! key, best earlier match and the earlier entries it was joined with). A run over appended
-//! rows loads it and checks only the new rows against it, so earlier decisions stand and the
-//! first occurrence still wins.
+//! Dedup's state between runs: the first-occurrence tables of normalised-text hashes (each
+//! key with the id of the row that had it first; written by the engine, see
+//! [`medtune_pipeline::engine::first`]) and the near-duplicate index (every indexed row's
+//! MinHash signature, group key, best earlier match and the earlier entries it was joined
+//! with). A run over appended rows checks the new rows against the earlier tables and loads
+//! the index, so earlier decisions stand and the first occurrence still wins.
 //!
-//! The state is append-only: each run adds one chunk (`seen-N.parquet`, `near-N.parquet`,
+//! The state is append-only: each run adds one chunk (the folder `keys-N/`, `near-N.parquet`,
 //! `near-N.sig` with the raw little-endian signatures) to the chunks of the output it extends,
 //! which are hard-linked, not rewritten.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, Float64Array, ListArray, ListBuilder, StringArray, UInt32Array, UInt32Builder,
-    UInt64Array,
 };
 use arrow::record_batch::RecordBatch;
-use medtune_pipeline::fsutil::link_or_copy;
+use medtune_pipeline::fsutil::link_or_copy_tree;
 use medtune_pipeline::{PipelineError, Result};
 
 use super::{NearDuplicateConfig, NearState};
@@ -28,34 +27,14 @@ use crate::shared::grouping::UnionFind;
 /// Folder of the state inside the stage's artifacts.
 const DIR: &str = "dedup_state";
 
-/// Hashes of the normalised texts seen so far, each with the id of its first row.
-#[derive(Default)]
-pub(crate) struct Seen {
-    first: HashMap<u128, String>,
-    /// Hashes added since the state was loaded, in order.
-    added: Vec<u128>,
-}
-
-impl Seen {
-    /// The id of the first row with this hash.
-    pub(crate) fn get(&self, hash: u128) -> Option<&String> {
-        self.first.get(&hash)
-    }
-
-    /// Records the first row with this hash.
-    pub(crate) fn insert(&mut self, hash: u128, id: &str) {
-        self.first.insert(hash, id.to_string());
-        self.added.push(hash);
-    }
-}
+/// What starts the name of a first-occurrence table's folder.
+const KEYS: &str = "keys-";
 
 /// What dedup carries from one run to the next.
 pub(crate) struct DedupState {
-    /// Normalised-text hashes seen.
-    pub seen: Seen,
     /// The near-duplicate index, when near-duplicates are looked for.
     pub near: Option<NearState>,
-    /// Chunk files of the saved state this one extends.
+    /// Chunks (files and key folders) of the saved state this one extends, sorted.
     earlier: Vec<PathBuf>,
 }
 
@@ -63,53 +42,64 @@ impl DedupState {
     /// An empty state (near-duplicate detection with `near`, when given).
     pub(crate) fn new(near: Option<&NearDuplicateConfig>) -> Self {
         DedupState {
-            seen: Seen::default(),
             near: near.map(NearState::new),
             earlier: Vec::new(),
         }
     }
 
-    /// Writes the state's new chunk into `artifacts`, after links to the chunks it extends.
+    /// The first-occurrence tables of earlier runs, oldest first.
+    pub(crate) fn earlier_keys(&self) -> Vec<PathBuf> {
+        self.earlier
+            .iter()
+            .filter(|c| is_keys_folder(c))
+            .cloned()
+            .collect()
+    }
+
+    /// The folder inside `artifacts` that takes this run's first-occurrence table.
+    pub(crate) fn keys_folder(&self, artifacts: &Path) -> PathBuf {
+        let n = self.earlier.iter().filter(|c| is_keys_folder(c)).count();
+        artifacts.join(DIR).join(format!("{KEYS}{n:05}"))
+    }
+
+    /// Writes the state's new chunk into `artifacts` (beside this run's first-occurrence
+    /// table, which the engine wrote), after links to the chunks it extends.
     pub(crate) fn save(&self, artifacts: &Path) -> Result<()> {
         let dir = artifacts.join(DIR);
         std::fs::create_dir_all(&dir).map_err(|e| PipelineError::io(&dir, e))?;
         for chunk in &self.earlier {
             let name = chunk.file_name().expect("chunk files have names");
-            link_or_copy(chunk, &dir.join(name))?;
+            link_or_copy_tree(chunk, &dir.join(name))?;
         }
-        let n = self.earlier.iter().filter(|c| is_seen_chunk(c)).count();
-        save_chunk(&dir, n, &self.seen, self.near.as_ref())
+        // A run over no rows writes no table; its empty folder keeps the chunks numbered.
+        let keys = self.keys_folder(artifacts);
+        std::fs::create_dir_all(&keys).map_err(|e| PipelineError::io(&keys, e))?;
+        let n = self.earlier.iter().filter(|c| is_keys_folder(c)).count();
+        if let Some(near) = &self.near {
+            save_near_chunk(&dir, n, near)?;
+        }
+        Ok(())
     }
 }
 
-fn save_chunk(dir: &Path, n: usize, seen: &Seen, near: Option<&NearState>) -> Result<()> {
-    let hi: UInt64Array = seen.added.iter().map(|h| (h >> 64) as u64).collect();
-    let lo: UInt64Array = seen.added.iter().map(|&h| h as u64).collect();
-    let id: StringArray = seen.added.iter().map(|h| Some(&seen.first[h])).collect();
-    let batch = RecordBatch::try_from_iter([
-        ("hash_hi", Arc::new(hi) as ArrayRef),
-        ("hash_lo", Arc::new(lo) as ArrayRef),
-        ("id", Arc::new(id) as ArrayRef),
-    ])?;
-    write_table(dir, &format!("seen-{n:05}"), &batch)?;
-    if let Some(near) = near {
-        write_table(dir, &format!("near-{n:05}"), &near_chunk(near)?)?;
-        let width = near.hasher.permutations();
-        let signatures: Vec<u8> = (near.loaded..near.ids.len())
-            .flat_map(|e| near.index.signature(e as u32).iter())
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        debug_assert_eq!(signatures.len(), (near.ids.len() - near.loaded) * width * 4);
-        let path = dir.join(format!("near-{n:05}.sig"));
-        std::fs::write(&path, signatures).map_err(|e| PipelineError::io(&path, e))?;
-    }
-    Ok(())
+fn save_near_chunk(dir: &Path, n: usize, near: &NearState) -> Result<()> {
+    write_table(dir, &format!("near-{n:05}"), &near_chunk(near)?)?;
+    let width = near.hasher.permutations();
+    let signatures: Vec<u8> = (near.loaded..near.ids.len())
+        .flat_map(|e| near.index.signature(e as u32).iter())
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    debug_assert_eq!(signatures.len(), (near.ids.len() - near.loaded) * width * 4);
+    let path = dir.join(format!("near-{n:05}.sig"));
+    std::fs::write(&path, signatures).map_err(|e| PipelineError::io(&path, e))
 }
 
-fn is_seen_chunk(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("seen-") && n.ends_with(".parquet"))
+fn is_keys_folder(path: &Path) -> bool {
+    path.is_dir()
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(KEYS))
 }
 
 /// The entries added since the state was loaded: id, group key, best match, joins.
@@ -140,7 +130,8 @@ fn near_chunk(near: &NearState) -> Result<RecordBatch> {
 }
 
 /// Loads the state saved in `artifacts`; `None` when it is not there (an output made before
-/// dedup kept state) or was made without near-duplicate detection while `near` asks for it.
+/// dedup kept state in this form) or was made without near-duplicate detection while `near`
+/// asks for it. The first-occurrence tables stay on disk: the engine reads them.
 pub(crate) fn load(
     artifacts: &Path,
     near: Option<&NearDuplicateConfig>,
@@ -151,22 +142,9 @@ pub(crate) fn load(
     };
     let mut chunks: Vec<PathBuf> = listing.flatten().map(|e| e.path()).collect();
     chunks.sort();
-    let count = chunks.iter().filter(|c| is_seen_chunk(c)).count();
-    let mut seen = Seen::default();
-    for n in 0..count {
-        let name = format!("seen-{n:05}");
-        let Some(batches) = read_table(&dir, &name)? else {
-            return Ok(None);
-        };
-        for batch in &batches {
-            let hi = column::<UInt64Array>(batch, &name, "hash_hi")?;
-            let lo = column::<UInt64Array>(batch, &name, "hash_lo")?;
-            let id = column::<StringArray>(batch, &name, "id")?;
-            for row in 0..batch.num_rows() {
-                let hash = (u128::from(hi.value(row)) << 64) | u128::from(lo.value(row));
-                seen.first.insert(hash, id.value(row).to_string());
-            }
-        }
+    let count = chunks.iter().filter(|c| is_keys_folder(c)).count();
+    if count == 0 {
+        return Ok(None);
     }
     let state = match near {
         None => None,
@@ -176,7 +154,6 @@ pub(crate) fn load(
         },
     };
     Ok(Some(DedupState {
-        seen,
         near: state,
         earlier: chunks,
     }))

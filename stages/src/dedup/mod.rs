@@ -2,9 +2,11 @@
 //! `action = "keep"`, counts them), and finds near-duplicate clusters with MinHash + LSH, which
 //! split keeps together (or dedup drops).
 //!
-//! Rows are visited in input order, so the first occurrence is the one kept. Memory holds one
-//! 128-bit hash and one id per distinct row, plus (with near-duplicate detection) one 32-bit
-//! MinHash signature per kept row; the rows themselves stream through.
+//! Which row of a normalised key text comes first is an aggregation over every row that the
+//! engine runs and writes (in this process or on a cluster; the table is the stage's saved
+//! state, see [`append`]). The stage then visits rows in input order and keeps the first
+//! occurrence; memory holds only the keys that repeat, plus (with near-duplicate detection)
+//! one 32-bit MinHash signature per kept row; the rows themselves stream through.
 
 mod append;
 pub mod keys;
@@ -14,12 +16,14 @@ use std::collections::HashMap;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, StringBuilder};
 use arrow::datatypes::UInt32Type;
+use arrow::datatypes::{DataType, UInt64Type};
 use arrow::record_batch::RecordBatch;
 use medtune_formats::normalize::Normalization;
 use medtune_formats::text::bounded_raw;
+use medtune_pipeline::engine::first::{self, holds_parquet};
 use medtune_pipeline::{
-    AppendOptions, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, Stage,
-    StageContext, WorkUnit,
+    AppendOptions, FirstOccurrences, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result,
+    Stage, StageContext, WorkUnit,
 };
 use medtune_schemas::dataset::{DEDUPED, DEDUP_REJECTS, NEAR_DUPLICATES};
 use serde::{Deserialize, Serialize};
@@ -246,13 +250,142 @@ impl NearState {
     }
 }
 
+impl DedupStage {
+    /// Has the engine write the first-occurrence table of the input's key hashes into
+    /// `folder` (checked against the `earlier` tables of the output this run extends), and
+    /// reads back the keys that repeat.
+    fn first_occurrences(
+        &self,
+        ctx: &StageContext<'_>,
+        earlier: &[std::path::PathBuf],
+        folder: &std::path::Path,
+    ) -> Result<Repeated> {
+        // The hashes only: the signatures are computed once, for the rows the stage visits.
+        let mut hashing = self.config.clone();
+        hashing.near.enabled = false;
+        let settings = serde_json::to_value(&hashing).expect("config serialises");
+        ctx.write_first_occurrences::<DedupKeys>(&FirstOccurrences {
+            dataset: ctx.input(&self.input)?,
+            id: medtune_schemas::col::ID,
+            settings: &settings,
+            key: keys::HASH,
+            keyless: Some(keys::EMPTY),
+            earlier,
+            folder,
+        })?;
+        if !holds_parquet(folder) {
+            return Ok(Repeated::default());
+        }
+        let sql = format!(
+            "SELECT {key}, {first_row}, {first_id}, {earlier_id} FROM keys \
+             WHERE {rows} > 1 OR {earlier_id} IS NOT NULL",
+            key = first::KEY,
+            first_row = first::FIRST_ROW,
+            first_id = first::FIRST_ID,
+            earlier_id = first::EARLIER_ID,
+            rows = first::ROWS,
+        );
+        let batches = ctx.query_tables(&[("keys", vec![folder.to_path_buf()])], &sql)?;
+        Repeated::from_batches(&batches)
+    }
+}
+
+/// The keys that more than one row has (or that an earlier run's row had first), each with
+/// its first row: what the stage needs to tell a first occurrence from a duplicate.
+#[derive(Default)]
+struct Repeated {
+    first: HashMap<u128, FirstRow>,
+    /// First rows of this run's keys the stage has met.
+    met: usize,
+}
+
+/// Where a repeated key occurred first.
+struct FirstRow {
+    /// Its number among this run's rows; `None` when a row of an earlier run had it.
+    number: Option<u64>,
+    id: String,
+}
+
+impl Repeated {
+    fn from_batches(batches: &[RecordBatch]) -> Result<Self> {
+        let mut first = HashMap::new();
+        for batch in batches {
+            let column = |i: usize| -> Result<ArrayRef> {
+                Ok(arrow::compute::cast(batch.column(i), &DataType::Utf8)?)
+            };
+            let keys = batch.column(0).as_fixed_size_binary();
+            let numbers = arrow::compute::cast(batch.column(1), &DataType::UInt64)?;
+            let numbers = numbers.as_primitive::<UInt64Type>();
+            let (ids, earlier) = (column(2)?, column(3)?);
+            let (ids, earlier) = (ids.as_string::<i32>(), earlier.as_string::<i32>());
+            for row in 0..batch.num_rows() {
+                let key = key_hash(keys.value(row))?;
+                let at = if earlier.is_valid(row) {
+                    FirstRow {
+                        number: None,
+                        id: earlier.value(row).to_string(),
+                    }
+                } else {
+                    FirstRow {
+                        number: Some(numbers.value(row)),
+                        id: ids.value(row).to_string(),
+                    }
+                };
+                first.insert(key, at);
+            }
+        }
+        Ok(Repeated { first, met: 0 })
+    }
+
+    /// Checks, once every row was visited, that each repeated key's first row was met:
+    /// rows numbered otherwise than the table numbered them would have been taken for
+    /// duplicates of themselves.
+    fn check_all_met(&self) -> Result<()> {
+        let expected = self.first.values().filter(|f| f.number.is_some()).count();
+        if self.met != expected {
+            return Err(PipelineError::Internal(format!(
+                "dedup: met {} of the {expected} first rows the first-occurrence table names",
+                self.met
+            )));
+        }
+        Ok(())
+    }
+
+    /// The id of the row that had `hash` before row `number` (with id `id`), if one did.
+    fn first_of(&mut self, hash: u128, number: u64, id: &str) -> Result<Option<&str>> {
+        let Some(first) = self.first.get(&hash) else {
+            return Ok(None);
+        };
+        if first.number != Some(number) {
+            return Ok(Some(&first.id));
+        }
+        if first.id != id {
+            return Err(PipelineError::Internal(format!(
+                "dedup: the first-occurrence table gives row {number} the id {}, the input {id}",
+                first.id
+            )));
+        }
+        self.met += 1;
+        Ok(None)
+    }
+}
+
+/// A key hash from its 16 little-endian bytes.
+fn key_hash(bytes: &[u8]) -> Result<u128> {
+    let bytes = bytes
+        .try_into()
+        .map_err(|_| PipelineError::Internal("a dedup key hash is not 16 bytes".into()))?;
+    Ok(u128::from_le_bytes(bytes))
+}
+
 impl Stage for DedupStage {
     fn name(&self) -> &str {
         NAME
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: first occurrences come from the engine's aggregation, saved as its tables.
+        2
     }
 
     fn inputs(&self) -> Vec<String> {
@@ -291,10 +424,14 @@ impl Stage for DedupStage {
             kept_state = None;
         }
         let mut dedup = kept_state.unwrap_or_else(|| DedupState::new(near_cfg));
-        let (first_seen, near) = (&mut dedup.seen, &mut dedup.near);
         ctx.set_work_total(ctx.input(&self.input)?.manifest.rows, WorkUnit::Rows);
+        let keys_folder = dedup.keys_folder(ctx.artifacts_dir()?);
+        let mut repeated = self.first_occurrences(ctx, &dedup.earlier_keys(), &keys_folder)?;
+        let near = &mut dedup.near;
         let key_name = cfg.columns.join("+");
         let mut rows_done = 0u64;
+        // Rows numbered as the first-occurrence table numbers them: from 0, in input order.
+        let mut row_number = 0u64;
         let settings = serde_json::to_value(cfg).expect("config serialises");
         for batch in ctx.map_rows::<DedupKeys>(&self.input, &settings)? {
             let (batch, mapped) = split_mapped(batch?)?;
@@ -307,9 +444,9 @@ impl Stage for DedupStage {
             let mut rejects = RejectBatch::default();
             for row in 0..rows.len() {
                 let id = rows.id.value(row);
-                let hash = u128::from_le_bytes(hashes.value(row).try_into().map_err(|_| {
-                    PipelineError::Internal("a dedup key hash is not 16 bytes".into())
-                })?);
+                let hash = key_hash(hashes.value(row))?;
+                let first_of = repeated.first_of(hash, row_number, id)?;
+                row_number += 1;
                 let signature = signatures.is_valid(row).then(|| signatures.value(row));
                 let signature = signature
                     .as_ref()
@@ -324,7 +461,7 @@ impl Stage for DedupStage {
                     // Nothing to compare: an empty key is no one's duplicate (clean drops it).
                     ctx.count("empty_key_rows", 1);
                     None
-                } else if let Some(first) = first_seen.get(hash) {
+                } else if let Some(first) = first_of {
                     if cfg.action == DuplicateAction::Keep {
                         // Its first occurrence stands for it in the near-duplicate index.
                         ctx.count("duplicates_kept", 1);
@@ -337,7 +474,6 @@ impl Stage for DedupStage {
                         )?)
                     }
                 } else {
-                    first_seen.insert(hash, id);
                     match (near.as_mut(), signature) {
                         (Some(state), Some(sig)) => {
                             let matches = state.matches(sig, cfg.near.threshold);
@@ -383,6 +519,7 @@ impl Stage for DedupStage {
             rows_done += rows.len() as u64;
             ctx.report_progress(rows_done);
         }
+        repeated.check_all_met()?;
         if let Some(state) = near.as_mut() {
             let (batch, clusters, members) = state.clusters()?;
             ctx.set_count("near_duplicate_clusters", clusters);
