@@ -5,16 +5,13 @@ use std::io::Write;
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
+use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 
-use crate::engine::{session_at, Place};
+use crate::engine::{parquet_table, session_at, Place};
 use crate::error::{PipelineError, Result};
 use crate::output::OutputRole;
 use crate::workdir::Workdir;
@@ -108,14 +105,7 @@ async fn register_union(ctx: &SessionContext, name: &str, folders: &[String]) ->
         .map(ListingTableUrl::parse)
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(failed)?;
-    let options =
-        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new_with_multi_paths(urls)
-        .with_listing_options(options)
-        .infer_schema(&ctx.state())
-        .await
-        .map_err(failed)?;
-    let table = ListingTable::try_new(config).map_err(failed)?;
+    let table = parquet_table(ctx, urls).await.map_err(failed)?;
     ctx.register_table(name, Arc::new(table)).map_err(failed)?;
     Ok(())
 }

@@ -355,14 +355,22 @@ async fn listing_table(ctx: &SessionContext, paths: Vec<PathBuf>) -> Result<List
         }
         urls.push(ListingTableUrl::parse(text).map_err(&failed)?);
     }
+    parquet_table(ctx, urls).await.map_err(&failed)
+}
+
+/// A table over the `.parquet` files at `urls` (files, or folders of files), its schema read
+/// from them.
+pub async fn parquet_table(
+    ctx: &SessionContext,
+    urls: Vec<ListingTableUrl>,
+) -> datafusion::error::Result<ListingTable> {
     let options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .infer_schema(&ctx.state())
-        .await
-        .map_err(&failed)?;
-    ListingTable::try_new(config).map_err(&failed)
+        .await?;
+    ListingTable::try_new(config)
 }
 
 /// The table name [`Engine::query_dataset`] gives the dataset it queries.
