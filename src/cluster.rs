@@ -26,6 +26,7 @@ pub fn scheduler(bind: String, port: u16, executor_timeout_seconds: u64) -> anyh
     runtime()?.block_on(run_scheduler(
         options,
         medtune_stages::row_functions(),
+        medtune_stages::row_stages(),
         listening,
     ))?;
     Ok(())
@@ -51,6 +52,10 @@ pub fn executor(options: ExecutorOptions) -> anyhow::Result<()> {
         )?;
         out.flush()?;
     }
-    runtime()?.block_on(run_executor(options, medtune_stages::row_functions()))?;
+    runtime()?.block_on(run_executor(
+        options,
+        medtune_stages::row_functions(),
+        medtune_stages::row_stages(),
+    ))?;
     Ok(())
 }

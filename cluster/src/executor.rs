@@ -6,7 +6,8 @@ use std::sync::Arc;
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
 use datafusion::logical_expr::ScalarUDF;
-use medtune_pipeline::engine::cluster::{scheduler_address, LogicalCodec};
+use medtune_pipeline::engine::cluster::{scheduler_address, LogicalCodec, PhysicalCodec};
+use medtune_pipeline::RowStages;
 use medtune_pipeline::{PipelineError, Result};
 
 /// How an executor is started.
@@ -30,8 +31,13 @@ pub struct ExecutorOptions {
     pub heartbeat_interval_seconds: u64,
 }
 
-/// Runs an executor until the process is interrupted.
-pub async fn run_executor(options: ExecutorOptions, functions: Vec<ScalarUDF>) -> Result<()> {
+/// Runs an executor until the process is interrupted; it can run `functions` and the chunk
+/// jobs of `stages`.
+pub async fn run_executor(
+    options: ExecutorOptions,
+    functions: Vec<ScalarUDF>,
+    stages: RowStages,
+) -> Result<()> {
     let (scheduler_host, scheduler_port) = scheduler_address(&options.scheduler)?;
     std::fs::create_dir_all(&options.work_dir)
         .map_err(|e| PipelineError::io(&options.work_dir, e))?;
@@ -54,7 +60,8 @@ pub async fn run_executor(options: ExecutorOptions, functions: Vec<ScalarUDF>) -
         executor_heartbeat_interval_seconds: options.heartbeat_interval_seconds.max(1),
         print_thread_info: false,
         override_function_registry: Some(Arc::new(registry)),
-        override_logical_codec: Some(Arc::new(LogicalCodec::default())),
+        override_logical_codec: Some(Arc::new(LogicalCodec::new(stages.clone()))),
+        override_physical_codec: Some(Arc::new(PhysicalCodec::new(stages))),
         ..ExecutorProcessConfig::default()
     };
     start_executor_process(Arc::new(config))

@@ -11,7 +11,8 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
-use medtune_pipeline::engine::cluster::LogicalCodec;
+use medtune_pipeline::engine::cluster::{LogicalCodec, PhysicalCodec};
+use medtune_pipeline::RowStages;
 use medtune_pipeline::{PipelineError, Result};
 
 /// How a scheduler is started.
@@ -31,10 +32,11 @@ fn failed(what: &'static str) -> impl Fn(ballista_core::error::BallistaError) ->
 }
 
 /// Runs a scheduler until the process ends; `listening` is told the address once it accepts
-/// connections.
+/// connections. Its sessions plan with `functions` and the chunk jobs of `stages`.
 pub async fn run_scheduler(
     options: SchedulerOptions,
     functions: Vec<ScalarUDF>,
+    stages: RowStages,
     listening: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind((options.bind_host.as_str(), options.port))
@@ -64,7 +66,8 @@ pub async fn run_scheduler(
         .with_override_session_builder(session_builder);
     config.executor_timeout_seconds = timeout;
     config.expire_dead_executor_interval_seconds = (timeout / 2).clamp(1, 15);
-    config.override_logical_codec = Some(Arc::new(LogicalCodec::default()));
+    config.override_logical_codec = Some(Arc::new(LogicalCodec::new(stages.clone())));
+    config.override_physical_codec = Some(Arc::new(PhysicalCodec::new(stages)));
     let config = Arc::new(config);
     let cluster = BallistaCluster::new_from_config(&config)
         .await

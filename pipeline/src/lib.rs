@@ -26,7 +26,9 @@ pub mod writer;
 
 pub use config::{PipelineConfig, Settings};
 pub use dag::Dag;
-pub use engine::{Engine, FirstOccurrences, MappedRows, Place, RowFunction};
+pub use engine::{
+    Engine, FirstOccurrences, MappedRows, Place, RoutedRows, RowFunction, RowStage, RowStages,
+};
 pub use error::{ErrorClass, PipelineError, Result};
 pub use manifest::{ColumnStats, EngineTime, Manifest, PartFile};
 pub use output::{OutputDecl, OutputRole};

@@ -11,7 +11,10 @@ use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 
-use crate::engine::{Engine, EngineClock, FirstOccurrences, MappedRows, Place, RowFunction};
+use crate::config::Settings;
+use crate::engine::{
+    Engine, EngineClock, FirstOccurrences, MappedRows, Place, RowFunction, RowStage,
+};
 use crate::error::{PipelineError, Result};
 use crate::manifest::{EngineTime, Manifest};
 use crate::output::OutputDecl;
@@ -113,7 +116,7 @@ pub struct StageContext<'a> {
     clock: Arc<EngineClock>,
     artifacts_dir: PathBuf,
     scratch_dir: PathBuf,
-    batch_rows: usize,
+    settings: Settings,
     inputs: BTreeMap<String, CommittedDataset>,
     outputs: BTreeMap<String, OutputSink>,
     rows_in: u64,
@@ -142,7 +145,7 @@ impl<'a> StageContext<'a> {
         stage: &str,
         around: (&'a Engine, &'a dyn ProgressObserver),
         dirs: (PathBuf, PathBuf),
-        batch_rows: usize,
+        settings: Settings,
         inputs: BTreeMap<String, CommittedDataset>,
         outputs: BTreeMap<String, OutputSink>,
         previous: Option<PreviousOutput>,
@@ -154,7 +157,7 @@ impl<'a> StageContext<'a> {
             clock: Arc::default(),
             artifacts_dir: dirs.0,
             scratch_dir: dirs.1,
-            batch_rows,
+            settings,
             inputs,
             outputs,
             rows_in: 0,
@@ -266,7 +269,7 @@ impl<'a> StageContext<'a> {
 
     /// Preferred rows per batch.
     pub fn batch_rows(&self) -> usize {
-        self.batch_rows
+        self.settings.batch_rows
     }
 
     /// An input dataset.
@@ -285,7 +288,7 @@ impl<'a> StageContext<'a> {
         name: &str,
     ) -> Result<impl Iterator<Item = Result<RecordBatch>> + Send + 'static> {
         Ok(crate::reader::read_ahead(
-            self.input(name)?.batches(self.batch_rows),
+            self.input(name)?.batches(self.settings.batch_rows),
         ))
     }
 
@@ -306,8 +309,58 @@ impl<'a> StageContext<'a> {
         dataset: &CommittedDataset,
         settings: &serde_json::Value,
     ) -> Result<MappedRows> {
-        self.engine
-            .map_rows::<F>(dataset, settings, self.batch_rows, self.clock.clone())
+        self.engine.map_rows::<F>(
+            dataset,
+            settings,
+            self.settings.batch_rows,
+            self.clock.clone(),
+        )
+    }
+
+    /// Runs the row stage `S` over the input dataset `name` (called with `settings`): the run's
+    /// engine maps, routes and writes each chunk's rows where it runs, and the chunks' parts
+    /// join `S`'s outputs in row order, their row accounting and counters this stage's. A
+    /// stage rerun after a failure reuses the chunks written before it (kept in the stage's
+    /// scratch folder until it commits).
+    pub fn write_rows<S: RowStage>(
+        &mut self,
+        name: &str,
+        settings: &serde_json::Value,
+    ) -> Result<()> {
+        let dataset = self.input(name)?.clone();
+        let folder = self.scratch_dir()?.join("chunks");
+        let chunks = self.engine.write_rows::<S>(
+            &dataset,
+            settings,
+            &self.settings,
+            &folder,
+            self.clock.clone(),
+        )?;
+        let mut done = 0;
+        for chunk in chunks {
+            let (dir, written) = chunk?;
+            for (output, parts) in written.parts {
+                let stage = &self.stage;
+                self.outputs
+                    .get_mut(&output)
+                    .ok_or_else(|| {
+                        PipelineError::Internal(format!(
+                            "stage `{stage}` wrote `{output}`, which it did not declare"
+                        ))
+                    })?
+                    .take(parts, dir.clone())?;
+            }
+            self.rows_in += written.rows_in;
+            for (reason, n) in written.dropped {
+                *self.dropped.entry(reason).or_default() += n;
+            }
+            for (counter, n) in written.counters {
+                *self.counters.entry(counter).or_default() += n;
+            }
+            done += written.rows_in;
+            self.report_progress(done);
+        }
+        Ok(())
     }
 
     /// Runs `sql` over the input dataset `name` (the table `input`) where the run maps rows

@@ -201,6 +201,30 @@ impl DatasetWriter {
         Ok(DatasetManifest::new(&self.schema, self.parts))
     }
 
+    /// Closes the last part and returns the parts written: none for a writer that got no row
+    /// (a chunk's writer, see [`crate::engine::write`]).
+    pub fn finish_parts(mut self) -> Result<Vec<PartFile>> {
+        self.close_part()?;
+        Ok(self.parts)
+    }
+
+    /// Appends parts written elsewhere (a chunk's, in the folder `from`), after closing the
+    /// current part: each is linked in as the next part (hard link, or copy) and keeps its
+    /// record but for its path.
+    pub fn take(&mut self, parts: Vec<PartFile>, from: &Path) -> Result<()> {
+        self.close_part()?;
+        for part in parts {
+            let rel = format!("{}/part-{:05}.parquet", self.name, self.parts.len());
+            crate::fsutil::link_or_copy(&from.join(&part.path), &self.entry_dir.join(&rel))?;
+            self.parts.push(PartFile {
+                path: rel,
+                label: self.label.clone(),
+                ..part
+            });
+        }
+        Ok(())
+    }
+
     fn open_part(&mut self) -> Result<()> {
         let rel = format!("{}/part-{:05}.parquet", self.name, self.parts.len());
         let path = self.entry_dir.join(&rel);
@@ -265,6 +289,7 @@ enum SinkMessage {
     Batch(RecordBatch),
     StartPart(String),
     Adopt(Vec<PartFile>, PathBuf),
+    Take(Vec<PartFile>, PathBuf),
 }
 
 /// A [`DatasetWriter`] running on its own thread; the stage side sends batches to it.
@@ -289,6 +314,7 @@ impl OutputSink {
                         SinkMessage::Batch(batch) => writer.write(&batch)?,
                         SinkMessage::StartPart(label) => writer.start_part(&label)?,
                         SinkMessage::Adopt(parts, from) => writer.adopt(parts, &from)?,
+                        SinkMessage::Take(parts, from) => writer.take(parts, &from)?,
                     }
                 }
                 writer.finish()
@@ -328,6 +354,14 @@ impl OutputSink {
     pub fn adopt(&mut self, parts: Vec<PartFile>, from: PathBuf) -> Result<()> {
         let rows: u64 = parts.iter().map(|p| p.rows).sum();
         self.send(SinkMessage::Adopt(parts, from))?;
+        self.rows += rows;
+        Ok(())
+    }
+
+    /// Appends parts written elsewhere (see [`DatasetWriter::take`]).
+    pub fn take(&mut self, parts: Vec<PartFile>, from: PathBuf) -> Result<()> {
+        let rows: u64 = parts.iter().map(|p| p.rows).sum();
+        self.send(SinkMessage::Take(parts, from))?;
         self.rows += rows;
         Ok(())
     }

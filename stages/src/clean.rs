@@ -10,14 +10,15 @@ use arrow::datatypes::{DataType, Field, Fields};
 use arrow::record_batch::RecordBatch;
 use medtune_formats::text::bounded_raw;
 use medtune_pipeline::{
-    AppendOptions, OutputDecl, PipelineConfig, Result, RowFunction, Stage, StageContext, WorkUnit,
+    AppendOptions, OutputDecl, PipelineConfig, Result, RoutedRows, RowFunction, RowStage, Stage,
+    StageContext, WorkUnit,
 };
 use medtune_schemas::dataset::{CLEANED, CLEAN_REJECTS};
 use serde::{Deserialize, Serialize};
 
 use crate::shared::chemprot::{ENTITY_TASKS, RELATION_TASK};
 use crate::shared::examples::ExampleRows;
-use crate::shared::mapped::{check_rows, field, parse_settings, split_mapped, struct_of};
+use crate::shared::mapped::{field, parse_settings, struct_of};
 use crate::shared::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
 
 /// The stage name: its `[clean]` config section and its cache folder.
@@ -148,7 +149,8 @@ impl Stage for CleanStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: parts are written per chunk of the input.
+        2
     }
 
     fn inputs(&self) -> Vec<String> {
@@ -156,7 +158,7 @@ impl Stage for CleanStage {
     }
 
     fn outputs(&self) -> Vec<OutputDecl> {
-        filter_outputs(CLEANED, CLEAN_REJECTS)
+        <CleanRows as RowStage>::outputs()
     }
 
     fn config(&self) -> serde_json::Value {
@@ -168,45 +170,52 @@ impl Stage for CleanStage {
         ctx.append_to_previous(AppendOptions::default())?;
         ctx.set_work_total(ctx.input(&self.input)?.manifest.rows, WorkUnit::Rows);
         let settings = serde_json::to_value(&self.config).expect("config serialises");
-        let mut done = 0;
-        for batch in ctx.map_rows::<CleanRows>(&self.input, &settings)? {
-            let (batch, mapped) = split_mapped(batch?)?;
-            check_rows(&mapped, &batch)?;
-            let (reasons, details) = (
-                field(&mapped, REASON)?.as_string::<i32>(),
-                field(&mapped, DETAIL)?.as_string::<i32>(),
-            );
-            let rows = ExampleRows::new(&batch)?;
-            let mut keep = Vec::with_capacity(rows.len());
-            let mut rejects = RejectBatch::default();
-            for row in 0..rows.len() {
-                keep.push(reasons.is_null(row));
-                if reasons.is_valid(row) {
-                    let (reason, detail) = (reasons.value(row), details.value(row));
-                    ctx.count_dropped(reason, 1);
-                    let raw = format!(
-                        "{}\n\n{}",
-                        ExampleRows::text(rows.prompt, row).unwrap_or(""),
-                        ExampleRows::text(rows.completion, row).unwrap_or("")
-                    );
-                    rejects.push(RejectRow {
-                        stage: NAME,
-                        source_file: rows.source_file.value(row),
-                        line: rows.line.value(row),
-                        id: rows.id.value(row),
-                        reason,
-                        detail,
-                        raw: &bounded_raw(raw.as_bytes(), self.config.max_raw_bytes),
-                        duplicate_of: None,
-                    });
-                }
+        ctx.write_rows::<CleanRows>(&self.input, &settings)
+    }
+}
+
+impl RowStage for CleanRows {
+    fn outputs() -> Vec<OutputDecl> {
+        filter_outputs(CLEANED, CLEAN_REJECTS)
+    }
+
+    fn route(
+        config: &CleanConfig,
+        batch: &RecordBatch,
+        mapped: &StructArray,
+        out: &mut RoutedRows,
+    ) -> Result<()> {
+        let (reasons, details) = (
+            field(mapped, REASON)?.as_string::<i32>(),
+            field(mapped, DETAIL)?.as_string::<i32>(),
+        );
+        let rows = ExampleRows::new(batch)?;
+        let mut keep = Vec::with_capacity(rows.len());
+        let mut rejects = RejectBatch::default();
+        for row in 0..rows.len() {
+            keep.push(reasons.is_null(row));
+            if reasons.is_valid(row) {
+                let (reason, detail) = (reasons.value(row), details.value(row));
+                out.count_dropped(reason, 1);
+                let raw = format!(
+                    "{}\n\n{}",
+                    ExampleRows::text(rows.prompt, row).unwrap_or(""),
+                    ExampleRows::text(rows.completion, row).unwrap_or("")
+                );
+                rejects.push(RejectRow {
+                    stage: NAME,
+                    source_file: rows.source_file.value(row),
+                    line: rows.line.value(row),
+                    id: rows.id.value(row),
+                    reason,
+                    detail,
+                    raw: &bounded_raw(raw.as_bytes(), config.max_raw_bytes),
+                    duplicate_of: None,
+                });
             }
-            ctx.count_in(rows.len() as u64);
-            done += rows.len() as u64;
-            write_filtered(ctx, &batch, keep, CLEANED, &mut rejects, CLEAN_REJECTS)?;
-            ctx.report_progress(done);
         }
-        Ok(())
+        out.count_in(rows.len() as u64);
+        write_filtered(out, batch, keep, CLEANED, &mut rejects, CLEAN_REJECTS)
     }
 }
 

@@ -13,8 +13,8 @@ use arrow::array::{ArrayRef, StringBuilder, StructArray};
 use arrow::datatypes::{DataType, Field, Fields};
 use arrow::record_batch::RecordBatch;
 use medtune_pipeline::{
-    AppendOptions, OutputDecl, OutputRole, PipelineConfig, Result, RowFunction, Stage,
-    StageContext, WorkUnit,
+    AppendOptions, OutputDecl, OutputRole, PipelineConfig, Result, RoutedRows, RowFunction,
+    RowStage, Stage, StageContext, WorkUnit,
 };
 use medtune_schemas::col;
 use medtune_schemas::dataset::CONVERTED;
@@ -24,9 +24,7 @@ use crate::shared::chemprot::{
     item_text, normalize_entity, ENTITY_TASKS, RELATION_LINE, RELATION_TASK,
 };
 use crate::shared::examples::ExampleRows;
-use crate::shared::mapped::{
-    add_counts, check_rows, field, parse_settings, split_mapped, struct_of, CountColumns,
-};
+use crate::shared::mapped::{add_counts, field, parse_settings, struct_of, CountColumns};
 
 /// The stage name: its `[convert]` config section and its cache folder.
 pub const NAME: &str = "convert";
@@ -249,7 +247,8 @@ impl Stage for ConvertStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: parts are written per chunk of the input.
+        2
     }
 
     fn inputs(&self) -> Vec<String> {
@@ -257,11 +256,7 @@ impl Stage for ConvertStage {
     }
 
     fn outputs(&self) -> Vec<OutputDecl> {
-        vec![OutputDecl::new(
-            CONVERTED,
-            medtune_schemas::examples(),
-            OutputRole::Kept,
-        )]
+        <ConvertRows as RowStage>::outputs()
     }
 
     fn config(&self) -> serde_json::Value {
@@ -273,25 +268,36 @@ impl Stage for ConvertStage {
         ctx.append_to_previous(AppendOptions::default())?;
         ctx.set_work_total(ctx.input(&self.input)?.manifest.rows, WorkUnit::Rows);
         let settings = serde_json::to_value(&self.config).expect("config serialises");
-        let counters = ConvertCounts::names();
-        let mut done = 0;
-        for batch in ctx.map_rows::<ConvertRows>(&self.input, &settings)? {
-            let (batch, mapped) = split_mapped(batch?)?;
-            check_rows(&mapped, &batch)?;
-            ctx.count_in(batch.num_rows() as u64);
-            done += batch.num_rows() as u64;
-            let index = batch.schema().index_of(col::COMPLETION)?;
-            let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-            columns[index] = field(&mapped, CONVERTED_COMPLETION)?.clone();
-            ctx.write(CONVERTED, RecordBatch::try_new(batch.schema(), columns)?)?;
-            add_counts(ctx, &mapped, &counters)?;
-            ctx.report_progress(done);
-        }
+        ctx.write_rows::<ConvertRows>(&self.input, &settings)?;
         // Counters exist even when no row reached them.
-        for name in counters {
+        for name in ConvertCounts::names() {
             ctx.count(name, 0);
         }
         Ok(())
+    }
+}
+
+impl RowStage for ConvertRows {
+    fn outputs() -> Vec<OutputDecl> {
+        vec![OutputDecl::new(
+            CONVERTED,
+            medtune_schemas::examples(),
+            OutputRole::Kept,
+        )]
+    }
+
+    fn route(
+        _: &ConvertConfig,
+        batch: &RecordBatch,
+        mapped: &StructArray,
+        out: &mut RoutedRows,
+    ) -> Result<()> {
+        out.count_in(batch.num_rows() as u64);
+        let index = batch.schema().index_of(col::COMPLETION)?;
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        columns[index] = field(mapped, CONVERTED_COMPLETION)?.clone();
+        out.write(CONVERTED, &RecordBatch::try_new(batch.schema(), columns)?)?;
+        add_counts(out, mapped, &ConvertCounts::names())
     }
 }
 

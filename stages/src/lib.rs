@@ -26,8 +26,10 @@ pub mod split;
 pub mod tokenize;
 pub mod train;
 
-use medtune_pipeline::engine::{udf, ScalarUDF};
-use medtune_pipeline::{OutputDecl, OutputRole, PipelineConfig, Result, SourceDecl, Stage};
+use medtune_pipeline::engine::{row_stage, udf, ScalarUDF};
+use medtune_pipeline::{
+    OutputDecl, OutputRole, PipelineConfig, Result, RowStages, SourceDecl, Stage,
+};
 use medtune_schemas::dataset::{NEAR_DUPLICATES, SHARDS, TOKENIZED};
 
 /// The stages' row functions: what a stage maps row by row, run wherever the engine runs plans.
@@ -41,6 +43,16 @@ pub fn row_functions() -> Vec<ScalarUDF> {
         udf::<split::SplitKeys>(),
         udf::<tokenize::rows::TokenizeRows>(),
     ]
+}
+
+/// The row stages whose parts the engine writes where it maps their rows (see
+/// [`medtune_pipeline::engine::write`]): what a cluster's processes are started with.
+pub fn row_stages() -> RowStages {
+    RowStages::new(vec![
+        row_stage::<convert::ConvertRows>(),
+        row_stage::<clean::CleanRows>(),
+        row_stage::<tokenize::rows::TokenizeRows>(),
+    ])
 }
 
 /// A stage medtune can build: its name (which is its config section) and how to build it from

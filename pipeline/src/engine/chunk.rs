@@ -92,6 +92,13 @@ pub fn chunks(dataset: &CommittedDataset) -> Result<Chunked> {
     Ok(Chunked { schema, chunks })
 }
 
+/// The Arrow schema of the Parquet part at `path` (read from its footer).
+pub fn part_schema(path: &std::path::Path) -> Result<SchemaRef> {
+    let file = File::open(path).at(path)?;
+    let reader = ArrowReaderMetadata::load(&file, ArrowReaderOptions::default())?;
+    Ok(reader.schema().clone())
+}
+
 /// A chunk as a DataFusion table: one partition that yields the chunk's rows in file order.
 #[derive(Debug, Clone)]
 pub struct ChunkTable {

@@ -15,7 +15,11 @@ use datafusion::logical_expr::{Extension, LogicalPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 
-use super::chunk::{Chunk, ChunkTable};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+
+use super::chunk::{part_schema, Chunk, ChunkTable};
+use super::write::{ChunkJob, RowStages, WriteChunkExec, WriteChunkTable};
 use crate::error::{PipelineError, Result};
 
 /// Checks a `df://HOST:PORT` scheduler address and splits it into host and port.
@@ -60,10 +64,53 @@ pub async fn remote_session(url: &str, config: SessionConfig) -> Result<SessionC
 /// What starts an encoded [`ChunkTable`], so the codec tells it from other tables.
 const CHUNK_TABLE_TAG: &[u8] = b"medtune.chunk.v1:";
 
-/// Ballista's logical codec, plus medtune's [`ChunkTable`] (encoded as tagged JSON).
+/// What starts an encoded chunk job ([`WriteChunkTable`], [`WriteChunkExec`]).
+const CHUNK_JOB_TAG: &[u8] = b"medtune.chunk-job.v1:";
+
+fn codec_error(what: &str, e: impl std::fmt::Display) -> datafusion::error::DataFusionError {
+    datafusion::error::DataFusionError::Internal(format!("{what}: {e}"))
+}
+
+fn encode_job(job: &ChunkJob, buf: &mut Vec<u8>) -> datafusion::error::Result<()> {
+    buf.extend_from_slice(CHUNK_JOB_TAG);
+    serde_json::to_writer(&mut *buf, job).map_err(|e| codec_error("encoding a chunk job", e))
+}
+
+/// The job in `buf` (after its tag) and the stage it names, which this process must know.
+fn decode_job(
+    json: &[u8],
+    stages: &RowStages,
+) -> datafusion::error::Result<(ChunkJob, Arc<dyn super::write::AnyRowStage>)> {
+    let job: ChunkJob =
+        serde_json::from_slice(json).map_err(|e| codec_error("decoding a chunk job", e))?;
+    let stage = stages.find(&job.stage).ok_or_else(|| {
+        codec_error(
+            "decoding a chunk job",
+            format!(
+                "this process knows no row stage `{}` (a medtune of another version?)",
+                job.stage
+            ),
+        )
+    })?;
+    Ok((job, stage))
+}
+
+/// Ballista's logical codec, plus medtune's [`ChunkTable`] and [`WriteChunkTable`] (encoded as
+/// tagged JSON). Decoding a chunk job needs the row stages it may name.
 #[derive(Debug, Default)]
 pub struct LogicalCodec {
     ballista: BallistaLogicalExtensionCodec,
+    stages: RowStages,
+}
+
+impl LogicalCodec {
+    /// A codec that decodes chunk jobs of `stages`.
+    pub fn new(stages: RowStages) -> Self {
+        LogicalCodec {
+            ballista: BallistaLogicalExtensionCodec::default(),
+            stages,
+        }
+    }
 }
 
 impl LogicalExtensionCodec for LogicalCodec {
@@ -87,6 +134,16 @@ impl LogicalExtensionCodec for LogicalCodec {
         schema: SchemaRef,
         ctx: &TaskContext,
     ) -> datafusion::error::Result<Arc<dyn TableProvider>> {
+        if let Some(json) = buf.strip_prefix(CHUNK_JOB_TAG) {
+            let (job, stage) = decode_job(json, &self.stages)?;
+            let input_schema =
+                part_schema(&job.chunk.path).map_err(|e| codec_error("decoding a chunk job", e))?;
+            return Ok(Arc::new(WriteChunkTable {
+                job,
+                stage,
+                input_schema,
+            }));
+        }
         match buf.strip_prefix(CHUNK_TABLE_TAG) {
             Some(json) => {
                 let chunk: Chunk = serde_json::from_slice(json).map_err(|e| {
@@ -108,6 +165,9 @@ impl LogicalExtensionCodec for LogicalCodec {
         node: Arc<dyn TableProvider>,
         buf: &mut Vec<u8>,
     ) -> datafusion::error::Result<()> {
+        if let Some(table) = node.downcast_ref::<WriteChunkTable>() {
+            return encode_job(&table.job, buf);
+        }
         match node.downcast_ref::<ChunkTable>() {
             Some(table) => {
                 buf.extend_from_slice(CHUNK_TABLE_TAG);
@@ -138,5 +198,54 @@ impl LogicalExtensionCodec for LogicalCodec {
         node: Arc<dyn datafusion::datasource::file_format::FileFormatFactory>,
     ) -> datafusion::error::Result<()> {
         self.ballista.try_encode_file_format(buf, node)
+    }
+}
+
+/// Ballista's physical codec, plus medtune's [`WriteChunkExec`] (its job as tagged JSON, its
+/// input encoded by Ballista's). Decoding one needs the row stages it may name.
+#[derive(Debug, Default)]
+pub struct PhysicalCodec {
+    ballista: ballista_core::serde::BallistaPhysicalExtensionCodec,
+    stages: RowStages,
+}
+
+impl PhysicalCodec {
+    /// A codec that decodes chunk jobs of `stages`.
+    pub fn new(stages: RowStages) -> Self {
+        PhysicalCodec {
+            ballista: Default::default(),
+            stages,
+        }
+    }
+}
+
+impl PhysicalExtensionCodec for PhysicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let Some(json) = buf.strip_prefix(CHUNK_JOB_TAG) else {
+            return self.ballista.try_decode(buf, inputs, ctx, proto_converter);
+        };
+        let (job, stage) = decode_job(json, &self.stages)?;
+        let [input] = inputs else {
+            return Err(codec_error("decoding a chunk job", "it takes one input"));
+        };
+        Ok(Arc::new(WriteChunkExec::new(job, stage, input.clone())))
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> datafusion::error::Result<()> {
+        match node.downcast_ref::<WriteChunkExec>() {
+            Some(exec) => encode_job(exec.job(), buf),
+            None => self.ballista.try_encode(node, buf, proto_converter),
+        }
     }
 }

@@ -5,14 +5,19 @@
 //! A stage maps its input with a [`RowFunction`] through [`Engine::map_rows`]: the input is cut
 //! into [`chunk`]s of whole row groups, each chunk is one job (a scan and a projection calling
 //! the function), jobs run concurrently, and the results come back in the input's row order.
-//! The stage then counts, routes and writes the rows as it always did, in this process, so
-//! parts, checksums and cache keys do not depend on where the rows were mapped.
+//! The stage then counts, routes and writes the rows in this process, so parts, checksums and
+//! cache keys do not depend on where the rows were mapped.
+//!
+//! A stage whose rows are independent of each other (a [`RowStage`]) goes further through
+//! [`Engine::write_rows`]: the process that maps a chunk also routes its rows and writes its
+//! parts (see [`write`]), and only a description of them comes back.
 
 pub mod chunk;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod first;
 pub mod function;
+pub mod write;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -20,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use arrow::array::{Array, StringArray};
 use arrow::record_batch::RecordBatch;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -30,6 +36,7 @@ pub use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{col, SessionConfig, SessionContext};
 use futures::StreamExt;
 
+use crate::config::Settings;
 use crate::error::{IoContext, PipelineError, Result};
 use crate::manifest::EngineTime;
 use crate::reader::CommittedDataset;
@@ -37,6 +44,8 @@ use crate::reader::CommittedDataset;
 pub use chunk::{chunks, Chunk, ChunkTable, Chunked};
 pub use first::FirstOccurrences;
 pub use function::{prepared, udf, RowFunction};
+pub use write::{row_stage, AnyRowStage, RoutedRows, RowStage, RowStages, WrittenChunk};
+use write::{ChunkJob, WriteChunkTable};
 
 /// Running totals of the engine's work for one stage run, kept as it maps rows.
 #[derive(Debug, Default)]
@@ -243,6 +252,156 @@ impl Engine {
             pending: Vec::new().into_iter(),
             clock,
         })
+    }
+}
+
+impl Engine {
+    /// Writes `dataset`'s rows through the row stage `S` (called with `settings`, JSON): each
+    /// chunk is mapped, routed and written as Parquet parts (with `writer`'s settings) by the
+    /// process that maps it, into a folder of its own under `folder`. Chunks run concurrently
+    /// (in this process or on the cluster); the iterator yields each chunk's folder and
+    /// [`WrittenChunk`] in the dataset's row order. A chunk already written there (by an
+    /// earlier attempt at the same job) is not written again.
+    pub fn write_rows<S: RowStage>(
+        &self,
+        dataset: &CommittedDataset,
+        settings: &serde_json::Value,
+        writer: &Settings,
+        folder: &std::path::Path,
+        clock: Arc<EngineClock>,
+    ) -> Result<WrittenChunks> {
+        let stage = row_stage::<S>();
+        let Chunked { schema, chunks } = chunks(dataset)?;
+        std::fs::create_dir_all(folder).at(folder)?;
+        let settings = settings.to_string();
+        let batch_rows = writer.batch_rows.max(1);
+        let config = SessionConfig::new()
+            .with_batch_size(batch_rows)
+            .with_target_partitions(1);
+        let runtime = self.runtime()?;
+        let session = runtime.block_on(session_at(&self.place, config))?;
+        let jobs: Vec<WriteChunkTable> = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(index, chunk)| {
+                let mut job = ChunkJob {
+                    stage: S::NAME.to_string(),
+                    settings: settings.clone(),
+                    chunk,
+                    writer: writer.clone(),
+                    batch_rows,
+                    dir: PathBuf::new(),
+                };
+                // Named by everything that decides its parts: a folder left by an earlier
+                // attempt is reused only for the very same job.
+                let identity = serde_json::to_vec(&job).expect("a chunk job serialises");
+                let hash = blake3::hash(&identity).to_hex();
+                job.dir = folder.join(format!("chunk-{index:05}-{}", &hash[..16]));
+                WriteChunkTable {
+                    job,
+                    stage: stage.clone(),
+                    input_schema: schema.clone().expect("a dataset with chunks has parts"),
+                }
+            })
+            .collect();
+        let retries = match self.place {
+            Place::InProcess => 0,
+            Place::Cluster(_) => CLUSTER_JOB_RETRIES,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(self.jobs);
+        let jobs_at_once = self.jobs;
+        let job_clock = clock.clone();
+        runtime.spawn(async move {
+            let results = futures::stream::iter(jobs)
+                .map(|table| {
+                    let clock = job_clock.clone();
+                    let session = session.clone();
+                    async move {
+                        let started = Instant::now();
+                        let dir = table.job.dir.clone();
+                        let result = write_chunk_job(&session, table, retries).await;
+                        clock.jobs.fetch_add(1, Ordering::Relaxed);
+                        EngineClock::add(&clock.job_nanos, started);
+                        result.map(|written| (dir, written))
+                    }
+                })
+                .buffered(jobs_at_once);
+            futures::pin_mut!(results);
+            while let Some(result) = results.next().await {
+                let failed = result.is_err();
+                if tx.send(result).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(WrittenChunks {
+            dataset: dataset.name.clone(),
+            rx,
+            clock,
+        })
+    }
+}
+
+/// Runs one chunk's job; on a cluster, a job that fails with an engine error is run again
+/// (finding the chunk's folder committed, if the lost attempt got that far).
+async fn write_chunk_job(
+    session: &SessionContext,
+    table: WriteChunkTable,
+    retries: u32,
+) -> Result<WrittenChunk> {
+    let failed = query_error("writing a chunk");
+    let table = Arc::new(table);
+    let mut attempt = 0;
+    loop {
+        let once = async {
+            let batches = session
+                .read_table(table.clone())
+                .map_err(&failed)?
+                .collect()
+                .await
+                .map_err(&failed)?;
+            let json = batches
+                .iter()
+                .find(|b| b.num_rows() == 1)
+                .and_then(|b| b.column(0).as_any().downcast_ref::<StringArray>())
+                .map(|a| a.value(0).to_string())
+                .ok_or_else(|| {
+                    PipelineError::Engine("a chunk's job answered no description".to_string())
+                })?;
+            serde_json::from_str::<WrittenChunk>(&json).map_err(|e| {
+                PipelineError::Engine(format!("a chunk's job answered a bad description: {e}"))
+            })
+        };
+        match once.await {
+            Err(PipelineError::Engine(_)) if attempt < retries => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(2 << attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The chunks [`Engine::write_rows`] wrote, each with its folder, in the input's row order.
+pub struct WrittenChunks {
+    dataset: String,
+    rx: tokio::sync::mpsc::Receiver<Result<(PathBuf, WrittenChunk)>>,
+    clock: Arc<EngineClock>,
+}
+
+impl Iterator for WrittenChunks {
+    type Item = Result<(PathBuf, WrittenChunk)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let waiting = Instant::now();
+        let received = self.rx.blocking_recv();
+        EngineClock::add(&self.clock.waited_nanos, waiting);
+        Some(received?.map_err(|e| match e {
+            PipelineError::Engine(m) => {
+                PipelineError::Engine(format!("writing `{}`: {m}", self.dataset))
+            }
+            other => other,
+        }))
     }
 }
 

@@ -320,7 +320,7 @@ impl<'a> Runner<'a> {
             stage.name(),
             (self.engine()?, self.progress),
             (artifacts_dir.clone(), scratch.clone()),
-            self.settings.batch_rows,
+            self.settings.clone(),
             inputs,
             sinks,
             previous,

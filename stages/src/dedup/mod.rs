@@ -14,7 +14,8 @@ pub mod minhash;
 
 use std::collections::HashMap;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Builder, StringBuilder};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Builder, StringBuilder};
+use arrow::compute::filter_record_batch;
 use arrow::datatypes::UInt32Type;
 use arrow::datatypes::{DataType, UInt64Type};
 use arrow::record_batch::RecordBatch;
@@ -34,7 +35,7 @@ use self::minhash::{similarity, LshIndex, MinHasher};
 use crate::shared::examples::{check_text_columns, ExampleRows};
 use crate::shared::grouping::UnionFind;
 use crate::shared::mapped::{check_rows, field, split_mapped};
-use crate::shared::rejects::{filter_outputs, write_filtered, RejectBatch, RejectRow};
+use crate::shared::rejects::{filter_outputs, RejectBatch, RejectRow};
 
 /// The stage name: its `[dedup]` config section and its cache folder.
 pub const NAME: &str = "dedup";
@@ -515,7 +516,15 @@ impl Stage for DedupStage {
                 }
             }
             ctx.count_in(rows.len() as u64);
-            write_filtered(ctx, &batch, keep, DEDUPED, &mut rejects, DEDUP_REJECTS)?;
+            // Written here, not where the rows were mapped: which rows are kept is decided by
+            // the first-occurrence table and the near-duplicate state, both on this side.
+            ctx.write(
+                DEDUPED,
+                filter_record_batch(&batch, &BooleanArray::from(keep))?,
+            )?;
+            if rejects.rows() > 0 {
+                ctx.write(DEDUP_REJECTS, rejects.finish()?)?;
+            }
             rows_done += rows.len() as u64;
             ctx.report_progress(rows_done);
         }

@@ -9,7 +9,7 @@ use arrow::array::{Array, ArrayRef, AsArray, StructArray, UInt64Array, UInt64Bui
 use arrow::datatypes::{DataType, Field, UInt64Type};
 use arrow::record_batch::RecordBatch;
 use medtune_pipeline::engine::MAPPED;
-use medtune_pipeline::{PipelineError, Result, StageContext};
+use medtune_pipeline::{PipelineError, Result, RoutedRows};
 
 /// A row function's settings, parsed from the JSON its call carries.
 pub fn parse_settings<T: serde::de::DeserializeOwned>(function: &str, settings: &str) -> Result<T> {
@@ -44,10 +44,10 @@ pub fn counts<'a>(mapped: &'a StructArray, name: &str) -> Result<&'a UInt64Array
 }
 
 /// Adds each named UInt64 field of `mapped`, summed over its rows, to the counter of that name.
-pub fn add_counts(ctx: &mut StageContext<'_>, mapped: &StructArray, names: &[&str]) -> Result<()> {
+pub fn add_counts(out: &mut RoutedRows, mapped: &StructArray, names: &[&str]) -> Result<()> {
     for name in names {
         let column = counts(mapped, name)?;
-        ctx.count(name, column.iter().flatten().sum());
+        out.count(name, column.iter().flatten().sum());
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use arrow::array::{ArrayRef, BooleanArray, StringBuilder, UInt64Builder};
 use arrow::compute::filter_record_batch;
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
-use medtune_pipeline::{OutputDecl, OutputRole, Result, StageContext};
+use medtune_pipeline::{OutputDecl, OutputRole, Result, RoutedRows};
 
 /// One dropped row.
 #[derive(Debug, Clone, Copy)]
@@ -91,19 +91,19 @@ pub fn filter_outputs(kept: &str, rejects: &str) -> Vec<OutputDecl> {
 /// Writes the rows of `batch` that `keep` marks to the dataset `kept`, and the rejects buffered
 /// for it to the dataset `rejects`.
 pub fn write_filtered(
-    ctx: &mut StageContext<'_>,
+    out: &mut RoutedRows,
     batch: &RecordBatch,
     keep: Vec<bool>,
     kept: &str,
     dropped: &mut RejectBatch,
     rejects: &str,
 ) -> Result<()> {
-    let rows = filter_record_batch(batch, &BooleanArray::from(keep))?;
-    if rows.num_rows() > 0 {
-        ctx.write(kept, rows)?;
-    }
+    out.write(
+        kept,
+        &filter_record_batch(batch, &BooleanArray::from(keep))?,
+    )?;
     if dropped.rows() > 0 {
-        ctx.write(rejects, dropped.finish()?)?;
+        out.write(rejects, &dropped.finish()?)?;
     }
     Ok(())
 }

@@ -27,16 +27,16 @@ use arrow::record_batch::RecordBatch;
 use medtune_formats::text::bounded_raw;
 use medtune_pipeline::engine::prepared;
 use medtune_pipeline::{
-    AppendOptions, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, SourceDecl,
-    Stage, StageContext, WorkUnit,
+    AppendOptions, OutputDecl, OutputRole, PipelineConfig, PipelineError, Result, RoutedRows,
+    RowStage, SourceDecl, Stage, StageContext, WorkUnit,
 };
 use medtune_schemas::col;
 use medtune_schemas::dataset::{LABEL_MAP, TOKENIZED, TOKENIZE_REJECTS};
 
 use self::align::LabelMap;
-use self::rows::{TokenizeRows, TokenizeSettings};
+use self::rows::{Prepared, TokenizeRows, TokenizeSettings};
 use crate::shared::examples::ExampleRows;
-use crate::shared::mapped::{add_counts, check_rows, field, split_mapped};
+use crate::shared::mapped::{add_counts, field};
 use crate::shared::rejects::{RejectBatch, RejectRow};
 use crate::shared::tokenizer::template::{template_file, ChatTemplate};
 use crate::shared::tokenizer::{Mode, Overflow, TokenizeConfig};
@@ -209,7 +209,8 @@ impl Stage for TokenizeStage {
 
     fn version(&self) -> u32 {
         // 2: rows with no labelled token are rejected; `truncation_side`.
-        2
+        // 3: parts are written per chunk of the input.
+        3
     }
 
     fn inputs(&self) -> Vec<String> {
@@ -217,15 +218,13 @@ impl Stage for TokenizeStage {
     }
 
     fn outputs(&self) -> Vec<OutputDecl> {
-        vec![
-            OutputDecl::new(TOKENIZED, medtune_schemas::tokenized(), OutputRole::Side),
-            OutputDecl::new(LABEL_MAP, medtune_schemas::label_map(), OutputRole::Side),
-            OutputDecl::new(
-                TOKENIZE_REJECTS,
-                medtune_schemas::rejects(),
-                OutputRole::Rejects,
-            ),
-        ]
+        let mut outputs = <TokenizeRows as RowStage>::outputs();
+        outputs.push(OutputDecl::new(
+            LABEL_MAP,
+            medtune_schemas::label_map(),
+            OutputRole::Side,
+        ));
+        outputs
     }
 
     fn config(&self) -> serde_json::Value {
@@ -285,78 +284,10 @@ impl Stage for TokenizeStage {
         }
         let total = ctx.input(&self.input)?.manifest.rows;
         ctx.set_work_total(total, WorkUnit::Rows);
-        let (mut windows_total, mut tokens, mut done, mut rejected) = (0u64, 0u64, 0u64, 0u64);
-        for batch in ctx.map_rows::<TokenizeRows>(&self.input, &settings)? {
-            let (batch, mapped) = split_mapped(batch?)?;
-            check_rows(&mapped, &batch)?;
-            let rows = ExampleRows::new(&batch)?;
-            let split = batch
-                .column_by_name(col::SPLIT)
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
-            let ids = field(&mapped, rows::INPUT_IDS)?.as_list::<i32>();
-            let labels = field(&mapped, rows::LABELS)?.as_list::<i32>();
-            let prompt_tokens = field(&mapped, rows::PROMPT_TOKENS)?.as_list::<i32>();
-            let no_labels = field(&mapped, rows::NO_LABELS)?.as_string::<i32>();
-            let mut out = TokenizedBatch::default();
-            let mut rejects = RejectBatch::default();
-            for row in 0..rows.len() {
-                if no_labels.is_valid(row) {
-                    ctx.count_dropped(NO_LABELLED_TOKENS, 1);
-                    rejected += 1;
-                    rejects.push(RejectRow {
-                        stage: NAME,
-                        source_file: rows.source_file.value(row),
-                        line: rows.line.value(row),
-                        id: rows.id.value(row),
-                        reason: NO_LABELLED_TOKENS,
-                        detail: no_labels.value(row),
-                        raw: &bounded_raw(raw_text(&rows, row).as_bytes(), REJECT_RAW_BYTES),
-                        duplicate_of: None,
-                    });
-                    continue;
-                }
-                let (row_ids, row_labels) = (ids.value(row), labels.value(row));
-                let row_prompt_tokens = prompt_tokens.value(row);
-                let (row_ids, row_labels, row_prompt_tokens) = (
-                    row_ids.as_list::<i32>(),
-                    row_labels.as_list::<i32>(),
-                    row_prompt_tokens.as_primitive::<UInt32Type>(),
-                );
-                let split_name = split.as_ref().map_or("all", |s| s.value(row));
-                for window in 0..row_ids.len() {
-                    let window_ids = row_ids.value(window);
-                    let window_ids = window_ids.as_primitive::<UInt32Type>().values();
-                    let window_labels = row_labels.value(window);
-                    out.push(
-                        rows.id.value(row),
-                        ExampleRows::text(rows.task, row),
-                        split_name,
-                        window as u32,
-                        Sequence {
-                            ids: window_ids,
-                            labels: window_labels.as_primitive::<Int32Type>().values(),
-                            prompt_tokens: row_prompt_tokens.value(window),
-                        },
-                    );
-                    tokens += window_ids.len() as u64;
-                }
-                windows_total += row_ids.len() as u64;
-            }
-            done += rows.len() as u64;
-            ctx.count_in(rows.len() as u64);
-            add_counts(ctx, &mapped, &rows::COUNTS)?;
-            ctx.write(TOKENIZED, out.finish()?)?;
-            if rejects.rows() > 0 {
-                ctx.write(TOKENIZE_REJECTS, rejects.finish()?)?;
-            }
-            ctx.report_progress(done);
-        }
-        ctx.count("rows", done - rejected);
-        ctx.count("sequences", windows_total);
-        ctx.count("tokens", tokens);
+        ctx.write_rows::<TokenizeRows>(&self.input, &settings)?;
         // Every counter is recorded, those no row reached at 0. `texts_through_tokenizers`:
         // non-ASCII texts (or every text, for a tokenizer without a fast path).
-        for name in rows::COUNTS {
+        for name in rows::COUNTS.iter().chain(&["rows", "sequences", "tokens"]) {
             ctx.count(name, 0);
         }
         if let Some(map) = &labels {
@@ -374,5 +305,87 @@ impl Stage for TokenizeStage {
             )?;
         }
         Ok(())
+    }
+}
+
+impl RowStage for TokenizeRows {
+    fn outputs() -> Vec<OutputDecl> {
+        vec![
+            OutputDecl::new(TOKENIZED, medtune_schemas::tokenized(), OutputRole::Side),
+            OutputDecl::new(
+                TOKENIZE_REJECTS,
+                medtune_schemas::rejects(),
+                OutputRole::Rejects,
+            ),
+        ]
+    }
+
+    fn route(
+        _: &Prepared,
+        batch: &RecordBatch,
+        mapped: &arrow::array::StructArray,
+        out: &mut RoutedRows,
+    ) -> Result<()> {
+        let rows = ExampleRows::new(batch)?;
+        let split = batch
+            .column_by_name(col::SPLIT)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
+        let ids = field(mapped, rows::INPUT_IDS)?.as_list::<i32>();
+        let labels = field(mapped, rows::LABELS)?.as_list::<i32>();
+        let prompt_tokens = field(mapped, rows::PROMPT_TOKENS)?.as_list::<i32>();
+        let no_labels = field(mapped, rows::NO_LABELS)?.as_string::<i32>();
+        let mut tokenized = TokenizedBatch::default();
+        let mut rejects = RejectBatch::default();
+        let (mut kept, mut sequences, mut tokens) = (0u64, 0u64, 0u64);
+        for row in 0..rows.len() {
+            if no_labels.is_valid(row) {
+                out.count_dropped(NO_LABELLED_TOKENS, 1);
+                rejects.push(RejectRow {
+                    stage: NAME,
+                    source_file: rows.source_file.value(row),
+                    line: rows.line.value(row),
+                    id: rows.id.value(row),
+                    reason: NO_LABELLED_TOKENS,
+                    detail: no_labels.value(row),
+                    raw: &bounded_raw(raw_text(&rows, row).as_bytes(), REJECT_RAW_BYTES),
+                    duplicate_of: None,
+                });
+                continue;
+            }
+            let (row_ids, row_labels) = (ids.value(row), labels.value(row));
+            let row_prompt_tokens = prompt_tokens.value(row);
+            let (row_ids, row_labels, row_prompt_tokens) = (
+                row_ids.as_list::<i32>(),
+                row_labels.as_list::<i32>(),
+                row_prompt_tokens.as_primitive::<UInt32Type>(),
+            );
+            let split_name = split.as_ref().map_or("all", |s| s.value(row));
+            for window in 0..row_ids.len() {
+                let window_ids = row_ids.value(window);
+                let window_ids = window_ids.as_primitive::<UInt32Type>().values();
+                let window_labels = row_labels.value(window);
+                tokenized.push(
+                    rows.id.value(row),
+                    ExampleRows::text(rows.task, row),
+                    split_name,
+                    window as u32,
+                    Sequence {
+                        ids: window_ids,
+                        labels: window_labels.as_primitive::<Int32Type>().values(),
+                        prompt_tokens: row_prompt_tokens.value(window),
+                    },
+                );
+                tokens += window_ids.len() as u64;
+            }
+            sequences += row_ids.len() as u64;
+            kept += 1;
+        }
+        out.count_in(rows.len() as u64);
+        out.count("rows", kept);
+        out.count("sequences", sequences);
+        out.count("tokens", tokens);
+        add_counts(out, mapped, &rows::COUNTS)?;
+        out.write(TOKENIZED, &tokenized.finish()?)?;
+        out.write(TOKENIZE_REJECTS, &rejects.finish()?)
     }
 }
