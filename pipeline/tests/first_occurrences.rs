@@ -2,14 +2,15 @@
 //! first row number and id equal what a walk over the rows in order finds, rows without a key
 //! are left out but still numbered, and a key an earlier table gave first is named there.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, StructArray,
-};
-use arrow::datatypes::{DataType, Field, Fields, Int64Type, Schema, SchemaRef, UInt64Type};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StructArray};
+use arrow::datatypes::{DataType, Field, Fields, Int64Type, Schema, UInt64Type};
+use common::Rows;
 use medtune_pipeline::engine::chunks;
 use medtune_pipeline::engine::first::{EARLIER_ID, FIRST_ID, FIRST_ROW, KEY, ROWS};
 use medtune_pipeline::sql::{query_blocking, OutputFormat, QueryOptions};
@@ -18,47 +19,9 @@ use medtune_pipeline::{
     RunOptions, Runner, Settings, Stage, StageContext, Workdir,
 };
 
-const ROW_COUNT: i64 = 60_000;
-
-fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Utf8, false),
-        Field::new("n", DataType::Int64, false),
-    ]))
-}
-
 /// Row `i`'s number: keys repeat, and a key's first row is spread over the whole dataset.
 fn number(i: i64) -> i64 {
     (i * 7919) % 4001 + (i / 30_000) * 4001
-}
-
-/// Writes [`ROW_COUNT`] rows `(id "row-i", n = number(i))`.
-struct Rows;
-
-impl Stage for Rows {
-    fn name(&self) -> &str {
-        "rows"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn outputs(&self) -> Vec<OutputDecl> {
-        vec![OutputDecl::new("rows", schema(), OutputRole::Kept)]
-    }
-    fn config(&self) -> serde_json::Value {
-        serde_json::json!({})
-    }
-    fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
-        for start in (0..ROW_COUNT).step_by(7_000) {
-            let range = start..(start + 7_000).min(ROW_COUNT);
-            let ids: StringArray = range.clone().map(|i| Some(format!("row-{i}"))).collect();
-            let ns: Int64Array = range.map(number).collect();
-            let batch = RecordBatch::try_new(schema(), vec![Arc::new(ids), Arc::new(ns)])?;
-            ctx.count_in(batch.num_rows() as u64);
-            ctx.write("rows", batch)?;
-        }
-        Ok(())
-    }
 }
 
 /// The key of a row: its number; rows whose number is a multiple of 17 have none.
@@ -238,7 +201,7 @@ fn first_rows_and_ids_are_exact_across_parts_and_chunks() {
         part_max_bytes: 100_000,
         ..Settings::default()
     };
-    let dag = Dag::new(vec![Box::new(Rows), Box::new(Firsts)]).unwrap();
+    let dag = Dag::new(vec![Box::new(Rows { number }), Box::new(Firsts)]).unwrap();
     let workdir = Workdir::new(dir.path().join("work"));
     let summaries = Runner::new(workdir, dag, settings, &Quiet)
         .run(&RunOptions::default())

@@ -3,58 +3,23 @@
 //! run that failed part-way leaves its committed chunks for the next run, which links them
 //! into its entry instead of writing them again and commits the same dataset as a clean run.
 
+mod common;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array, StringArray};
+use arrow::array::{ArrayRef, AsArray, BooleanArray};
 use arrow::array::{RecordBatch, StructArray};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{DataType, Field, Fields, Int64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Fields, Int64Type};
+use common::{schema, Rows, ROW_COUNT};
 use medtune_pipeline::engine::chunks;
 use medtune_pipeline::{
     Dag, Manifest, OutputDecl, OutputRole, PipelineError, Quiet, Result, RoutedRows, RowFunction,
     RowStage, RunOptions, Runner, Settings, Stage, StageContext, Workdir,
 };
-
-const ROW_COUNT: i64 = 60_000;
-
-fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Utf8, false),
-        Field::new("n", DataType::Int64, false),
-    ]))
-}
-
-/// Writes [`ROW_COUNT`] rows `(id "row-i", n = i)`.
-struct Rows;
-
-impl Stage for Rows {
-    fn name(&self) -> &str {
-        "rows"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn outputs(&self) -> Vec<OutputDecl> {
-        vec![OutputDecl::new("rows", schema(), OutputRole::Kept)]
-    }
-    fn config(&self) -> serde_json::Value {
-        serde_json::json!({})
-    }
-    fn run(&self, ctx: &mut StageContext<'_>) -> Result<()> {
-        for start in (0..ROW_COUNT).step_by(7_000) {
-            let range = start..(start + 7_000).min(ROW_COUNT);
-            let ids: StringArray = range.clone().map(|i| Some(format!("row-{i}"))).collect();
-            let ns: Int64Array = range.collect();
-            let batch = RecordBatch::try_new(schema(), vec![Arc::new(ids), Arc::new(ns)])?;
-            ctx.count_in(batch.num_rows() as u64);
-            ctx.write("rows", batch)?;
-        }
-        Ok(())
-    }
-}
 
 /// A row whose `n` is this fails to map (negative: none does).
 static FAIL_AT: AtomicI64 = AtomicI64::new(-1);
@@ -145,7 +110,7 @@ fn settings() -> Settings {
 }
 
 fn run(work: &Path) -> Result<()> {
-    let dag = Dag::new(vec![Box::new(Rows), Box::new(Kept)]).unwrap();
+    let dag = Dag::new(vec![Box::new(Rows { number: |i| i }), Box::new(Kept)]).unwrap();
     Runner::new(Workdir::new(work), dag, settings(), &Quiet)
         .run(&RunOptions::default())
         .map(|_| ())

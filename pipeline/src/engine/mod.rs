@@ -168,6 +168,54 @@ impl Engine {
         }
     }
 
+    /// Times a failed job is submitted again: none in-process; on a cluster, which can lose an
+    /// executor under a job, [`CLUSTER_JOB_RETRIES`] (Ballista itself retries tasks, but not a
+    /// result fetch from an executor that is gone).
+    fn retries(&self) -> u32 {
+        match self.place {
+            Place::InProcess => 0,
+            Place::Cluster(_) => CLUSTER_JOB_RETRIES,
+        }
+    }
+
+    /// Runs `jobs` on the engine's runtime, as many at once as the engine runs, and sends their
+    /// results in order to the receiver it returns, timing each on `clock`. Stops after the
+    /// first failure (which it sends) or once the receiver is dropped.
+    fn spawn_in_order<T, J>(
+        &self,
+        jobs: impl Iterator<Item = J> + Send + 'static,
+        clock: Arc<EngineClock>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<T>>>
+    where
+        T: Send + 'static,
+        J: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(self.jobs);
+        let at_once = self.jobs;
+        self.runtime()?.spawn(async move {
+            let results = futures::stream::iter(jobs)
+                .map(|job| {
+                    let clock = clock.clone();
+                    async move {
+                        let started = Instant::now();
+                        let result = job.await;
+                        clock.jobs.fetch_add(1, Ordering::Relaxed);
+                        EngineClock::add(&clock.job_nanos, started);
+                        result
+                    }
+                })
+                .buffered(at_once);
+            futures::pin_mut!(results);
+            while let Some(result) = results.next().await {
+                let failed = result.is_err();
+                if tx.send(result).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     fn runtime(&self) -> Result<&tokio::runtime::Runtime> {
         if self.runtime.get().is_none() {
             let _ = self.runtime.set(runtime()?);
@@ -204,48 +252,22 @@ impl Engine {
         let session = runtime.block_on(session_at(&self.place, config))?;
         session.register_udf(function.as_ref().clone());
         let name = dataset.name.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(self.jobs);
-        let job_clock = clock.clone();
-        let jobs = self.jobs;
-        // A cluster can lose an executor under a job; the job is submitted again (Ballista
-        // itself retries tasks, but not a result fetch from an executor that is gone).
-        let retries = match self.place {
-            Place::InProcess => 0,
-            Place::Cluster(_) => CLUSTER_JOB_RETRIES,
-        };
-        runtime.spawn(async move {
-            let results = futures::stream::iter(chunks)
-                .map(|chunk| {
-                    let table = Arc::new(ChunkTable {
-                        chunk,
-                        schema: schema.clone().expect("a dataset with chunks has parts"),
-                    });
-                    let clock = job_clock.clone();
-                    let job = map_chunk(
-                        session.clone(),
-                        table,
-                        function.clone(),
-                        settings.clone(),
-                        batch_rows,
-                        retries,
-                    );
-                    async move {
-                        let started = Instant::now();
-                        let result = job.await;
-                        clock.jobs.fetch_add(1, Ordering::Relaxed);
-                        EngineClock::add(&clock.job_nanos, started);
-                        result
-                    }
-                })
-                .buffered(jobs);
-            futures::pin_mut!(results);
-            while let Some(result) = results.next().await {
-                let failed = result.is_err();
-                if tx.send(result).await.is_err() || failed {
-                    break;
-                }
-            }
+        let retries = self.retries();
+        let jobs = chunks.into_iter().map(move |chunk| {
+            let table = Arc::new(ChunkTable {
+                chunk,
+                schema: schema.clone().expect("a dataset with chunks has parts"),
+            });
+            map_chunk(
+                session.clone(),
+                table,
+                function.clone(),
+                settings.clone(),
+                batch_rows,
+                retries,
+            )
         });
+        let rx = self.spawn_in_order(jobs, clock.clone())?;
         Ok(MappedRows {
             dataset: name,
             rx,
@@ -280,7 +302,7 @@ impl Engine {
             .with_target_partitions(1);
         let runtime = self.runtime()?;
         let session = runtime.block_on(session_at(&self.place, config))?;
-        let jobs: Vec<WriteChunkTable> = chunks
+        let tables: Vec<WriteChunkTable> = chunks
             .into_iter()
             .enumerate()
             .map(|(index, chunk)| {
@@ -304,36 +326,16 @@ impl Engine {
                 }
             })
             .collect();
-        let retries = match self.place {
-            Place::InProcess => 0,
-            Place::Cluster(_) => CLUSTER_JOB_RETRIES,
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(self.jobs);
-        let jobs_at_once = self.jobs;
-        let job_clock = clock.clone();
-        runtime.spawn(async move {
-            let results = futures::stream::iter(jobs)
-                .map(|table| {
-                    let clock = job_clock.clone();
-                    let session = session.clone();
-                    async move {
-                        let started = Instant::now();
-                        let dir = table.job.dir.clone();
-                        let result = write_chunk_job(&session, table, retries).await;
-                        clock.jobs.fetch_add(1, Ordering::Relaxed);
-                        EngineClock::add(&clock.job_nanos, started);
-                        result.map(|written| (dir, written))
-                    }
-                })
-                .buffered(jobs_at_once);
-            futures::pin_mut!(results);
-            while let Some(result) = results.next().await {
-                let failed = result.is_err();
-                if tx.send(result).await.is_err() || failed {
-                    break;
-                }
+        let retries = self.retries();
+        let jobs = tables.into_iter().map(move |table| {
+            let session = session.clone();
+            async move {
+                let dir = table.job.dir.clone();
+                let written = write_chunk_job(&session, table, retries).await?;
+                Ok((dir, written))
             }
         });
+        let rx = self.spawn_in_order(jobs, clock.clone())?;
         Ok(WrittenChunks {
             dataset: dataset.name.clone(),
             rx,
@@ -470,10 +472,7 @@ impl Engine {
         };
         let started = Instant::now();
         let function = udf::<F>();
-        let retries = match self.place {
-            Place::InProcess => 0,
-            Place::Cluster(_) => CLUSTER_JOB_RETRIES,
-        };
+        let retries = self.retries();
         let result = self.runtime()?.block_on(async {
             let mut attempt = 0;
             loop {
